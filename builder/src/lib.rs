@@ -1,0 +1,3 @@
+//! drove builder: turns a kernel, the node agent, CRIU and overlays into boot media.
+
+pub mod cmd;

@@ -1,0 +1,3 @@
+fn main() {
+    eprintln!("drove-agent: not yet");
+}

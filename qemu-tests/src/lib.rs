@@ -1,0 +1,1 @@
+//! VM harness for drove's QEMU tests.

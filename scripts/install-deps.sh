@@ -1,0 +1,34 @@
+#!/bin/sh
+# Installs the Debian packages drove needs to build media and run its tests,
+# skipping what is already there. Idempotent; safe to run on every `make`.
+set -eu
+
+# Build and media: distro kernel + modules, CRIU, boot loaders, disk tools.
+# Tests: QEMU, OVMF, vde2; benchmark anchor: initramfs-tools (mkinitramfs);
+# busybox-static for the bare-boot benchmark and DHCP client.
+PKGS="linux-image-amd64 criu syslinux syslinux-common systemd-boot-efi ipxe
+      mtools gdisk fdisk cpio xz-utils zstd busybox-static
+      qemu-system-x86 ovmf vde2 initramfs-tools kmod"
+[ -n "${DROVE_EXTRA_PKGS:-}" ] && PKGS="$PKGS $DROVE_EXTRA_PKGS"
+
+missing=""
+for p in $PKGS; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $p"
+    fi
+done
+
+if [ -z "$missing" ]; then
+    exit 0
+fi
+
+echo "drove: installing Debian packages:$missing" >&2
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO=sudo
+else
+    SUDO=
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing
