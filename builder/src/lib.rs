@@ -1,3 +1,5 @@
 //! drove builder: turns a kernel, the node agent, CRIU and overlays into boot media.
 
 pub mod cmd;
+pub mod outputs;
+pub mod serve;

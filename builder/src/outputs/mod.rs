@@ -1,0 +1,1 @@
+//! Boot media writers, one table keyed by output name (`disk`, `floppy`, `pxe`).

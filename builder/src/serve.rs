@@ -1,0 +1,1 @@
+//! `drove serve`: HTTP server for the PXE directory.
