@@ -3,3 +3,5 @@
 pub mod cmd;
 pub mod outputs;
 pub mod serve;
+pub mod compress;
+pub mod cpio;
