@@ -5,3 +5,4 @@ pub mod outputs;
 pub mod serve;
 pub mod compress;
 pub mod cpio;
+pub mod kernel;
