@@ -6,3 +6,4 @@ pub mod serve;
 pub mod compress;
 pub mod cpio;
 pub mod kernel;
+pub mod elf;
