@@ -7,3 +7,4 @@ pub mod compress;
 pub mod cpio;
 pub mod kernel;
 pub mod elf;
+pub mod config;
