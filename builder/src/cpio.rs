@@ -15,6 +15,8 @@ pub enum Body {
     /// A regular file whose bytes the builder generated.
     Bytes(Vec<u8>),
     Symlink(String),
+    /// A device node, fifo or socket: the file-type bits (`S_IFCHR`, …) and device numbers.
+    Node { kind: u32, major: u32, minor: u32 },
 }
 
 /// One entry: path inside the archive (no leading `/`), permission bits, body.
@@ -48,6 +50,9 @@ pub fn write<W: Write>(out: W, entries: &[Entry], mtime: u32) -> Result<u64, Err
         let ino = (i + 1) as u32;
         match &entry.body {
             Body::Dir => header(&mut out, &entry.path, ino, S_IFDIR | entry.mode, 2, mtime, 0)?,
+            Body::Node { kind, major, minor } => {
+                header_rdev(&mut out, &entry.path, ino, kind | entry.mode, 1, mtime, 0, (*major, *minor))?
+            }
             Body::Symlink(target) => {
                 header(&mut out, &entry.path, ino, S_IFLNK | 0o777, 1, mtime, target.len() as u64)?;
                 data(&mut out, target.as_bytes())?;
@@ -86,9 +91,23 @@ fn header<W: Write>(
     mtime: u32,
     size: u64,
 ) -> Result<(), Error> {
+    header_rdev(out, path, ino, mode, nlink, mtime, size, (0, 0))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn header_rdev<W: Write>(
+    out: &mut Counting<W>,
+    path: &str,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    mtime: u32,
+    size: u64,
+    rdev: (u32, u32),
+) -> Result<(), Error> {
     let size32 = u32::try_from(size).map_err(|_| Error::TooLarge { path: path.into(), size })?;
     let namesize = path.len() as u32 + 1;
-    let fields = [ino, mode, 0, 0, nlink, mtime, size32, 0, 0, 0, 0, namesize, 0];
+    let fields = [ino, mode, 0, 0, nlink, mtime, size32, 0, 0, rdev.0, rdev.1, namesize, 0];
     let mut head = String::with_capacity(110);
     head.push_str("070701");
     for f in fields {

@@ -8,3 +8,4 @@ pub mod cpio;
 pub mod kernel;
 pub mod elf;
 pub mod config;
+pub mod overlay;
