@@ -9,3 +9,5 @@ pub mod kernel;
 pub mod elf;
 pub mod config;
 pub mod overlay;
+pub mod key;
+pub mod progress;
