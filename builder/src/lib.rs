@@ -11,3 +11,4 @@ pub mod config;
 pub mod overlay;
 pub mod key;
 pub mod progress;
+pub mod initramfs;
