@@ -12,3 +12,4 @@ pub mod overlay;
 pub mod key;
 pub mod progress;
 pub mod initramfs;
+pub mod manifest;
