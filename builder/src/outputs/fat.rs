@@ -384,16 +384,18 @@ fn copy<W: Write>(mut src: std::fs::File, out: &mut W, host: &Path, path: &str, 
 /// Sets every file's and directory's created/modified/accessed time to `epoch`: the syslinux
 /// installer (mtools) stamps `ldlinux.sys` and `ldlinux.c32` with the current time. Only directory
 /// entries change; file data and cluster chains stay where they are (the boot sector points at
-/// `ldlinux.sys`'s sectors).
-pub fn fix_timestamps<D>(dev: D, epoch: u64, image: &Path) -> Result<(), Error>
+/// `ldlinux.sys`'s sectors). Returns every file (`/path`, bytes) found.
+pub fn fix_timestamps<D>(dev: D, epoch: u64, image: &Path) -> Result<Vec<(String, u64)>, Error>
 where
     D: Read + Write + Seek,
 {
     let fs = fatfs::FileSystem::new(dev, fs_options(epoch))
         .map_err(|source| Error::Mount { image: image.into(), source })?;
     let when = dos_datetime(epoch);
-    touch_dir(&fs.root_dir(), "", when, image)?;
-    fs.unmount().map_err(|source| Error::Touch { image: image.into(), path: "/".into(), source })
+    let mut files = Vec::new();
+    touch_dir(&fs.root_dir(), "", when, image, &mut files)?;
+    fs.unmount().map_err(|source| Error::Touch { image: image.into(), path: "/".into(), source })?;
+    Ok(files)
 }
 
 fn touch_dir<T: fatfs::ReadWriteSeek>(
@@ -401,6 +403,7 @@ fn touch_dir<T: fatfs::ReadWriteSeek>(
     prefix: &str,
     when: fatfs::DateTime,
     image: &Path,
+    files: &mut Vec<(String, u64)>,
 ) -> Result<(), Error> {
     let err = |path: &str| {
         let image = image.to_path_buf();
@@ -415,8 +418,11 @@ fn touch_dir<T: fatfs::ReadWriteSeek>(
         }
         let path = format!("{prefix}/{name}");
         if entry.is_dir() {
-            touch_dir(&entry.to_dir(), &path, when, image)?;
-        } else if entry.created() != when || entry.modified() != when || entry.accessed() != when.date {
+            touch_dir(&entry.to_dir(), &path, when, image, files)?;
+            continue;
+        }
+        files.push((path.clone(), entry.len()));
+        if entry.created() != when || entry.modified() != when || entry.accessed() != when.date {
             let mut f = entry.to_file();
             // fatfs marks these deprecated in favour of a TimeProvider, which cannot reach files
             // another tool created.
