@@ -109,6 +109,22 @@ impl NodeConfig {
         parse_toml(path)
     }
 
+    /// What a node uses when `/etc/drove/node.toml` is missing or broken: DHCP, no map, no
+    /// modules, names `node{n}`, for the running kernel `release`.
+    pub fn fallback(release: &str) -> Self {
+        NodeConfig {
+            cluster: "drove".into(),
+            node_name: "node{n}".into(),
+            discovery: false,
+            network: Network::Dhcp,
+            map: ClusterMap::default(),
+            modules: Vec::new(),
+            kernel_release: release.into(),
+            server: None,
+            api_port: DEFAULT_API_PORT,
+        }
+    }
+
     /// The node name for number `n`.
     pub fn name_for(&self, n: u32) -> String {
         self.node_name.replace("{n}", &n.to_string())

@@ -1,4 +1,24 @@
 //! drove node agent: PID 1 on every node of a drove cluster.
+//!
+//! The PID-1 logic lives in small modules that are unit-tested without root: the mount plan
+//! ([`mounts`]), module ordering from `modules.dep` ([`modules`]), signal → action
+//! ([`signals`]), console commands ([`command`]), identity ([`identity`]), DHCP lease parsing
+//! and NIC selection ([`net`]). Root-only syscalls go through [`sys::Sys`]; [`pid1`] wires it
+//! all together.
 
+pub mod console;
+pub mod bench;
+pub mod children;
+pub mod client;
+pub mod command;
 pub mod config;
+pub mod identity;
+pub mod input;
 pub mod map;
+pub mod modules;
+pub mod mounts;
+pub mod net;
+pub mod pid1;
+pub mod power;
+pub mod signals;
+pub mod sys;

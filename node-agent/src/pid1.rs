@@ -1,0 +1,521 @@
+//! `drove-agent` as PID 1: bring the node up, then keep it up.
+//!
+//! Boot is a flat list of steps (mounts, consoles, modules, speed, network); every step logs its
+//! failures and the boot goes on. Threads after boot: one takes every signal (reaping and power
+//! signals), one reads each console, one watches for NICs and one supervises DHCP per NIC, and
+//! the main thread turns network events into the node's identity and the ready line. A panic in
+//! any thread is logged and parks that thread (the release profile aborts on panic, which for PID 1
+//! would be a kernel panic); the others go on, so `poweroff` still works.
+
+use crate::children::Children;
+use crate::command::{self, Command, Parsed};
+use crate::config::{Calibration, Network, NodeConfig, CALIBRATION_PATH, NODE_CONFIG_PATH};
+use crate::identity::{self, Mac};
+use crate::net::{self, NetEvent};
+use crate::power::{self, PowerAction};
+use crate::signals::{self, SignalAction};
+use crate::sys::{RealSys, Sys};
+use crate::{console, debug, error, info, warn};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufRead;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Written once the node is ready: `KEY=value` lines read by `drove-agent status`.
+pub const STATE_FILE: &str = "/run/drove/node.env";
+/// Kernel console log level after boot: warnings and worse (like `quiet`, one step chattier),
+/// so kernel chatter does not split the agent's lines. `loglevel=` or `debug` on the kernel
+/// command line keeps the kernel's own choice.
+const CONSOLE_LOGLEVEL: i32 = 5;
+/// How long without any address before the console is told.
+const NO_ADDRESS_WARNING: Duration = Duration::from_secs(60);
+
+/// What the node knows about itself, shared by the threads.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeState {
+    pub number: Option<u32>,
+    pub name: Option<String>,
+    pub addr: Option<Ipv4Addr>,
+    pub speed: Option<f64>,
+    /// Current address of each NIC that has one.
+    pub addrs: BTreeMap<String, Ipv4Addr>,
+    pub macs: Vec<Mac>,
+}
+
+/// The answer to `status`: one line, like the ready line.
+pub fn status_line(state: &NodeState, uptime_secs: u64) -> String {
+    let nics: Vec<String> = state.addrs.iter().map(|(n, a)| format!("{n}:{a}")).collect();
+    format!(
+        "drove: status node={} addr={} uptime={}s speed={} nics={}",
+        state.name.as_deref().unwrap_or("-"),
+        state.addr.map_or("-".into(), |a| a.to_string()),
+        uptime_secs,
+        state.speed.map_or("-".into(), |s| format!("{s:.1}")),
+        if nics.is_empty() { "-".into() } else { nics.join(",") },
+    )
+}
+
+/// The contract line tests wait for.
+pub fn ready_line(name: &str, addr: Ipv4Addr) -> String {
+    format!("drove: ready node={name} addr={addr}")
+}
+
+/// Whether the kernel command line asks to keep the kernel's console log level.
+pub fn keeps_kernel_loglevel(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w.starts_with("loglevel=") || w == "debug" || w == "ignore_loglevel")
+}
+
+pub fn wants_debug(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == "drove.debug")
+}
+
+/// The boot loop's state machine: the first address reported wins the ready line.
+pub struct Readiness {
+    pub ready: bool,
+}
+
+impl Readiness {
+    /// Applies one network event; returns the identity to announce when this event makes the
+    /// node ready.
+    pub fn on_event(&mut self, state: &mut NodeState, cfg: &NodeConfig, ev: &NetEvent) -> Option<identity::Identity> {
+        match ev {
+            NetEvent::Up { interface, addr, .. } => {
+                state.addrs.insert(interface.clone(), *addr);
+                if self.ready {
+                    return None;
+                }
+                self.ready = true;
+                let id = identity::choose(cfg, *addr, &state.macs);
+                state.number = Some(id.number);
+                state.name = Some(id.name.clone());
+                state.addr = Some(*addr);
+                Some(id)
+            }
+            NetEvent::Down { interface } => {
+                state.addrs.remove(interface);
+                None
+            }
+        }
+    }
+}
+
+struct Agent {
+    sys: Arc<dyn Sys>,
+    children: Arc<Children>,
+    state: Mutex<NodeState>,
+    boot: Instant,
+}
+
+impl Agent {
+    fn state(&self) -> MutexGuard<'_, NodeState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Shuts down in a thread of its own, so the signal thread goes on reaping meanwhile.
+    fn power(self: &Arc<Self>, action: PowerAction) {
+        let agent = self.clone();
+        spawn("power", move || power::request(agent.sys.as_ref(), action));
+    }
+
+    fn uptime_secs(&self) -> u64 {
+        std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|t| t.split_whitespace().next().and_then(|s| s.parse::<f64>().ok()))
+            .map_or_else(|| self.boot.elapsed().as_secs(), |s| s as u64)
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().name(name.into()).spawn(f) {
+        error!("cannot start the {name} thread: {e}");
+    }
+}
+
+fn park_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+/// PID 1's entry point. Never returns.
+pub fn run() -> ! {
+    // Before any thread exists: environment for children, and the signal mask every thread inherits.
+    std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    let mask = signals::handled();
+    if let Err(e) = mask.thread_block() {
+        error!("cannot block signals: {e}");
+    }
+    std::panic::set_hook(Box::new(|info| {
+        error!("internal error: {info}");
+        if std::process::id() == 1 {
+            // Returning would abort PID 1 (panic = "abort"), i.e. panic the kernel.
+            park_forever();
+        }
+    }));
+
+    let children = Arc::new(Children::new());
+    let sys: Arc<dyn Sys> = Arc::new(RealSys::new(children.clone()));
+    let agent = Arc::new(Agent { sys, children, state: Mutex::new(NodeState::default()), boot: Instant::now() });
+
+    {
+        let agent = agent.clone();
+        spawn("signals", move || loop {
+            match mask.wait() {
+                Ok(sig) => match signals::action_for(sig) {
+                    SignalAction::Reap => {
+                        for (pid, exit) in agent.children.reap() {
+                            debug!("reaped orphan {pid} ({exit})");
+                        }
+                    }
+                    SignalAction::Power(action) => {
+                        info!("{sig}: {}", action.verb());
+                        agent.power(action);
+                    }
+                    SignalAction::Ignore => debug!("{sig} ignored"),
+                },
+                Err(e) => {
+                    error!("sigwait failed: {e}");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        });
+    }
+
+    if let Err(e) = boot(&agent) {
+        error!("{}", console::chain(&e));
+    }
+    error!("boot loop ended; waiting for poweroff");
+    park_forever()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("all network event senders are gone")]
+    NetworkGone,
+}
+
+fn boot(agent: &Arc<Agent>) -> Result<(), Error> {
+    let sys = agent.sys.as_ref();
+    for (target, result) in crate::mounts::mount_all(sys, &crate::mounts::plan()) {
+        match result {
+            Ok(outcome) => debug!("{target}: {outcome:?}"),
+            Err(e) => error!("{}", console::chain(&e)),
+        }
+    }
+    ensure_stdio();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    console::set_debug(wants_debug(&cmdline));
+    let consoles = open_consoles();
+    info!("drove-agent {VERSION} starting as PID 1");
+    if let Err(e) = sys.set_ctrl_alt_del(false) {
+        warn!("cannot route Ctrl-Alt-Del to the agent: {e}");
+    }
+    if !keeps_kernel_loglevel(&cmdline) {
+        if let Err(e) = sys.set_console_loglevel(CONSOLE_LOGLEVEL) {
+            debug!("cannot set the kernel console log level: {e}");
+        }
+    }
+    for file in consoles {
+        let agent = agent.clone();
+        spawn("console", move || read_commands(&agent, file));
+    }
+
+    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let cfg = match NodeConfig::load(Path::new(NODE_CONFIG_PATH)) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            error!("{}; going on with DHCP and no modules", console::chain(&e));
+            NodeConfig::fallback(&release)
+        }
+    };
+    if !release.is_empty() && cfg.kernel_release != release {
+        warn!("node.toml is for kernel {} but this is {release}", cfg.kernel_release);
+    }
+
+    let t = Instant::now();
+    let modules_dir = Path::new("/lib/modules").join(&cfg.kernel_release);
+    let report = crate::modules::load_all(sys, &modules_dir, &cfg.modules);
+    for e in &report.failed {
+        error!("{}", console::chain(e));
+    }
+    info!(
+        "modules: {} loaded, {} already there, {} failed ({} ms)",
+        report.loaded.len(),
+        report.already.len(),
+        report.failed.len(),
+        t.elapsed().as_millis()
+    );
+    debug!("modules loaded: {}", report.loaded.join(" "));
+
+    for device in crate::input::power_buttons(Path::new("/sys/class/input")) {
+        let agent = agent.clone();
+        spawn("power-button", move || {
+            let press = || {
+                info!("power button: powering off");
+                agent.power(PowerAction::Poweroff);
+            };
+            if let Err(e) = crate::input::watch(&device, &press) {
+                warn!("power button {}: {e}", device.display());
+            }
+        });
+    }
+
+    calibrate(agent);
+    network(agent, &cfg)
+}
+
+/// The boot benchmark scaled or pinned by the calibration overlay.
+fn calibrate(agent: &Agent) {
+    let cal = Calibration::load(Path::new(CALIBRATION_PATH)).unwrap_or_else(|e| {
+        error!("{}; using the measured speed", console::chain(&e));
+        Calibration::default()
+    });
+    let measured = if cal.speed.is_some() { None } else { Some(crate::bench::measure(crate::bench::BUDGET)) };
+    let speed = cal.effective_speed(measured.unwrap_or(0.0));
+    agent.state().speed = Some(speed);
+    match measured {
+        Some(m) => info!("speed={speed:.1} (measured {m:.1}, scale {} for cpu {:?})", cal.scale, cal.cpu),
+        None => info!("speed={speed:.1} (pinned by calibration for cpu {:?})", cal.cpu),
+    }
+}
+
+fn network(agent: &Arc<Agent>, cfg: &NodeConfig) -> Result<(), Error> {
+    let sys = agent.sys.as_ref();
+    let lo_up: Vec<String> = ["ip", "link", "set", "lo", "up"].map(String::from).into();
+    if let Err(e) = net::busybox(sys, "lo", &lo_up) {
+        error!("{}", console::chain(&e));
+    }
+    let (tx, rx) = mpsc::channel();
+    {
+        let agent = agent.clone();
+        let network = cfg.network.clone();
+        spawn("nics", move || watch_nics(&agent, &network, &tx));
+    }
+    let mut readiness = Readiness { ready: false };
+    let started = Instant::now();
+    let mut warned = false;
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(ev) => {
+                debug!("network: {ev:?}");
+                let announce = {
+                    let mut state = agent.state();
+                    readiness.on_event(&mut state, cfg, &ev)
+                };
+                if let (Some(id), NetEvent::Up { addr, interface, how, .. }) = (announce, &ev) {
+                    if let Err(e) = sys.set_hostname(&id.name) {
+                        warn!("cannot set the hostname to {}: {e}", id.name);
+                    }
+                    debug!("identity: {} (number {} from {:?}) via {interface} ({how})", id.name, id.number, id.source);
+                    write_state_file(&agent.state());
+                    console::line(&ready_line(&id.name, *addr));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                if !readiness.ready && !warned && started.elapsed() > NO_ADDRESS_WARNING {
+                    warn!("no NIC has an address after {} s; still trying", NO_ADDRESS_WARNING.as_secs());
+                    warned = true;
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return Err(Error::NetworkGone),
+        }
+    }
+}
+
+/// Finds NICs as they appear (drivers probe asynchronously, USB NICs come late) and starts DHCP
+/// or applies the static address on each new one.
+fn watch_nics(agent: &Arc<Agent>, network: &Network, tx: &Sender<NetEvent>) {
+    let mut known: Vec<String> = Vec::new();
+    let started = Instant::now();
+    let mut warned = false;
+    let mut scan_error_told = false;
+    loop {
+        match net::scan(Path::new(net::SYS_CLASS_NET)) {
+            Err(e) if !scan_error_told => {
+                error!("{}", console::chain(&e));
+                scan_error_told = true;
+            }
+            Err(_) => {}
+            Ok(nics) => {
+                for nic in nics {
+                    if known.contains(&nic.name) {
+                        continue;
+                    }
+                    known.push(nic.name.clone());
+                    if let Some(mac) = nic.mac {
+                        agent.state().macs.push(mac);
+                    }
+                    start_nic(agent, network, nic, tx);
+                }
+            }
+        }
+        if known.is_empty() && !warned && started.elapsed() > Duration::from_secs(10) {
+            warn!("no ethernet NIC found yet (is its driver in the node.toml modules list?)");
+            warned = true;
+        }
+        let period = if started.elapsed() < Duration::from_secs(10) { 200 } else { 2000 };
+        std::thread::sleep(Duration::from_millis(period));
+    }
+}
+
+fn start_nic(agent: &Arc<Agent>, network: &Network, nic: net::Nic, tx: &Sender<NetEvent>) {
+    let mac = nic.mac.as_ref().map_or("no MAC".into(), identity::format_mac);
+    match network {
+        Network::Dhcp => {
+            info!("{}: found ({mac}); starting DHCP", nic.name);
+            let (children, sys, tx) = (agent.children.clone(), agent.sys.clone(), tx.clone());
+            spawn("dhcp", move || net::supervise_dhcp(children, sys, nic, tx));
+        }
+        Network::Static { hosts, gateway } => match net::configure_static(agent.sys.as_ref(), &nic, hosts, gateway.as_deref()) {
+            Ok(Some(ev)) => {
+                info!("{}: static address for {mac}", nic.name);
+                let _ = tx.send(ev);
+            }
+            Ok(None) => info!("{}: {mac} has no static address in node.toml; left down", nic.name),
+            Err(e) => error!("{}", console::chain(&e)),
+        },
+    }
+}
+
+fn write_state_file(state: &NodeState) {
+    let text = format!(
+        "NODE_NAME={}\nNODE_NUMBER={}\nNODE_ADDR={}\nSPEED={}\n",
+        state.name.as_deref().unwrap_or(""),
+        state.number.map_or(String::new(), |n| n.to_string()),
+        state.addr.map_or(String::new(), |a| a.to_string()),
+        state.speed.map_or(String::new(), |s| format!("{s:.1}")),
+    );
+    let path = Path::new(STATE_FILE);
+    let result = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(path, text));
+    if let Err(e) = result {
+        warn!("cannot write {STATE_FILE}: {e}");
+    }
+}
+
+/// Makes sure fds 0-2 are open (the kernel leaves them closed when the initramfs has no
+/// `/dev/console`; devtmpfs is mounted by now).
+fn ensure_stdio() {
+    use nix::fcntl::{fcntl, FcntlArg};
+    if (0..3).all(|fd| fcntl(fd, FcntlArg::F_GETFD).is_ok()) {
+        return;
+    }
+    if let Ok(file) = console::open_device(Path::new("/dev/console")) {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            if fcntl(fd, FcntlArg::F_GETFD).is_err() {
+                let _ = nix::unistd::dup2(file.as_raw_fd(), fd);
+            }
+        }
+    }
+}
+
+/// Opens every console for log output; returns a second handle on each for the command reader.
+fn open_consoles() -> Vec<File> {
+    let listed = std::fs::read_to_string("/proc/consoles").ok();
+    let mut outputs = Vec::new();
+    let mut readers = Vec::new();
+    let mut failed: Vec<(PathBuf, std::io::Error)> = Vec::new();
+    for path in console::console_paths(listed.as_deref()) {
+        match console::open_device(&path) {
+            Ok(file) => {
+                if let Ok(reader) = file.try_clone() {
+                    readers.push(reader);
+                }
+                outputs.push(file);
+            }
+            Err(e) => failed.push((path, e)),
+        }
+    }
+    if !outputs.is_empty() {
+        console::set_outputs(outputs);
+    }
+    for (path, e) in failed {
+        warn!("cannot open console {}: {e}", path.display());
+    }
+    readers
+}
+
+/// Reads command lines from one console for ever.
+fn read_commands(agent: &Arc<Agent>, file: File) {
+    let mut reader = std::io::BufReader::new(file);
+    let mut buf = Vec::new();
+    let mut errors = 0u32;
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf) {
+            // EOF (Ctrl-D on a tty, or hang-up): the console stays; try again shortly.
+            Ok(0) => std::thread::sleep(Duration::from_millis(500)),
+            Ok(_) => {
+                errors = 0;
+                handle_line(agent, &String::from_utf8_lossy(&buf));
+            }
+            Err(e) => {
+                errors += 1;
+                if errors == 1 {
+                    debug!("console read failed: {e}");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn handle_line(agent: &Arc<Agent>, line: &str) {
+    match command::parse(line) {
+        Parsed::Empty => {}
+        Parsed::Unknown(word) => info!("{}", command::unknown_hint(&word)),
+        Parsed::Command(Command::Help) => info!("{}", command::HELP),
+        Parsed::Command(Command::Status) => {
+            let uptime = agent.uptime_secs();
+            let line = status_line(&agent.state(), uptime);
+            console::line(&line);
+        }
+        Parsed::Command(Command::Power(action)) => {
+            info!("console: {}", action.verb());
+            agent.power(action);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::map::ClusterMap;
+
+    #[test]
+    fn first_address_wins_the_ready_line() {
+        let mut cfg = NodeConfig::fallback("6.1");
+        cfg.map = ClusterMap::parse_mosix("1 10.0.2.15 1\n", "m").unwrap();
+        let mut state = NodeState { macs: vec![[0x52, 0x54, 0, 0x12, 0x34, 0x56]], ..Default::default() };
+        let mut r = Readiness { ready: false };
+        let down = NetEvent::Down { interface: "eth1".into() };
+        assert_eq!(r.on_event(&mut state, &cfg, &down), None);
+        let up = |i: &str, a: [u8; 4]| NetEvent::Up { interface: i.into(), addr: a.into(), prefix: Some(24), how: "dhcp" };
+        let id = r.on_event(&mut state, &cfg, &up("eth0", [10, 0, 2, 15])).unwrap();
+        assert_eq!(ready_line(&id.name, [10, 0, 2, 15].into()), "drove: ready node=node1 addr=10.0.2.15");
+        assert_eq!(r.on_event(&mut state, &cfg, &up("eth1", [10, 0, 3, 15])), None);
+        assert_eq!(state.addr, Some([10, 0, 2, 15].into()));
+        assert_eq!(state.addrs.len(), 2);
+        state.speed = Some(12.345);
+        assert_eq!(status_line(&state, 42), "drove: status node=node1 addr=10.0.2.15 uptime=42s speed=12.3 nics=eth0:10.0.2.15,eth1:10.0.3.15");
+    }
+
+    #[test]
+    fn status_before_ready() {
+        assert_eq!(status_line(&NodeState::default(), 3), "drove: status node=- addr=- uptime=3s speed=- nics=-");
+    }
+
+    #[test]
+    fn cmdline_flags() {
+        assert!(keeps_kernel_loglevel("console=ttyS0 loglevel=7"));
+        assert!(keeps_kernel_loglevel("debug"));
+        assert!(!keeps_kernel_loglevel("console=ttyS0 panic=-1 drove.debug"));
+        assert!(wants_debug("console=ttyS0 drove.debug"));
+        assert!(!wants_debug("drove.debugx"));
+    }
+}
