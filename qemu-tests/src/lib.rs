@@ -22,7 +22,7 @@ mod process;
 mod vm;
 
 pub use accel::{accel, Accel};
-pub use artifacts::{drove_bin, out_dir, workspace_root, Artifacts, Manifest};
+pub use artifacts::{concat_files, drove_bin, out_dir, workspace_root, Artifacts, Manifest};
 pub use console::LinePattern;
 pub use error::Error;
 pub use net::{Netdev, Nic, VdeSwitch};

@@ -123,9 +123,9 @@ impl WorkDir {
         &self.path
     }
 
-    /// Keeps the directory after the test.
-    pub fn keep(&self) {
-        self.keep.store(true, Ordering::SeqCst);
+    /// Whether to keep the directory after the test (failures set this).
+    pub fn keep(&self, keep: bool) {
+        self.keep.store(keep, Ordering::SeqCst);
     }
 }
 
@@ -501,10 +501,16 @@ impl Vm {
         kill_group(&mut lock(&self.child), EXIT_TIMEOUT)
     }
 
+    /// Keep the work directory after the test or not. Any failure report sets it; a test that
+    /// provoked an error on purpose can clear it.
+    pub fn keep_dir(&self, keep: bool) {
+        self.work.keep(keep);
+    }
+
     /// Where the logs are and the last console lines; marks the work directory to be kept.
     pub fn report(&self) -> String {
         self.reported.store(true, Ordering::SeqCst);
-        self.work.keep();
+        self.work.keep(true);
         let mut s = format!(
             "  console log: {}\n  qemu stderr: {}\n  qemu command: {}\n",
             self.log_path.display(),
