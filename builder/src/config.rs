@@ -110,7 +110,7 @@ pub struct InitramfsSection {
 impl Default for InitramfsSection {
     fn default() -> Self {
         InitramfsSection {
-            compression: Compression::Xz,
+            compression: Compression::Zstd,
             criu: "/usr/sbin/criu".into(),
             busybox: "/bin/busybox".into(),
             agent: None,

@@ -13,3 +13,4 @@ pub mod key;
 pub mod progress;
 pub mod initramfs;
 pub mod manifest;
+pub mod build;

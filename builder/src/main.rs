@@ -1,1 +1,111 @@
-fn main() {}
+//! `drove`: the builder and cluster tool. Parses the command line and dispatches; the work lives
+//! in the library.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use drove::build::{self, Options};
+use drove::config::{Config, Loaded};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "drove", version, about = "Turn surplus PCs into a process-migration cluster")]
+struct Cli {
+    /// Only print errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also print every external command as a copy-pasteable line.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build boot media (disk.img, floppy.img, pxe/) and manifest.json.
+    Build {
+        /// Cluster config (TOML); default: the built-in cluster (`drove config default`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long, default_value = "out")]
+        out: PathBuf,
+        /// Build only this medium (repeatable): disk, floppy, pxe.
+        #[arg(long = "output", value_name = "NAME")]
+        outputs: Vec<String>,
+        /// Image server URL the floppy and PXE media load from (overrides outputs.server).
+        #[arg(long)]
+        server: Option<String>,
+    },
+    /// Show or check cluster configs.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Serve a PXE directory over HTTP (with range requests) for netbooting nodes.
+    Serve {
+        #[arg(long, default_value = "out/pxe")]
+        dir: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the built-in default cluster config as TOML.
+    Default,
+    /// Parse a config (and its map file) and report problems with file:line.
+    Check { file: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.quiet, cli.verbose);
+    if let Err(err) = run(cli) {
+        // The chain once, at the top: each layer names its own step.
+        eprintln!("drove: error: {err}");
+        for cause in err.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(quiet: bool, verbose: bool) {
+    // Step lines are the normal output; library logs show with -v (commands) or DROVE_LOG.
+    let level = if verbose { "debug" } else if quiet { "error" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DROVE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("drove={level},warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).without_time().init();
+}
+
+fn load(config: Option<&PathBuf>) -> Result<Loaded> {
+    Ok(match config {
+        Some(path) => Loaded::from_file(path)?,
+        None => Loaded::default_cluster(),
+    })
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Build { config, out, outputs, server } => {
+            let loaded = load(config.as_ref())?;
+            let mut opts = Options::new(out);
+            opts.quiet = cli.quiet;
+            opts.server = server;
+            if !outputs.is_empty() {
+                opts.outputs = Some(outputs);
+            }
+            build::build(&loaded, &opts).context("build failed")?;
+        }
+        Command::Config { command: ConfigCommand::Default } => print!("{}", Config::default_cluster().to_toml()),
+        Command::Config { command: ConfigCommand::Check { file } } => {
+            let loaded = Loaded::from_file(&file)?;
+            println!("{}: ok (cluster {}, {} mapped nodes)", file.display(), loaded.config.cluster.name, loaded.map.nodes().len());
+        }
+        Command::Serve { dir, listen } => drove::serve::serve(&dir, listen)?,
+    }
+    Ok(())
+}
