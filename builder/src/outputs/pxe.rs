@@ -103,12 +103,12 @@ dhcp-userclass=set:ipxe,iPXE
 # Plain PXE ROMs: BIOS gets undionly.kpxe (iPXE over the ROM's own network driver), x86-64 UEFI
 # gets ipxe.efi. A basename with a dot is sent as is (no ".0" layer suffix appended).
 pxe-service=tag:!ipxe,x86PC,"drove (BIOS)",undionly.kpxe
-pxe-service=tag:!ipxe,X86-64_EFI,"drove (UEFI)",ipxe.efi
+pxe-service=tag:!ipxe,x86-64_EFI,"drove (UEFI)",ipxe.efi
 pxe-service=tag:!ipxe,BC_EFI,"drove (UEFI)",ipxe.efi
 
 # iPXE: the boot script from the image server.
 pxe-service=tag:ipxe,x86PC,"drove",{base}/boot.ipxe
-pxe-service=tag:ipxe,X86-64_EFI,"drove",{base}/boot.ipxe
+pxe-service=tag:ipxe,x86-64_EFI,"drove",{base}/boot.ipxe
 pxe-service=tag:ipxe,BC_EFI,"drove",{base}/boot.ipxe
 
 # Boot at once instead of showing the PXE menu.

@@ -220,6 +220,7 @@ fn floppy_over_budget_fails_with_a_size_table_and_leaves_nothing() {
     let loaders = Loaders { ipxe_lkrn: huge, ..Loaders::debian() };
     let err = write("floppy", &context(None, out.path(), &loaders)).unwrap_err();
     let msg = err.to_string();
+    println!("{msg}");
     assert!(matches!(err, Error::Floppy(floppy::Error::OverBudget { .. })), "{msg}");
     assert!(msg.contains("component") && msg.contains("bytes"), "{msg}");
     assert!(msg.lines().any(|l| l.starts_with("ipxe.lkrn") && l.ends_with("1500000")), "{msg}");
@@ -355,4 +356,36 @@ fn every_output_is_reproducible() {
     ctx.seed = [1; 32];
     write("disk", &ctx).unwrap();
     assert_ne!(std::fs::read(a.path().join("disk.img")).unwrap(), std::fs::read(c.path().join("disk.img")).unwrap());
+}
+
+/// Not a test: writes every output from real inputs for booting by hand (docs/media.md):
+/// `DROVE_MEDIA_KERNEL=/boot/vmlinuz-… DROVE_MEDIA_INITRDS=/tmp/a.img,/tmp/b.img
+/// DROVE_MEDIA_OUT=/tmp/media [DROVE_MEDIA_SERVER=http://10.0.2.2:8080]
+/// [DROVE_MEDIA_CMDLINE='console=ttyS0'] cargo test -p drove --lib write_media_from_env -- --ignored`
+#[test]
+#[ignore = "writes media from DROVE_MEDIA_* for booting by hand"]
+fn write_media_from_env() {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("set {k}"));
+    let out = std::path::PathBuf::from(var("DROVE_MEDIA_OUT"));
+    std::fs::create_dir_all(&out).unwrap();
+    let initrds = var("DROVE_MEDIA_INITRDS")
+        .split(',')
+        .map(|p| {
+            let path = std::path::PathBuf::from(p);
+            Initrd { name: path.file_name().unwrap().to_string_lossy().into_owned(), path }
+        })
+        .collect();
+    let payload = BootPayload {
+        kernel: var("DROVE_MEDIA_KERNEL").into(),
+        initrds,
+        cmdline: std::env::var("DROVE_MEDIA_CMDLINE").unwrap_or_else(|_| "console=ttyS0".into()),
+    };
+    let server = std::env::var("DROVE_MEDIA_SERVER").unwrap_or_else(|_| "http://10.0.2.2:8080".into());
+    let loaders = Loaders::debian();
+    let ctx = OutputContext { server: &server, ..context(Some(&payload), &out, &loaders) };
+    for o in OUTPUTS {
+        for a in write(o.name, &ctx).unwrap() {
+            println!("{}: {:?}", a.path.display(), a.components);
+        }
+    }
 }
