@@ -259,7 +259,7 @@ fn plan_base(loaded: &Loaded, opts: &Options, kernel: &Kernel, steps: &mut Steps
         if let Some(dir) = &kernel.modules_dir {
             initramfs::add_modules(&mut plan, dir, &kernel.release, &closure)?;
         }
-        let node = node_config(loaded, &kernel.release);
+        let node = node_config(loaded, &kernel.release, &closure.builtin);
         let text = toml::to_string_pretty(&node).map_err(|e| Error::Config(e.to_string()))?;
         plan.add_bytes("config", NODE_CONFIG_PATH, 0o644, text.into_bytes())?;
         plan.add_bytes("config", CLUSTER_KEY_PATH, 0o600, key.file_bytes())?;
@@ -276,7 +276,8 @@ fn plan_base(loaded: &Loaded, opts: &Options, kernel: &Kernel, steps: &mut Steps
 }
 
 /// What the node reads at boot, derived from the cluster config.
-pub fn node_config(loaded: &Loaded, release: &str) -> NodeConfig {
+/// Built-in modules are left out of the load list: they are already there.
+pub fn node_config(loaded: &Loaded, release: &str, builtin: &[String]) -> NodeConfig {
     let cfg = &loaded.config;
     NodeConfig {
         cluster: cfg.cluster.name.clone(),
@@ -284,7 +285,7 @@ pub fn node_config(loaded: &Loaded, release: &str) -> NodeConfig {
         discovery: cfg.cluster.discovery,
         network: cfg.network.clone(),
         map: loaded.map.clone(),
-        modules: cfg.kernel.drivers.clone(),
+        modules: cfg.kernel.drivers.iter().filter(|d| !builtin.contains(&kernel::normalize(d))).cloned().collect(),
         kernel_release: release.into(),
         server: Some(cfg.outputs.server.clone()),
         api_port: drove_agent::config::DEFAULT_API_PORT,

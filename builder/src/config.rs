@@ -14,9 +14,11 @@ pub const DEFAULT_DRIVERS: &[&str] = &[
     // NICs: Intel, Realtek, DEC, AMD, NE2000 clones, virtio.
     "e1000", "e1000e", "r8169", "8139too", "8139cp", "tulip", "pcnet32", "ne2k-pci", "virtio_net",
     "virtio_pci",
-    // CRIU: socket diagnostics for dump, nf_tables for its network lock.
-    "unix_diag", "inet_diag", "tcp_diag", "udp_diag", "netlink_diag", "af_packet_diag", "nf_tables",
-    "nfnetlink", "libcrc32c", "crc32c_generic",
+    // CRIU: socket diagnostics for dump, nf_tables for its network lock. The agent loads in this
+    // order: crc32c_generic must precede libcrc32c (a modules.softdep `pre:` the agent does not
+    // read), or libcrc32c fails with ENOENT and nf_tables with it.
+    "unix_diag", "inet_diag", "tcp_diag", "udp_diag", "netlink_diag", "af_packet_diag",
+    "crc32c_generic", "libcrc32c", "nfnetlink", "nf_tables",
     // DHCP client raw sockets; ACPI power button for clean poweroff.
     "af_packet", "button", "evdev",
 ];
