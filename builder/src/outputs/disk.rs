@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::fat::{self, FatTree, FatType};
@@ -147,6 +147,7 @@ pub fn write(ctx: &OutputContext, payload: &BootPayload) -> Result<super::Artifa
     components.push(("free and metadata".into(), plan.total_bytes().saturating_sub(used)));
 
     set_mode(tmp.as_file(), &tmp_path)?;
+    tmp.as_file().sync_all().map_err(|source| Error::Create { path: tmp_path.clone(), source })?;
     tmp.persist(&final_path).map_err(|e| Error::Persist { path: final_path.clone(), source: e.error })?;
     tracing::info!(path = %final_path.display(), bytes = plan.total_bytes(), "wrote disk image");
     Ok(super::Artifact { path: "disk.img".into(), components })
@@ -209,6 +210,10 @@ fn write_image(ctx: &OutputContext, plan: &DiskLayout, file: &File, path: &Path)
     };
     let slice = fat::Slice::new(&mut dev, plan.esp_offset(), plan.esp_sectors * SECTOR).map_err(create)?;
     fat::write(slice, &format, &plan.esp, ctx.epoch, path).map_err(Error::Fat)?;
+    // fatfs leaves "hidden sectors" 0; a partition's boot sector records its start there, and
+    // syslinux's boot code falls back to it when the MBR hands over no partition entry.
+    let hidden = u32::try_from(plan.esp_first_lba).unwrap_or(u32::MAX);
+    patch(&mut dev, plan.esp_offset() + 0x1c, &hidden.to_le_bytes()).map_err(create)?;
     dev.flush().map_err(create)?;
 
     // BIOS boot: syslinux writes its boot sector and ldlinux.{sys,c32} through mtools
@@ -220,11 +225,32 @@ fn write_image(ctx: &OutputContext, plan: &DiskLayout, file: &File, path: &Path)
         .run()
         .map_err(|source| Error::Syslinux { path: path.into(), source })?;
 
+    copy_to_backup_boot_sector(&mut dev, plan.esp_offset()).map_err(create)?;
+
     let slice = fat::Slice::new(&mut dev, plan.esp_offset(), plan.esp_sectors * SECTOR).map_err(create)?;
     let files = fat::fix_timestamps(slice, ctx.epoch, path).map_err(Error::Fat)?;
     dev.flush().map_err(create)?;
     let planned: Vec<String> = plan.esp.files().iter().map(|f| format!("/{}", f.path)).collect();
     Ok(files.into_iter().filter(|(p, _)| !planned.iter().any(|q| q.eq_ignore_ascii_case(p))).collect())
+}
+
+fn patch(dev: &mut &File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+    dev.seek(SeekFrom::Start(offset))?;
+    dev.write_all(bytes)
+}
+
+/// FAT32 keeps a copy of its boot sector (BPB field at 0x32, sector 6 as fatfs formats it);
+/// syslinux rewrites only the primary. Copying it keeps the two identical, as fsck expects.
+fn copy_to_backup_boot_sector(dev: &mut &File, esp_offset: u64) -> std::io::Result<()> {
+    let mut boot = [0u8; 512];
+    dev.seek(SeekFrom::Start(esp_offset))?;
+    dev.read_exact(&mut boot)?;
+    let backup = u64::from(u16::from_le_bytes([boot[0x32], boot[0x33]]));
+    let reserved = u64::from(u16::from_le_bytes([boot[0x0e], boot[0x0f]]));
+    if backup == 0 || backup >= reserved {
+        return Ok(());
+    }
+    patch(dev, esp_offset + backup * SECTOR, &boot)
 }
 
 fn read_bootcode(path: &Path) -> Result<[u8; 440], Error> {

@@ -138,6 +138,7 @@ pub fn write(ctx: &OutputContext) -> Result<super::Artifact, Error> {
             .set_permissions(std::fs::Permissions::from_mode(0o644))
             .map_err(|source| Error::Create { path: tmp_path.clone(), source })?;
     }
+    tmp.as_file().sync_all().map_err(|source| Error::Create { path: tmp_path.clone(), source })?;
     tmp.persist(&final_path).map_err(|e| Error::Persist { path: final_path.clone(), source: e.error })?;
     tracing::info!(path = %final_path.display(), uefi = plan.uefi, "wrote floppy image");
     Ok(super::Artifact { path: "floppy.img".into(), components })

@@ -226,6 +226,9 @@ impl BootPayload {
         if c.chars().any(|ch| ch.is_control()) {
             return Err(Error::BadCmdline { cmdline: c.clone(), why: "must be one line without control characters" });
         }
+        if c.contains('$') {
+            return Err(Error::BadCmdline { cmdline: c.clone(), why: "`$` is not allowed (iPXE expands ${...} in boot.ipxe)" });
+        }
         if c.len() > 2048 {
             return Err(Error::BadCmdline { cmdline: c.clone(), why: "longer than 2048 bytes" });
         }
@@ -292,6 +295,7 @@ mod tests {
             assert!(matches!(payload(bad, "").validate(), Err(Error::BadInitrdName { .. })), "{bad:?}");
         }
         assert!(matches!(payload(&["i"], "a\nb").validate(), Err(Error::BadCmdline { .. })));
+        assert!(matches!(payload(&["i"], "x=${net0/ip}").validate(), Err(Error::BadCmdline { .. })));
     }
 
     #[test]

@@ -66,6 +66,12 @@ fn disk_image_is_gpt_with_bootable_esp_and_files() {
     assert_eq!(bytes[450], 0xee, "protective MBR partition type");
     assert_eq!(&bytes[510..512], &[0x55, 0xaa]);
 
+    // the ESP's boot sector is syslinux's, records the partition start, and its backup matches
+    let vbr = &bytes[1 << 20..(1 << 20) + 512];
+    assert!(vbr.windows(8).any(|w| w == b"SYSLINUX"), "syslinux boot sector in the ESP");
+    assert_eq!(u32::from_le_bytes([vbr[0x1c], vbr[0x1d], vbr[0x1e], vbr[0x1f]]), 2048, "hidden sectors");
+    assert_eq!(&bytes[(1 << 20) + 6 * 512..(1 << 20) + 7 * 512], vbr, "FAT32 backup boot sector");
+
     let esp = format!("{img_s}@@1048576");
     let root = mdir(&esp, "::/");
     for name in ["ldlinux.sys", "ldlinux.c32", "syslinux.cfg", "EFI", "loader", "drove"] {
