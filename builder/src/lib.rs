@@ -14,3 +14,4 @@ pub mod progress;
 pub mod initramfs;
 pub mod manifest;
 pub mod build;
+pub mod kernel_build;

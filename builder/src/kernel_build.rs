@@ -1,0 +1,1 @@
+//! `drove kernel build`: compiles the migration-enabled kernel from source.
