@@ -7,7 +7,8 @@
 //! hands each status to whoever spawned that pid. Unknown pids (orphans) are just reaped.
 
 use nix::errno::Errno;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{SigSet, Signal};
+use std::os::unix::process::CommandExt;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::collections::HashMap;
@@ -92,6 +93,13 @@ impl Children {
             output = Some(std::fs::File::from(read));
         }
         cmd.stdin(Stdio::null());
+        // PID 1 blocks the signals it takes with sigwait, and std does not reset the mask it
+        // hands to a child: without this, udhcpc & co. would ignore SIGTERM at shutdown.
+        // SAFETY: runs in the child between fork and exec; it only calls sigemptyset and
+        // pthread_sigmask on a stack value, both async-signal-safe, and allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| SigSet::empty().thread_set_mask().map_err(std::io::Error::from));
+        }
         let (tx, rx) = mpsc::channel();
         // Held across spawn and insert: the reaper cannot collect this pid before it is known.
         let mut table = self.table();
@@ -176,6 +184,26 @@ mod tests {
     fn exit_explains_127() {
         assert_eq!(Exit::Code(127).to_string(), "exit status 127 (command not found)");
         assert_eq!(Exit::Signal(Signal::SIGKILL).to_string(), "killed by SIGKILL");
+    }
+
+    #[test]
+    fn children_start_with_no_blocked_signals() {
+        let children = Children::new();
+        let mut blocked = SigSet::empty();
+        blocked.add(Signal::SIGTERM);
+        // Block in a scratch thread (the mask is per thread) and spawn from there.
+        let out = std::thread::scope(|s| {
+            s.spawn(|| {
+                blocked.thread_block().unwrap();
+                let spawned = children.spawn(Command::new("grep").args(["^SigBlk", "/proc/self/status"]), true).unwrap();
+                let mut text = String::new();
+                spawned.output.unwrap().read_to_string(&mut text).unwrap();
+                text
+            })
+            .join()
+            .unwrap()
+        });
+        assert_eq!(out.trim(), "SigBlk:\t0000000000000000");
     }
 
     #[test]

@@ -188,7 +188,7 @@ pub fn supervise_dhcp(children: Arc<Children>, sys: Arc<dyn crate::sys::Sys>, ni
     let name = nic.name.clone();
     let mut attempt = 0u32;
     let mut told_no_answer = false;
-    loop {
+    while !crate::power::in_progress() {
         if let Err(e) = busybox(sys.as_ref(), &name, &["ip".into(), "link".into(), "set".into(), name.clone(), "up".into()]) {
             crate::warn!("{}", crate::console::chain(&e));
         }
@@ -221,6 +221,9 @@ pub fn supervise_dhcp(children: Arc<Children>, sys: Arc<dyn crate::sys::Sys>, ni
             }
         }
         let _ = tx.send(NetEvent::Down { interface: name.clone() });
+        if crate::power::in_progress() {
+            break;
+        }
         let delay = backoff(attempt);
         attempt = attempt.saturating_add(1);
         crate::debug!("{name}: next DHCP try in {} s", delay.as_secs());

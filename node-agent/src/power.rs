@@ -38,6 +38,11 @@ const POLL: Duration = Duration::from_millis(50);
 
 static IN_PROGRESS: AtomicBool = AtomicBool::new(false);
 
+/// Whether a poweroff, reboot or halt has started (supervisors then stop restarting things).
+pub fn in_progress() -> bool {
+    IN_PROGRESS.load(Ordering::SeqCst)
+}
+
 /// Starts the shutdown unless one is already under way (then returns at once). On success the
 /// machine goes down; if `reboot(2)` fails the error is logged and the function returns.
 pub fn request(sys: &dyn Sys, action: PowerAction) {
@@ -52,19 +57,21 @@ pub fn request(sys: &dyn Sys, action: PowerAction) {
 pub fn shutdown(sys: &dyn Sys, action: PowerAction, grace: Duration) {
     crate::info!("{}: stopping all processes", action.verb());
     for (sig, wait) in [(Signal::SIGTERM, grace), (Signal::SIGKILL, Duration::from_secs(1))] {
-        match sys.kill_all(Some(sig)) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => crate::warn!("cannot send {sig} to all processes: {e}"),
+        if sys.processes().is_empty() {
+            break;
+        }
+        if sig == Signal::SIGKILL {
+            let names: Vec<String> = sys.processes().iter().map(|(pid, comm)| format!("{comm}[{pid}]")).collect();
+            crate::warn!("still running after {} ms, killing: {}", grace.as_millis(), names.join(" "));
+        }
+        if let Err(e) = sys.kill_all(sig) {
+            crate::warn!("cannot send {sig} to all processes: {e}");
         }
         let mut waited = Duration::ZERO;
         // Processes that ended are reaped by the signal thread; wait until none is left.
-        while waited < wait && matches!(sys.kill_all(None), Ok(true)) {
+        while waited < wait && !sys.processes().is_empty() {
             sys.sleep(POLL);
             waited += POLL;
-        }
-        if matches!(sys.kill_all(None), Ok(false)) {
-            break;
         }
     }
     sys.sync();
@@ -91,7 +98,7 @@ mod tests {
     fn shutdown_kills_syncs_unmounts_in_reverse_then_reboots() {
         let sys = FakeSys::default();
         *sys.mounted.lock().unwrap() = vec![PathBuf::from("/"), PathBuf::from("/proc"), PathBuf::from("/dev"), PathBuf::from("/dev/pts")];
-        *sys.processes_left.lock().unwrap() = 2;
+        *sys.processes_left.lock().unwrap() = 3;
         shutdown(&sys, PowerAction::Poweroff, Duration::from_secs(1));
         assert_eq!(
             sys.calls(),
@@ -107,8 +114,16 @@ mod tests {
         let calls = sys.calls();
         assert_eq!(calls[0], "kill -1 SIGTERM");
         assert_eq!(calls.iter().filter(|c| c.starts_with("sleep")).count(), 2 + 20);
+        assert_eq!(calls.iter().filter(|c| c.starts_with("kill")).count(), 2);
         assert!(calls.contains(&"kill -1 SIGKILL".to_string()));
         assert_eq!(calls.last().unwrap(), "reboot Reboot");
+    }
+
+    #[test]
+    fn nothing_to_kill_means_no_signals() {
+        let sys = FakeSys::default();
+        shutdown(&sys, PowerAction::Halt, Duration::from_secs(1));
+        assert_eq!(sys.calls(), vec!["sync", "sync", "reboot Halt"]);
     }
 
     #[test]

@@ -25,8 +25,11 @@ pub trait Sys: Send + Sync {
     /// `reboot(2)`: returns only when it failed.
     fn reboot(&self, action: PowerAction) -> io::Error;
     fn set_hostname(&self, name: &str) -> io::Result<()>;
-    /// `kill(-1, sig)` (every process but PID 1); `None` only probes. Ok(false): none left.
-    fn kill_all(&self, sig: Option<Signal>) -> io::Result<bool>;
+    /// `kill(-1, sig)`: every process but PID 1 (kernel threads ignore it).
+    fn kill_all(&self, sig: Signal) -> io::Result<()>;
+    /// User-space processes other than this one, as (pid, command name); zombies included.
+    /// (`kill(-1, 0)` cannot tell: kernel threads always count.)
+    fn processes(&self) -> Vec<(i32, String)>;
     fn sync(&self);
     /// `klogctl(SYSLOG_ACTION_CONSOLE_LEVEL)`: kernel messages above `level` stay off the console.
     fn set_console_loglevel(&self, level: i32) -> io::Result<()>;
@@ -85,12 +88,27 @@ impl Sys for RealSys {
         nix::unistd::sethostname(name).map_err(io::Error::from)
     }
 
-    fn kill_all(&self, sig: Option<Signal>) -> io::Result<bool> {
+    fn kill_all(&self, sig: Signal) -> io::Result<()> {
         match nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), sig) {
-            Ok(()) => Ok(true),
-            Err(nix::errno::Errno::ESRCH) => Ok(false),
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
             Err(e) => Err(io::Error::from(e)),
         }
+    }
+
+    fn processes(&self) -> Vec<(i32, String)> {
+        let me = std::process::id() as i32;
+        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        let mut found: Vec<(i32, String)> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| *pid != me)
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+            .filter_map(|text| parse_stat(&text))
+            .filter(|p| !p.kernel_thread)
+            .map(|p| (p.pid, p.comm))
+            .collect();
+        found.sort();
+        found
     }
 
     fn sync(&self) {
@@ -115,6 +133,30 @@ impl Sys for RealSys {
     fn sleep(&self, d: Duration) {
         std::thread::sleep(d);
     }
+}
+
+/// What `/proc/<pid>/stat` says about a process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: i32,
+    pub comm: String,
+    pub ppid: i32,
+    pub kernel_thread: bool,
+}
+
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Parses `/proc/<pid>/stat` (`pid (comm) state ppid pgrp session tty tpgid flags ...`); the
+/// command name may itself contain spaces and parentheses, so fields are counted from the last `)`.
+pub fn parse_stat(text: &str) -> Option<ProcStat> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let pid = text.get(..open)?.trim().parse().ok()?;
+    let comm = text.get(open + 1..close)?.to_string();
+    let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
+    let ppid: i32 = rest.get(1)?.parse().ok()?;
+    let flags: u64 = rest.get(6)?.parse().ok()?;
+    Some(ProcStat { pid, comm, ppid, kernel_thread: flags & PF_KTHREAD != 0 || pid == 2 || ppid == 2 })
 }
 
 /// Mount points from `/proc/self/mounts` text (second field, octal escapes decoded).
@@ -210,18 +252,17 @@ pub mod fake {
             self.record(format!("hostname {name}"));
             Ok(())
         }
-        fn kill_all(&self, sig: Option<Signal>) -> io::Result<bool> {
-            if let Some(sig) = sig {
-                self.record(format!("kill -1 {sig}"));
-            }
-            let mut left = self.processes_left.lock().map_err(|_| io::Error::other("poisoned"))?;
+        fn kill_all(&self, sig: Signal) -> io::Result<()> {
+            self.record(format!("kill -1 {sig}"));
+            Ok(())
+        }
+        fn processes(&self) -> Vec<(i32, String)> {
+            let Ok(mut left) = self.processes_left.lock() else { return Vec::new() };
             if *left == 0 {
-                return Ok(false);
+                return Vec::new();
             }
-            if sig.is_none() {
-                *left -= 1;
-            }
-            Ok(true)
+            *left -= 1;
+            vec![(42, "udhcpc".into())]
         }
         fn sync(&self) {
             self.record("sync".into());
@@ -243,6 +284,17 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stat_lines_parse_and_spot_kernel_threads() {
+        let user = "412 (udhcpc) S 1 412 412 0 -1 4194560 160 0 0 0 0 0 0 0 20 0 1 0 290 2404352 1 18446744073709551615";
+        assert_eq!(parse_stat(user), Some(ProcStat { pid: 412, comm: "udhcpc".into(), ppid: 1, kernel_thread: false }));
+        let kthread = "15 (ksoftirqd/1) S 2 0 0 0 -1 69238848 0 0 0 0 0 0 0 0 20 0 1 0 2 0 0";
+        assert!(parse_stat(kthread).unwrap().kernel_thread);
+        let odd = "77 (a) (b) R 1 77 77 0 -1 4194304 0";
+        assert_eq!(parse_stat(odd).unwrap().comm, "a) (b");
+        assert_eq!(parse_stat("garbage"), None);
+    }
 
     #[test]
     fn mounts_are_parsed_with_escapes() {
