@@ -21,23 +21,41 @@ pub enum Error {
     #[error("planning the EFI system partition")]
     Plan(#[source] fat::Error),
     #[error("{path}: cannot create the image")]
-    Create { path: PathBuf, source: std::io::Error },
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: cannot read the MBR boot code")]
-    ReadMbr { path: PathBuf, source: std::io::Error },
+    ReadMbr {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: MBR boot code is {size} bytes, more than the 440 an MBR holds")]
     MbrTooLarge { path: PathBuf, size: u64 },
     #[error("{path}: cannot write the protective MBR")]
-    Mbr { path: PathBuf, source: gpt::mbr::MBRError },
+    Mbr {
+        path: PathBuf,
+        source: gpt::mbr::MBRError,
+    },
     #[error("{path}: cannot write the GPT")]
-    Gpt { path: PathBuf, source: gpt::GptError },
+    Gpt {
+        path: PathBuf,
+        source: gpt::GptError,
+    },
     #[error("{path}: disk of {bytes} bytes is too large for a FAT32 ESP")]
     TooLarge { path: PathBuf, bytes: u64 },
     #[error("writing the EFI system partition")]
     Fat(#[source] fat::Error),
     #[error("installing syslinux into {path}")]
-    Syslinux { path: PathBuf, source: crate::cmd::Error },
+    Syslinux {
+        path: PathBuf,
+        source: crate::cmd::Error,
+    },
     #[error("{path}: cannot move into place")]
-    Persist { path: PathBuf, source: std::io::Error },
+    Persist {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 const SECTOR: u64 = 512;
@@ -86,7 +104,11 @@ pub fn loader_entry(payload: &BootPayload) -> String {
 }
 
 pub fn syslinux_cfg(payload: &BootPayload) -> String {
-    let initrds: Vec<String> = payload.initrds.iter().map(|i| format!("/{ENTRY}/{}", i.name)).collect();
+    let initrds: Vec<String> = payload
+        .initrds
+        .iter()
+        .map(|i| format!("/{ENTRY}/{}", i.name))
+        .collect();
     format!(
         "DEFAULT {ENTRY}\nPROMPT 0\nTIMEOUT 0\n\nLABEL {ENTRY}\n  LINUX /{ENTRY}/vmlinuz\n  INITRD {}\n  APPEND {}\n",
         initrds.join(","),
@@ -99,7 +121,11 @@ pub fn esp_tree(payload: &BootPayload, systemd_boot: &Path) -> Result<FatTree, f
     let mut t = FatTree::new();
     t.add_file("EFI/BOOT/BOOTX64.EFI", systemd_boot, "systemd-boot")?;
     t.add_bytes("loader/loader.conf", loader_conf().into_bytes(), "config")?;
-    t.add_bytes(&format!("loader/entries/{ENTRY}.conf"), loader_entry(payload).into_bytes(), "config")?;
+    t.add_bytes(
+        &format!("loader/entries/{ENTRY}.conf"),
+        loader_entry(payload).into_bytes(),
+        "config",
+    )?;
     t.add_bytes("syslinux.cfg", syslinux_cfg(payload).into_bytes(), "config")?;
     t.add_file(&format!("{ENTRY}/vmlinuz"), &payload.kernel, "kernel")?;
     for i in &payload.initrds {
@@ -137,31 +163,57 @@ pub fn write(ctx: &OutputContext, payload: &BootPayload) -> Result<super::Artifa
         .prefix(".disk.img.")
         .suffix(".tmp")
         .tempfile_in(ctx.out_dir)
-        .map_err(|source| Error::Create { path: final_path.clone(), source })?;
+        .map_err(|source| Error::Create {
+            path: final_path.clone(),
+            source,
+        })?;
     let tmp_path = tmp.path().to_path_buf();
     let extra = write_image(ctx, &plan, tmp.as_file(), &tmp_path)?;
 
     let mut components = plan.esp.components();
     components.push(("syslinux".into(), extra.iter().map(|(_, n)| n).sum()));
     let used: u64 = components.iter().map(|(_, n)| n).sum();
-    components.push(("free and metadata".into(), plan.total_bytes().saturating_sub(used)));
+    components.push((
+        "free and metadata".into(),
+        plan.total_bytes().saturating_sub(used),
+    ));
 
     set_mode(tmp.as_file(), &tmp_path)?;
-    tmp.as_file().sync_all().map_err(|source| Error::Create { path: tmp_path.clone(), source })?;
-    tmp.persist(&final_path).map_err(|e| Error::Persist { path: final_path.clone(), source: e.error })?;
+    tmp.as_file().sync_all().map_err(|source| Error::Create {
+        path: tmp_path.clone(),
+        source,
+    })?;
+    tmp.persist(&final_path).map_err(|e| Error::Persist {
+        path: final_path.clone(),
+        source: e.error,
+    })?;
     tracing::info!(path = %final_path.display(), bytes = plan.total_bytes(), "wrote disk image");
-    Ok(super::Artifact { path: "disk.img".into(), components })
+    Ok(super::Artifact {
+        path: "disk.img".into(),
+        components,
+    })
 }
 
 fn set_mode(file: &File, path: &Path) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
     file.set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(|source| Error::Create { path: path.into(), source })
+        .map_err(|source| Error::Create {
+            path: path.into(),
+            source,
+        })
 }
 
 /// Writes the whole image into `file` (already created); returns the files syslinux added.
-fn write_image(ctx: &OutputContext, plan: &DiskLayout, file: &File, path: &Path) -> Result<Vec<(String, u64)>, Error> {
-    let create = |source| Error::Create { path: path.into(), source };
+fn write_image(
+    ctx: &OutputContext,
+    plan: &DiskLayout,
+    file: &File,
+    path: &Path,
+) -> Result<Vec<(String, u64)>, Error> {
+    let create = |source| Error::Create {
+        path: path.into(),
+        source,
+    };
     file.set_len(plan.total_bytes()).map_err(create)?;
     let mut dev = file;
 
@@ -172,10 +224,16 @@ fn write_image(ctx: &OutputContext, plan: &DiskLayout, file: &File, path: &Path)
     mbr.set_bootcode(read_bootcode(&ctx.loaders.gptmbr)?);
     let sig = ctx.derive("disk mbr signature");
     mbr.set_disk_signature([sig[0], sig[1], sig[2], sig[3]]);
-    mbr.overwrite_lba0(&mut dev).map_err(|source| Error::Mbr { path: path.into(), source })?;
+    mbr.overwrite_lba0(&mut dev).map_err(|source| Error::Mbr {
+        path: path.into(),
+        source,
+    })?;
 
     // GPT: one ESP, legacy-BIOS-bootable
-    let gpt_err = |source| Error::Gpt { path: path.into(), source };
+    let gpt_err = |source| Error::Gpt {
+        path: path.into(),
+        source,
+    };
     let mut disk = gpt::GptConfig::new()
         .writable(true)
         .logical_block_size(gpt::disk::LogicalBlockSize::Lb512)
@@ -189,12 +247,15 @@ fn write_image(ctx: &OutputContext, plan: &DiskLayout, file: &File, path: &Path)
         flags: gpt::partition::PartitionAttributes::BOOTABLE.bits(),
         name: "EFI System Partition".into(),
     };
-    disk.update_partitions(BTreeMap::from([(1, esp)])).map_err(gpt_err)?;
+    disk.update_partitions(BTreeMap::from([(1, esp)]))
+        .map_err(gpt_err)?;
     disk.write().map_err(gpt_err)?;
 
     // FAT32 ESP
-    let sectors = u32::try_from(plan.esp_sectors)
-        .map_err(|_| Error::TooLarge { path: path.into(), bytes: plan.total_bytes() })?;
+    let sectors = u32::try_from(plan.esp_sectors).map_err(|_| Error::TooLarge {
+        path: path.into(),
+        bytes: plan.total_bytes(),
+    })?;
     let vol = ctx.derive("esp volume id");
     let format = fat::Format {
         fat_type: FatType::Fat32,
@@ -208,7 +269,8 @@ fn write_image(ctx: &OutputContext, plan: &DiskLayout, file: &File, path: &Path)
         root_entries: 0,
         drive_num: 0x80,
     };
-    let slice = fat::Slice::new(&mut dev, plan.esp_offset(), plan.esp_sectors * SECTOR).map_err(create)?;
+    let slice =
+        fat::Slice::new(&mut dev, plan.esp_offset(), plan.esp_sectors * SECTOR).map_err(create)?;
     fat::write(slice, &format, &plan.esp, ctx.epoch, path).map_err(Error::Fat)?;
     // fatfs leaves "hidden sectors" 0; a partition's boot sector records its start there, and
     // syslinux's boot code falls back to it when the MBR hands over no partition entry.
@@ -223,15 +285,27 @@ fn write_image(ctx: &OutputContext, plan: &DiskLayout, file: &File, path: &Path)
         .arg(path)
         .env("MTOOLS_SKIP_CHECK", "1")
         .run()
-        .map_err(|source| Error::Syslinux { path: path.into(), source })?;
+        .map_err(|source| Error::Syslinux {
+            path: path.into(),
+            source,
+        })?;
 
     copy_to_backup_boot_sector(&mut dev, plan.esp_offset()).map_err(create)?;
 
-    let slice = fat::Slice::new(&mut dev, plan.esp_offset(), plan.esp_sectors * SECTOR).map_err(create)?;
+    let slice =
+        fat::Slice::new(&mut dev, plan.esp_offset(), plan.esp_sectors * SECTOR).map_err(create)?;
     let files = fat::fix_timestamps(slice, ctx.epoch, path).map_err(Error::Fat)?;
     dev.flush().map_err(create)?;
-    let planned: Vec<String> = plan.esp.files().iter().map(|f| format!("/{}", f.path)).collect();
-    Ok(files.into_iter().filter(|(p, _)| !planned.iter().any(|q| q.eq_ignore_ascii_case(p))).collect())
+    let planned: Vec<String> = plan
+        .esp
+        .files()
+        .iter()
+        .map(|f| format!("/{}", f.path))
+        .collect();
+    Ok(files
+        .into_iter()
+        .filter(|(p, _)| !planned.iter().any(|q| q.eq_ignore_ascii_case(p)))
+        .collect())
 }
 
 fn patch(dev: &mut &File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
@@ -254,11 +328,20 @@ fn copy_to_backup_boot_sector(dev: &mut &File, esp_offset: u64) -> std::io::Resu
 }
 
 fn read_bootcode(path: &Path) -> Result<[u8; 440], Error> {
-    let mut f = File::open(path).map_err(|source| Error::ReadMbr { path: path.into(), source })?;
+    let mut f = File::open(path).map_err(|source| Error::ReadMbr {
+        path: path.into(),
+        source,
+    })?;
     let mut code = Vec::new();
-    f.read_to_end(&mut code).map_err(|source| Error::ReadMbr { path: path.into(), source })?;
+    f.read_to_end(&mut code).map_err(|source| Error::ReadMbr {
+        path: path.into(),
+        source,
+    })?;
     if code.len() > 440 {
-        return Err(Error::MbrTooLarge { path: path.into(), size: code.len() as u64 });
+        return Err(Error::MbrTooLarge {
+            path: path.into(),
+            size: code.len() as u64,
+        });
     }
     let mut out = [0u8; 440];
     out[..code.len()].copy_from_slice(&code);

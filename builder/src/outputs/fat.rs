@@ -15,8 +15,14 @@ pub use fatfs::FatType;
 pub enum Error {
     #[error("{path}: cannot read")]
     ReadSource { path: PathBuf, source: io::Error },
-    #[error("{path}: changed size while the image was written (planned {planned} bytes, read {read})")]
-    SourceChanged { path: PathBuf, planned: u64, read: u64 },
+    #[error(
+        "{path}: changed size while the image was written (planned {planned} bytes, read {read})"
+    )]
+    SourceChanged {
+        path: PathBuf,
+        planned: u64,
+        read: u64,
+    },
     #[error("{path:?}: not a valid FAT path ({why})")]
     BadPath { path: String, why: &'static str },
     #[error("{path:?}: added twice to the FAT tree")]
@@ -28,9 +34,17 @@ pub enum Error {
     #[error("{image}: cannot mount the FAT volume")]
     Mount { image: PathBuf, source: io::Error },
     #[error("{image}: cannot write {path:?} into the FAT volume")]
-    Write { image: PathBuf, path: String, source: io::Error },
+    Write {
+        image: PathBuf,
+        path: String,
+        source: io::Error,
+    },
     #[error("{image}: cannot fix the timestamps of {path:?}")]
-    Touch { image: PathBuf, path: String, source: io::Error },
+    Touch {
+        image: PathBuf,
+        path: String,
+        source: io::Error,
+    },
 }
 
 /// Where the bytes of a file come from.
@@ -73,7 +87,10 @@ impl FatTree {
     /// Adds a host file; its size is read now.
     pub fn add_file(&mut self, path: &str, host: &Path, component: &str) -> Result<(), Error> {
         let size = std::fs::metadata(host)
-            .map_err(|source| Error::ReadSource { path: host.into(), source })?
+            .map_err(|source| Error::ReadSource {
+                path: host.into(),
+                source,
+            })?
             .len();
         self.push(path, Source::File(host.into()), size, component)
     }
@@ -84,16 +101,34 @@ impl FatTree {
         self.push(path, Source::Bytes(bytes), size, component)
     }
 
-    fn push(&mut self, path: &str, source: Source, size: u64, component: &str) -> Result<(), Error> {
+    fn push(
+        &mut self,
+        path: &str,
+        source: Source,
+        size: u64,
+        component: &str,
+    ) -> Result<(), Error> {
         check_path(path)?;
         if size > u64::from(u32::MAX) {
-            return Err(Error::TooLarge { path: path.into(), size });
+            return Err(Error::TooLarge {
+                path: path.into(),
+                size,
+            });
         }
         let key = path.to_ascii_uppercase();
-        if self.files.iter().any(|f| f.path.to_ascii_uppercase() == key) {
+        if self
+            .files
+            .iter()
+            .any(|f| f.path.to_ascii_uppercase() == key)
+        {
             return Err(Error::Duplicate { path: path.into() });
         }
-        self.files.push(FatFile { path: path.into(), source, size, component: component.into() });
+        self.files.push(FatFile {
+            path: path.into(),
+            source,
+            size,
+            component: component.into(),
+        });
         Ok(())
     }
 
@@ -132,7 +167,11 @@ impl FatTree {
     /// included). With `root_in_data` (FAT32) the root directory counts too; on FAT12/16 it lives
     /// in its own fixed region.
     pub fn data_bytes(&self, cluster: u64, root_in_data: bool) -> u64 {
-        let files: u64 = self.files.iter().map(|f| f.size.div_ceil(cluster) * cluster).sum();
+        let files: u64 = self
+            .files
+            .iter()
+            .map(|f| f.size.div_ceil(cluster) * cluster)
+            .sum();
         // entries per directory ("" is the root)
         let mut entries: BTreeMap<String, u64> = BTreeMap::new();
         entries.insert(String::new(), 0);
@@ -157,7 +196,12 @@ impl FatTree {
 }
 
 fn check_path(path: &str) -> Result<(), Error> {
-    let bad = |why| Err(Error::BadPath { path: path.into(), why });
+    let bad = |why| {
+        Err(Error::BadPath {
+            path: path.into(),
+            why,
+        })
+    };
     if path.is_empty() || path.starts_with('/') || path.ends_with('/') {
         return bad("must be relative and name a file");
     }
@@ -168,7 +212,10 @@ fn check_path(path: &str) -> Result<(), Error> {
         if part.len() > 255 {
             return bad("a name longer than 255 characters");
         }
-        if part.chars().any(|c| !c.is_ascii() || c.is_ascii_control() || "\"*:<>?\\|".contains(c)) {
+        if part
+            .chars()
+            .any(|c| !c.is_ascii() || c.is_ascii_control() || "\"*:<>?\\|".contains(c))
+        {
             return bad("only printable ASCII without \"*:<>?\\| is allowed");
         }
     }
@@ -210,7 +257,11 @@ pub fn dos_datetime(epoch: u64) -> fatfs::DateTime {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     fatfs::DateTime {
-        date: fatfs::Date { year: year as u16, month: month as u16, day: day as u16 },
+        date: fatfs::Date {
+            year: year as u16,
+            month: month as u16,
+            day: day as u16,
+        },
         time: fatfs::Time {
             hour: (secs / 3600) as u16,
             min: (secs / 60 % 60) as u16,
@@ -236,12 +287,18 @@ impl fatfs::TimeProvider for EpochClock {
 /// `fatfs` 0.3 wants a `&'static` time provider: one small clock per epoch is leaked and reused.
 fn clock(epoch: u64) -> &'static EpochClock {
     static CLOCKS: Mutex<BTreeMap<u64, &'static EpochClock>> = Mutex::new(BTreeMap::new());
-    let mut clocks = CLOCKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    clocks.entry(epoch).or_insert_with(|| Box::leak(Box::new(EpochClock(dos_datetime(epoch)))))
+    let mut clocks = CLOCKS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    clocks
+        .entry(epoch)
+        .or_insert_with(|| Box::leak(Box::new(EpochClock(dos_datetime(epoch)))))
 }
 
 fn fs_options(epoch: u64) -> fatfs::FsOptions {
-    fatfs::FsOptions::new().update_accessed_date(false).time_provider(clock(epoch))
+    fatfs::FsOptions::new()
+        .update_accessed_date(false)
+        .time_provider(clock(epoch))
 }
 
 /// A window `[start, start + len)` of a seekable device, seen as a whole device (a partition).
@@ -256,7 +313,12 @@ pub struct Slice<T> {
 impl<T: Seek> Slice<T> {
     pub fn new(mut inner: T, start: u64, len: u64) -> io::Result<Self> {
         inner.seek(SeekFrom::Start(start))?;
-        Ok(Slice { inner, start, len, pos: 0 })
+        Ok(Slice {
+            inner,
+            start,
+            len,
+            pos: 0,
+        })
     }
 
     fn room(&self, want: usize) -> usize {
@@ -277,7 +339,10 @@ impl<T: Write + Seek> Write for Slice<T> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.room(buf.len());
         if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "write past the end of the volume"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write past the end of the volume",
+            ));
         }
         let n = self.inner.write(&buf[..n])?;
         self.pos += n as u64;
@@ -295,9 +360,9 @@ impl<T: Seek> Seek for Slice<T> {
             SeekFrom::End(d) => self.len.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        let target = target
-            .filter(|t| *t <= self.len)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek outside the volume"))?;
+        let target = target.filter(|t| *t <= self.len).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "seek outside the volume")
+        })?;
         self.inner.seek(SeekFrom::Start(self.start + target))?;
         self.pos = target;
         Ok(target)
@@ -306,7 +371,13 @@ impl<T: Seek> Seek for Slice<T> {
 
 /// Formats `dev` (the volume, positioned at 0) and writes `tree` into it. `image` names the file
 /// in errors.
-pub fn write<D>(mut dev: D, format: &Format, tree: &FatTree, epoch: u64, image: &Path) -> Result<(), Error>
+pub fn write<D>(
+    mut dev: D,
+    format: &Format,
+    tree: &FatTree,
+    epoch: u64,
+    image: &Path,
+) -> Result<(), Error>
 where
     D: Read + Write + Seek,
 {
@@ -323,14 +394,28 @@ where
         .max_root_dir_entries(format.root_entries)
         .drive_num(format.drive_num)
         .fats(2);
-    fatfs::format_volume(&mut dev, options).map_err(|source| Error::Format { image: image.into(), source })?;
-    dev.seek(SeekFrom::Start(0)).map_err(|source| Error::Format { image: image.into(), source })?;
-    let fs = fatfs::FileSystem::new(&mut dev, fs_options(epoch))
-        .map_err(|source| Error::Mount { image: image.into(), source })?;
+    fatfs::format_volume(&mut dev, options).map_err(|source| Error::Format {
+        image: image.into(),
+        source,
+    })?;
+    dev.seek(SeekFrom::Start(0))
+        .map_err(|source| Error::Format {
+            image: image.into(),
+            source,
+        })?;
+    let fs =
+        fatfs::FileSystem::new(&mut dev, fs_options(epoch)).map_err(|source| Error::Mount {
+            image: image.into(),
+            source,
+        })?;
     let wrap = |path: &str| {
         let image = image.to_path_buf();
         let path = path.to_string();
-        move |source| Error::Write { image, path, source }
+        move |source| Error::Write {
+            image,
+            path,
+            source,
+        }
     };
     {
         let root = fs.root_dir();
@@ -346,8 +431,10 @@ where
                     b.len() as u64
                 }
                 Source::File(host) => {
-                    let src = std::fs::File::open(host)
-                        .map_err(|source| Error::ReadSource { path: host.clone(), source })?;
+                    let src = std::fs::File::open(host).map_err(|source| Error::ReadSource {
+                        path: host.clone(),
+                        source,
+                    })?;
                     copy(src, &mut out, host, &f.path, image)?
                 }
             };
@@ -356,16 +443,30 @@ where
                     Source::File(p) => p.clone(),
                     Source::Bytes(_) => PathBuf::from(&f.path),
                 };
-                return Err(Error::SourceChanged { path, planned: f.size, read: written });
+                return Err(Error::SourceChanged {
+                    path,
+                    planned: f.size,
+                    read: written,
+                });
             }
             out.flush().map_err(wrap(&f.path))?;
         }
     }
-    fs.unmount().map_err(|source| Error::Write { image: image.into(), path: "/".into(), source })
+    fs.unmount().map_err(|source| Error::Write {
+        image: image.into(),
+        path: "/".into(),
+        source,
+    })
 }
 
 /// Copies a host file into a FAT file in large chunks (fatfs writes cluster by cluster anyway).
-fn copy<W: Write>(mut src: std::fs::File, out: &mut W, host: &Path, path: &str, image: &Path) -> Result<u64, Error> {
+fn copy<W: Write>(
+    mut src: std::fs::File,
+    out: &mut W,
+    host: &Path,
+    path: &str,
+    image: &Path,
+) -> Result<u64, Error> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -373,10 +474,18 @@ fn copy<W: Write>(mut src: std::fs::File, out: &mut W, host: &Path, path: &str, 
             Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(Error::ReadSource { path: host.into(), source }),
+            Err(source) => {
+                return Err(Error::ReadSource {
+                    path: host.into(),
+                    source,
+                })
+            }
         };
-        out.write_all(&buf[..n])
-            .map_err(|source| Error::Write { image: image.into(), path: path.into(), source })?;
+        out.write_all(&buf[..n]).map_err(|source| Error::Write {
+            image: image.into(),
+            path: path.into(),
+            source,
+        })?;
         total += n as u64;
     }
 }
@@ -389,12 +498,18 @@ pub fn fix_timestamps<D>(dev: D, epoch: u64, image: &Path) -> Result<Vec<(String
 where
     D: Read + Write + Seek,
 {
-    let fs = fatfs::FileSystem::new(dev, fs_options(epoch))
-        .map_err(|source| Error::Mount { image: image.into(), source })?;
+    let fs = fatfs::FileSystem::new(dev, fs_options(epoch)).map_err(|source| Error::Mount {
+        image: image.into(),
+        source,
+    })?;
     let when = dos_datetime(epoch);
     let mut files = Vec::new();
     touch_dir(&fs.root_dir(), "", when, image, &mut files)?;
-    fs.unmount().map_err(|source| Error::Touch { image: image.into(), path: "/".into(), source })?;
+    fs.unmount().map_err(|source| Error::Touch {
+        image: image.into(),
+        path: "/".into(),
+        source,
+    })?;
     Ok(files)
 }
 
@@ -408,7 +523,11 @@ fn touch_dir<T: fatfs::ReadWriteSeek>(
     let err = |path: &str| {
         let image = image.to_path_buf();
         let path = path.to_string();
-        move |source| Error::Touch { image, path, source }
+        move |source| Error::Touch {
+            image,
+            path,
+            source,
+        }
     };
     for entry in dir.iter() {
         let entry = entry.map_err(err(prefix))?;
@@ -459,9 +578,15 @@ mod tests {
     fn tree_rejects_bad_and_duplicate_paths() {
         let mut t = FatTree::new();
         t.add_bytes("a/b.txt", b"x".to_vec(), "cfg").unwrap();
-        assert!(matches!(t.add_bytes("A/B.TXT", vec![], "cfg"), Err(Error::Duplicate { .. })));
+        assert!(matches!(
+            t.add_bytes("A/B.TXT", vec![], "cfg"),
+            Err(Error::Duplicate { .. })
+        ));
         for bad in ["", "/abs", "a/../b", "a//b", "dir/", "x?y", "tab\there"] {
-            assert!(matches!(t.add_bytes(bad, vec![], "cfg"), Err(Error::BadPath { .. })), "{bad:?}");
+            assert!(
+                matches!(t.add_bytes(bad, vec![], "cfg"), Err(Error::BadPath { .. })),
+                "{bad:?}"
+            );
         }
         assert!(matches!(
             t.add_file("k", Path::new("/nonexistent/drove-kernel"), "kernel"),
@@ -472,16 +597,24 @@ mod tests {
     #[test]
     fn tree_plans_dirs_components_and_sizes() {
         let mut t = FatTree::new();
-        t.add_bytes("EFI/BOOT/BOOTX64.EFI", vec![0; 1000], "loader").unwrap();
-        t.add_bytes("drove/vmlinuz", vec![0; 513], "kernel").unwrap();
-        t.add_bytes("drove/initrd.img", vec![0; 1], "initrd").unwrap();
+        t.add_bytes("EFI/BOOT/BOOTX64.EFI", vec![0; 1000], "loader")
+            .unwrap();
+        t.add_bytes("drove/vmlinuz", vec![0; 513], "kernel")
+            .unwrap();
+        t.add_bytes("drove/initrd.img", vec![0; 1], "initrd")
+            .unwrap();
         t.add_bytes("syslinux.cfg", vec![0; 10], "config").unwrap();
         t.add_bytes("loader/x.conf", vec![0; 10], "config").unwrap();
         let dirs: Vec<String> = t.dirs().into_iter().collect();
         assert_eq!(dirs, ["EFI", "EFI/BOOT", "drove", "loader"]);
         assert_eq!(
             t.components(),
-            [("loader".into(), 1000), ("kernel".into(), 513), ("initrd".into(), 1), ("config".into(), 20)]
+            [
+                ("loader".into(), 1000),
+                ("kernel".into(), 513),
+                ("initrd".into(), 1),
+                ("config".into(), 20)
+            ]
         );
         // files: 2 + 2 + 1 + 1 + 1 clusters; dirs: EFI, EFI/BOOT, drove, loader one each
         assert_eq!(t.data_bytes(512, false), (7 + 4) * 512);
@@ -503,8 +636,10 @@ mod tests {
     #[test]
     fn written_volume_reads_back_with_fixed_times() {
         let mut t = FatTree::new();
-        t.add_bytes("dir/sub/hello.txt", b"hello".to_vec(), "cfg").unwrap();
-        t.add_bytes("Long File Name.conf", vec![7; 3000], "cfg").unwrap();
+        t.add_bytes("dir/sub/hello.txt", b"hello".to_vec(), "cfg")
+            .unwrap();
+        t.add_bytes("Long File Name.conf", vec![7; 3000], "cfg")
+            .unwrap();
         let format = Format {
             fat_type: FatType::Fat12,
             sectors: 2880,
@@ -525,9 +660,16 @@ mod tests {
         assert_eq!(fs.volume_id(), 0xdead_beef);
         let root = fs.root_dir();
         let mut s = String::new();
-        root.open_file("dir/sub/hello.txt").unwrap().read_to_string(&mut s).unwrap();
+        root.open_file("dir/sub/hello.txt")
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
         assert_eq!(s, "hello");
-        let e = root.iter().map(|e| e.unwrap()).find(|e| e.file_name() == "Long File Name.conf").unwrap();
+        let e = root
+            .iter()
+            .map(|e| e.unwrap())
+            .find(|e| e.file_name() == "Long File Name.conf")
+            .unwrap();
         assert_eq!(e.len(), 3000);
         assert_eq!(e.modified(), dos_datetime(1_700_000_000));
     }

@@ -15,16 +15,27 @@ use crate::cmd::Cmd;
 pub enum Error {
     #[error("planning the floppy")]
     Plan(#[source] fat::Error),
-    #[error("floppy.img over budget: needs {need} bytes, a 1440 KiB FAT12 floppy holds {have}\n{table}")]
+    #[error(
+        "floppy.img over budget: needs {need} bytes, a 1440 KiB FAT12 floppy holds {have}\n{table}"
+    )]
     OverBudget { need: u64, have: u64, table: String },
     #[error("{path}: cannot create the image")]
-    Create { path: PathBuf, source: std::io::Error },
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("writing the floppy's FAT12 volume")]
     Fat(#[source] fat::Error),
     #[error("installing syslinux into {path}")]
-    Syslinux { path: PathBuf, source: crate::cmd::Error },
+    Syslinux {
+        path: PathBuf,
+        source: crate::cmd::Error,
+    },
     #[error("{path}: cannot move into place")]
-    Persist { path: PathBuf, source: std::io::Error },
+    Persist {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A 3.5" high-density floppy: 80 cylinders × 2 heads × 18 sectors × 512 bytes.
@@ -67,26 +78,40 @@ pub fn script(server: &str) -> String {
 }
 
 pub fn syslinux_cfg() -> String {
-    "DEFAULT drove\nPROMPT 0\nTIMEOUT 0\n\nLABEL drove\n  LINUX /ipxe.lkrn\n  INITRD /drove.ipxe\n".into()
+    "DEFAULT drove\nPROMPT 0\nTIMEOUT 0\n\nLABEL drove\n  LINUX /ipxe.lkrn\n  INITRD /drove.ipxe\n"
+        .into()
 }
 
 /// Plans the floppy: the BIOS part must fit (else [`Error::OverBudget`] with a size table); the
 /// UEFI part is added only when it fits too.
 pub fn plan(server: &str, ipxe_lkrn: &Path, ipxe_efi: &Path) -> Result<FloppyPlan, Error> {
     let mut bios = FatTree::new();
-    bios.add_bytes("syslinux.cfg", syslinux_cfg().into_bytes(), "config").map_err(Error::Plan)?;
-    bios.add_bytes("drove.ipxe", script(server).into_bytes(), "config").map_err(Error::Plan)?;
-    bios.add_file("ipxe.lkrn", ipxe_lkrn, "ipxe.lkrn").map_err(Error::Plan)?;
+    bios.add_bytes("syslinux.cfg", syslinux_cfg().into_bytes(), "config")
+        .map_err(Error::Plan)?;
+    bios.add_bytes("drove.ipxe", script(server).into_bytes(), "config")
+        .map_err(Error::Plan)?;
+    bios.add_file("ipxe.lkrn", ipxe_lkrn, "ipxe.lkrn")
+        .map_err(Error::Plan)?;
     let used = |t: &FatTree| t.data_bytes(512, false) + SYSLINUX_RESERVE;
     if used(&bios) > DATA_BYTES {
         return Err(over_budget(&bios));
     }
     let mut both = bios.clone();
-    both.add_file("EFI/BOOT/BOOTX64.EFI", ipxe_efi, "ipxe.efi").map_err(Error::Plan)?;
-    both.add_bytes("EFI/BOOT/autoexec.ipxe", script(server).into_bytes(), "config").map_err(Error::Plan)?;
+    both.add_file("EFI/BOOT/BOOTX64.EFI", ipxe_efi, "ipxe.efi")
+        .map_err(Error::Plan)?;
+    both.add_bytes(
+        "EFI/BOOT/autoexec.ipxe",
+        script(server).into_bytes(),
+        "config",
+    )
+    .map_err(Error::Plan)?;
     if used(&both) <= DATA_BYTES {
         let used = used(&both);
-        return Ok(FloppyPlan { tree: both, uefi: true, used });
+        return Ok(FloppyPlan {
+            tree: both,
+            uefi: true,
+            used,
+        });
     }
     tracing::warn!(
         need = used(&both),
@@ -94,22 +119,39 @@ pub fn plan(server: &str, ipxe_lkrn: &Path, ipxe_efi: &Path) -> Result<FloppyPla
         "ipxe.efi does not fit on the floppy beside the BIOS loaders: floppy.img boots BIOS only"
     );
     let used = used(&bios);
-    Ok(FloppyPlan { tree: bios, uefi: false, used })
+    Ok(FloppyPlan {
+        tree: bios,
+        uefi: false,
+        used,
+    })
 }
 
 fn over_budget(t: &FatTree) -> Error {
     let mut rows = t.components();
-    rows.push(("syslinux (ldlinux.sys, ldlinux.c32)".into(), SYSLINUX_RESERVE));
+    rows.push((
+        "syslinux (ldlinux.sys, ldlinux.c32)".into(),
+        SYSLINUX_RESERVE,
+    ));
     let files: u64 = t.files().iter().map(|f| f.size).sum();
-    rows.push(("FAT rounding and directories".into(), t.data_bytes(512, false).saturating_sub(files)));
+    rows.push((
+        "FAT rounding and directories".into(),
+        t.data_bytes(512, false).saturating_sub(files),
+    ));
     let need: u64 = rows.iter().map(|(_, n)| n).sum();
     let width = rows.iter().map(|(c, _)| c.len()).max().unwrap_or(9).max(9);
     let mut table = format!("{:<width$}  {:>10}\n", "component", "bytes");
     for (c, n) in &rows {
         table.push_str(&format!("{c:<width$}  {n:>10}\n"));
     }
-    table.push_str(&format!("{:<width$}  {need:>10}\n{:<width$}  {DATA_BYTES:>10}", "total", "available"));
-    Error::OverBudget { need, have: DATA_BYTES, table }
+    table.push_str(&format!(
+        "{:<width$}  {need:>10}\n{:<width$}  {DATA_BYTES:>10}",
+        "total", "available"
+    ));
+    Error::OverBudget {
+        need,
+        have: DATA_BYTES,
+        table,
+    }
 }
 
 /// Plans and writes `out_dir/floppy.img`.
@@ -120,32 +162,66 @@ pub fn write(ctx: &OutputContext) -> Result<super::Artifact, Error> {
         .prefix(".floppy.img.")
         .suffix(".tmp")
         .tempfile_in(ctx.out_dir)
-        .map_err(|source| Error::Create { path: final_path.clone(), source })?;
+        .map_err(|source| Error::Create {
+            path: final_path.clone(),
+            source,
+        })?;
     let tmp_path = tmp.path().to_path_buf();
     let files = write_image(ctx, &plan, tmp.as_file(), &tmp_path)?;
 
     let mut components = plan.tree.components();
-    let planned: Vec<String> = plan.tree.files().iter().map(|f| format!("/{}", f.path)).collect();
-    let syslinux: u64 =
-        files.iter().filter(|(p, _)| !planned.iter().any(|q| q.eq_ignore_ascii_case(p))).map(|(_, n)| n).sum();
+    let planned: Vec<String> = plan
+        .tree
+        .files()
+        .iter()
+        .map(|f| format!("/{}", f.path))
+        .collect();
+    let syslinux: u64 = files
+        .iter()
+        .filter(|(p, _)| !planned.iter().any(|q| q.eq_ignore_ascii_case(p)))
+        .map(|(_, n)| n)
+        .sum();
     components.push(("syslinux".into(), syslinux));
     let used: u64 = components.iter().map(|(_, n)| n).sum();
-    components.push(("free and metadata".into(), FLOPPY_BYTES.saturating_sub(used)));
+    components.push((
+        "free and metadata".into(),
+        FLOPPY_BYTES.saturating_sub(used),
+    ));
 
     {
         use std::os::unix::fs::PermissionsExt;
         tmp.as_file()
             .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(|source| Error::Create { path: tmp_path.clone(), source })?;
+            .map_err(|source| Error::Create {
+                path: tmp_path.clone(),
+                source,
+            })?;
     }
-    tmp.as_file().sync_all().map_err(|source| Error::Create { path: tmp_path.clone(), source })?;
-    tmp.persist(&final_path).map_err(|e| Error::Persist { path: final_path.clone(), source: e.error })?;
+    tmp.as_file().sync_all().map_err(|source| Error::Create {
+        path: tmp_path.clone(),
+        source,
+    })?;
+    tmp.persist(&final_path).map_err(|e| Error::Persist {
+        path: final_path.clone(),
+        source: e.error,
+    })?;
     tracing::info!(path = %final_path.display(), uefi = plan.uefi, "wrote floppy image");
-    Ok(super::Artifact { path: "floppy.img".into(), components })
+    Ok(super::Artifact {
+        path: "floppy.img".into(),
+        components,
+    })
 }
 
-fn write_image(ctx: &OutputContext, plan: &FloppyPlan, file: &File, path: &Path) -> Result<Vec<(String, u64)>, Error> {
-    let create = |source| Error::Create { path: path.into(), source };
+fn write_image(
+    ctx: &OutputContext,
+    plan: &FloppyPlan,
+    file: &File,
+    path: &Path,
+) -> Result<Vec<(String, u64)>, Error> {
+    let create = |source| Error::Create {
+        path: path.into(),
+        source,
+    };
     file.set_len(FLOPPY_BYTES).map_err(create)?;
     let mut dev = file;
     let vol = ctx.derive("floppy volume id");
@@ -168,7 +244,10 @@ fn write_image(ctx: &OutputContext, plan: &FloppyPlan, file: &File, path: &Path)
         .arg(path)
         .env("MTOOLS_SKIP_CHECK", "1")
         .run()
-        .map_err(|source| Error::Syslinux { path: path.into(), source })?;
+        .map_err(|source| Error::Syslinux {
+            path: path.into(),
+            source,
+        })?;
     let slice = fat::Slice::new(&mut dev, 0, FLOPPY_BYTES).map_err(create)?;
     let files = fat::fix_timestamps(slice, ctx.epoch, path).map_err(Error::Fat)?;
     dev.flush().map_err(create)?;

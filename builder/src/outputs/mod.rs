@@ -153,17 +153,36 @@ pub struct Output {
 
 /// The output table, keyed by the names a cluster config lists.
 pub const OUTPUTS: &[Output] = &[
-    Output { name: "disk", needs_payload: true, write: write_disk },
-    Output { name: "floppy", needs_payload: false, write: write_floppy },
-    Output { name: "pxe", needs_payload: true, write: write_pxe },
+    Output {
+        name: "disk",
+        needs_payload: true,
+        write: write_disk,
+    },
+    Output {
+        name: "floppy",
+        needs_payload: false,
+        write: write_floppy,
+    },
+    Output {
+        name: "pxe",
+        needs_payload: true,
+        write: write_pxe,
+    },
 ];
 
 /// Finds an output by name; an unknown name gives an error listing the known ones.
 pub fn lookup(name: &str) -> Result<&'static Output, Error> {
-    OUTPUTS.iter().find(|o| o.name == name).ok_or_else(|| Error::UnknownOutput {
-        name: name.into(),
-        known: OUTPUTS.iter().map(|o| o.name).collect::<Vec<_>>().join(", "),
-    })
+    OUTPUTS
+        .iter()
+        .find(|o| o.name == name)
+        .ok_or_else(|| Error::UnknownOutput {
+            name: name.into(),
+            known: OUTPUTS
+                .iter()
+                .map(|o| o.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// Whether the named output boots a kernel (and so needs a [`BootPayload`]).
@@ -193,18 +212,34 @@ fn write_pxe(ctx: &OutputContext) -> Result<Vec<Artifact>, Error> {
 }
 
 /// File names the media use for themselves; an initrd may not take them.
-const RESERVED_NAMES: &[&str] =
-    &["vmlinuz", "boot.ipxe", "dnsmasq.conf", "undionly.kpxe", "ipxe.efi", "ldlinux.sys", "ldlinux.c32", "syslinux.cfg"];
+const RESERVED_NAMES: &[&str] = &[
+    "vmlinuz",
+    "boot.ipxe",
+    "dnsmasq.conf",
+    "undionly.kpxe",
+    "ipxe.efi",
+    "ldlinux.sys",
+    "ldlinux.c32",
+    "syslinux.cfg",
+];
 
 impl BootPayload {
     /// Checks what the boot configurations embed: initrd names (file names on FAT, in URLs and in
     /// syslinux's comma-separated INITRD list) and the command line (one line, no quotes).
     pub fn validate(&self) -> Result<(), Error> {
         if self.initrds.is_empty() {
-            return Err(Error::BadInitrdName { name: String::new(), why: "no initrd given" });
+            return Err(Error::BadInitrdName {
+                name: String::new(),
+                why: "no initrd given",
+            });
         }
         for (i, initrd) in self.initrds.iter().enumerate() {
-            let bad = |why| Err(Error::BadInitrdName { name: initrd.name.clone(), why });
+            let bad = |why| {
+                Err(Error::BadInitrdName {
+                    name: initrd.name.clone(),
+                    why,
+                })
+            };
             let n = &initrd.name;
             if n.is_empty() || n.len() > 100 {
                 return bad("must be 1 to 100 characters");
@@ -212,25 +247,40 @@ impl BootPayload {
             if n.starts_with('.') || n.starts_with('-') {
                 return bad("must not start with `.` or `-`");
             }
-            if !n.chars().all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c)) {
+            if !n
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-+".contains(c))
+            {
                 return bad("only letters, digits and `._-+` are allowed");
             }
             if RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(n)) {
                 return bad("the media use this name themselves");
             }
-            if self.initrds[..i].iter().any(|o| o.name.eq_ignore_ascii_case(n)) {
+            if self.initrds[..i]
+                .iter()
+                .any(|o| o.name.eq_ignore_ascii_case(n))
+            {
                 return bad("given twice (names are compared ignoring case, as FAT does)");
             }
         }
         let c = &self.cmdline;
         if c.chars().any(|ch| ch.is_control()) {
-            return Err(Error::BadCmdline { cmdline: c.clone(), why: "must be one line without control characters" });
+            return Err(Error::BadCmdline {
+                cmdline: c.clone(),
+                why: "must be one line without control characters",
+            });
         }
         if c.contains('$') {
-            return Err(Error::BadCmdline { cmdline: c.clone(), why: "`$` is not allowed (iPXE expands ${...} in boot.ipxe)" });
+            return Err(Error::BadCmdline {
+                cmdline: c.clone(),
+                why: "`$` is not allowed (iPXE expands ${...} in boot.ipxe)",
+            });
         }
         if c.len() > 2048 {
-            return Err(Error::BadCmdline { cmdline: c.clone(), why: "longer than 2048 bytes" });
+            return Err(Error::BadCmdline {
+                cmdline: c.clone(),
+                why: "longer than 2048 bytes",
+            });
         }
         Ok(())
     }
@@ -238,15 +288,26 @@ impl BootPayload {
 
 /// The server URL goes into iPXE scripts and dnsmasq's configuration.
 fn check_server(server: &str) -> Result<(), Error> {
-    let bad = |why| Err(Error::BadServer { server: server.into(), why });
-    let rest = match server.strip_prefix("http://").or_else(|| server.strip_prefix("https://")) {
+    let bad = |why| {
+        Err(Error::BadServer {
+            server: server.into(),
+            why,
+        })
+    };
+    let rest = match server
+        .strip_prefix("http://")
+        .or_else(|| server.strip_prefix("https://"))
+    {
         Some(rest) => rest,
         None => return bad("must start with http:// or https://"),
     };
     if rest.is_empty() || rest.starts_with('/') {
         return bad("has no host");
     }
-    if server.chars().any(|c| c.is_whitespace() || c.is_control() || "\"'\\$".contains(c)) {
+    if server
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "\"'\\$".contains(c))
+    {
         return bad("must not contain spaces, quotes, `\\` or `$`");
     }
     Ok(())
@@ -259,10 +320,10 @@ pub(crate) fn server_base(server: &str) -> &str {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-pub(crate) mod testutil;
+mod tests_media;
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests_media;
+pub(crate) mod testutil;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -272,7 +333,13 @@ mod tests {
     fn payload(names: &[&str], cmdline: &str) -> BootPayload {
         BootPayload {
             kernel: "/k".into(),
-            initrds: names.iter().map(|n| Initrd { name: n.to_string(), path: "/i".into() }).collect(),
+            initrds: names
+                .iter()
+                .map(|n| Initrd {
+                    name: n.to_string(),
+                    path: "/i".into(),
+                })
+                .collect(),
             cmdline: cmdline.into(),
         }
     }
@@ -283,26 +350,58 @@ mod tests {
         assert!(needs_payload("pxe").unwrap());
         assert!(!needs_payload("floppy").unwrap());
         let err = lookup("iso").unwrap_err().to_string();
-        assert_eq!(err, r#"unknown output "iso" (known outputs: disk, floppy, pxe)"#);
+        assert_eq!(
+            err,
+            r#"unknown output "iso" (known outputs: disk, floppy, pxe)"#
+        );
     }
 
     #[test]
     fn payload_validation() {
-        assert!(payload(&["initramfs.img", "overlay-calibration-qemu.img"], "console=ttyS0 quiet")
-            .validate()
-            .is_ok());
-        for bad in [&["a,b"][..], &["x/y"], &[".hidden"], &["vmlinuz"], &["a.img", "A.IMG"], &[""], &[]] {
-            assert!(matches!(payload(bad, "").validate(), Err(Error::BadInitrdName { .. })), "{bad:?}");
+        assert!(payload(
+            &["initramfs.img", "overlay-calibration-qemu.img"],
+            "console=ttyS0 quiet"
+        )
+        .validate()
+        .is_ok());
+        for bad in [
+            &["a,b"][..],
+            &["x/y"],
+            &[".hidden"],
+            &["vmlinuz"],
+            &["a.img", "A.IMG"],
+            &[""],
+            &[],
+        ] {
+            assert!(
+                matches!(
+                    payload(bad, "").validate(),
+                    Err(Error::BadInitrdName { .. })
+                ),
+                "{bad:?}"
+            );
         }
-        assert!(matches!(payload(&["i"], "a\nb").validate(), Err(Error::BadCmdline { .. })));
-        assert!(matches!(payload(&["i"], "x=${net0/ip}").validate(), Err(Error::BadCmdline { .. })));
+        assert!(matches!(
+            payload(&["i"], "a\nb").validate(),
+            Err(Error::BadCmdline { .. })
+        ));
+        assert!(matches!(
+            payload(&["i"], "x=${net0/ip}").validate(),
+            Err(Error::BadCmdline { .. })
+        ));
     }
 
     #[test]
     fn server_urls() {
         assert!(check_server("http://10.0.2.2:8080").is_ok());
         assert!(check_server("https://boot.example/drove/").is_ok());
-        for bad in ["10.0.2.2", "http://", "http://a b", "ftp://x", "http://x/$y"] {
+        for bad in [
+            "10.0.2.2",
+            "http://",
+            "http://a b",
+            "ftp://x",
+            "http://x/$y",
+        ] {
             assert!(check_server(bad).is_err(), "{bad}");
         }
         assert_eq!(server_base("http://x/"), "http://x");

@@ -14,13 +14,26 @@ use super::{BootPayload, OutputContext};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{path}: cannot create the temporary PXE directory")]
-    TempDir { path: PathBuf, source: std::io::Error },
+    TempDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: cannot copy into {dest}")]
-    Copy { path: PathBuf, dest: PathBuf, source: std::io::Error },
+    Copy {
+        path: PathBuf,
+        dest: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: cannot write")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: cannot move into place")]
-    Rename { path: PathBuf, source: std::io::Error },
+    Rename {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: exists and is not a directory")]
     NotADir { path: PathBuf },
 }
@@ -34,14 +47,38 @@ pub enum PxeSource {
 
 /// The directory's files in order: (name, source, component).
 pub fn plan(ctx: &OutputContext, payload: &BootPayload) -> Vec<(String, PxeSource, String)> {
-    let mut files = vec![("vmlinuz".to_string(), PxeSource::Copy(payload.kernel.clone()), "kernel".to_string())];
+    let mut files = vec![(
+        "vmlinuz".to_string(),
+        PxeSource::Copy(payload.kernel.clone()),
+        "kernel".to_string(),
+    )];
     for i in &payload.initrds {
-        files.push((i.name.clone(), PxeSource::Copy(i.path.clone()), i.name.clone()));
+        files.push((
+            i.name.clone(),
+            PxeSource::Copy(i.path.clone()),
+            i.name.clone(),
+        ));
     }
-    files.push(("boot.ipxe".into(), PxeSource::Text(boot_ipxe(payload)), "config".into()));
-    files.push(("dnsmasq.conf".into(), PxeSource::Text(dnsmasq_conf(ctx.server)), "config".into()));
-    files.push(("undionly.kpxe".into(), PxeSource::Copy(ctx.loaders.undionly_kpxe.clone()), "undionly.kpxe".into()));
-    files.push(("ipxe.efi".into(), PxeSource::Copy(ctx.loaders.ipxe_efi.clone()), "ipxe.efi".into()));
+    files.push((
+        "boot.ipxe".into(),
+        PxeSource::Text(boot_ipxe(payload)),
+        "config".into(),
+    ));
+    files.push((
+        "dnsmasq.conf".into(),
+        PxeSource::Text(dnsmasq_conf(ctx.server)),
+        "config".into(),
+    ));
+    files.push((
+        "undionly.kpxe".into(),
+        PxeSource::Copy(ctx.loaders.undionly_kpxe.clone()),
+        "undionly.kpxe".into(),
+    ));
+    files.push((
+        "ipxe.efi".into(),
+        PxeSource::Copy(ctx.loaders.ipxe_efi.clone()),
+        "ipxe.efi".into(),
+    ));
     files
 }
 
@@ -50,7 +87,11 @@ pub fn plan(ctx: &OutputContext, payload: &BootPayload) -> Vec<(String, PxeSourc
 /// the initrds when iPXE runs as a UEFI program (Debian 12's iPXE predates initrd LoadFile2); on
 /// BIOS iPXE hands the initrds over itself and the kernel ignores those arguments.
 pub fn boot_ipxe(payload: &BootPayload) -> String {
-    let mut args: Vec<String> = payload.initrds.iter().map(|i| format!("initrd={}", i.name)).collect();
+    let mut args: Vec<String> = payload
+        .initrds
+        .iter()
+        .map(|i| format!("initrd={}", i.name))
+        .collect();
     if !payload.cmdline.is_empty() {
         args.push(payload.cmdline.clone());
     }
@@ -129,22 +170,38 @@ pub fn write(ctx: &OutputContext, payload: &BootPayload) -> Result<super::Artifa
     let tmp = tempfile::Builder::new()
         .prefix("pxe.tmp-")
         .tempdir_in(ctx.out_dir)
-        .map_err(|source| Error::TempDir { path: ctx.out_dir.into(), source })?;
+        .map_err(|source| Error::TempDir {
+            path: ctx.out_dir.into(),
+            source,
+        })?;
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(ctx.epoch);
     let mut components = Vec::new();
     for (name, source, component) in plan(ctx, payload) {
         let dest = tmp.path().join(&name);
         let size = match source {
-            PxeSource::Copy(from) => fs::copy(&from, &dest)
-                .map_err(|source| Error::Copy { path: from.clone(), dest: dest.clone(), source })?,
+            PxeSource::Copy(from) => fs::copy(&from, &dest).map_err(|source| Error::Copy {
+                path: from.clone(),
+                dest: dest.clone(),
+                source,
+            })?,
             PxeSource::Text(text) => {
-                let mut f = File::create(&dest).map_err(|source| Error::Write { path: dest.clone(), source })?;
-                f.write_all(text.as_bytes()).map_err(|source| Error::Write { path: dest.clone(), source })?;
+                let mut f = File::create(&dest).map_err(|source| Error::Write {
+                    path: dest.clone(),
+                    source,
+                })?;
+                f.write_all(text.as_bytes())
+                    .map_err(|source| Error::Write {
+                        path: dest.clone(),
+                        source,
+                    })?;
                 text.len() as u64
             }
         };
         finish_file(&dest, mtime)?;
-        match components.iter_mut().find(|(c, _): &&mut (String, u64)| *c == component) {
+        match components
+            .iter_mut()
+            .find(|(c, _): &&mut (String, u64)| *c == component)
+        {
             Some((_, n)) => *n += size,
             None => components.push((component, size)),
         }
@@ -152,23 +209,32 @@ pub fn write(ctx: &OutputContext, payload: &BootPayload) -> Result<super::Artifa
     set_dir_mode(tmp.path())?;
     swap_into_place(tmp, &final_dir)?;
     tracing::info!(path = %final_dir.display(), "wrote PXE directory");
-    Ok(super::Artifact { path: "pxe".into(), components })
+    Ok(super::Artifact {
+        path: "pxe".into(),
+        components,
+    })
 }
 
 /// Mode 0644 and the build's mtime (HTTP Last-Modified and rsync see the same thing every build).
 fn finish_file(path: &Path, mtime: SystemTime) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
-    let err = |source| Error::Write { path: path.into(), source };
+    let err = |source| Error::Write {
+        path: path.into(),
+        source,
+    };
     let f = File::options().write(true).open(path).map_err(err)?;
-    f.set_permissions(fs::Permissions::from_mode(0o644)).map_err(err)?;
+    f.set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(err)?;
     f.set_modified(mtime).map_err(err)?;
     f.sync_all().map_err(err)
 }
 
 fn set_dir_mode(path: &Path) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
-        .map_err(|source| Error::Write { path: path.into(), source })
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).map_err(|source| Error::Write {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Puts the finished temporary directory at `final_dir`. With no old directory this is one
@@ -176,7 +242,10 @@ fn set_dir_mode(path: &Path) -> Result<(), Error> {
 /// tree, now at the temporary name, is removed; where the file system cannot exchange, the old
 /// directory is moved aside first (a moment with no `pxe/`, but never a half-written one).
 fn swap_into_place(tmp: tempfile::TempDir, final_dir: &Path) -> Result<(), Error> {
-    let rename_err = |source| Error::Rename { path: final_dir.into(), source };
+    let rename_err = |source| Error::Rename {
+        path: final_dir.into(),
+        source,
+    };
     if final_dir.symlink_metadata().is_err() {
         let tmp_path = tmp.keep();
         return fs::rename(&tmp_path, final_dir).map_err(|source| {
@@ -211,14 +280,21 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let to_c = |p: &Path| {
-        CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains a NUL byte")
+        })
     };
     let (a, b) = (to_c(a)?, to_c(b)?);
     // SAFETY: both pointers are valid NUL-terminated strings that outlive the call; AT_FDCWD with
     // absolute or cwd-relative paths needs no descriptor.
     let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
     };
     if rc == 0 {
         Ok(())

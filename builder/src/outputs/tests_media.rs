@@ -12,7 +12,12 @@ fn tempdir() -> tempfile::TempDir {
 }
 
 fn mdir(image: &str, path: &str) -> String {
-    run_env("mdir", "mtools", &["-a", "-i", image, path], &[("MTOOLS_SKIP_CHECK", "1")])
+    run_env(
+        "mdir",
+        "mtools",
+        &["-a", "-i", image, path],
+        &[("MTOOLS_SKIP_CHECK", "1")],
+    )
 }
 
 /// Whether an `mdir` listing has `name`, as a long name (last column) or as an 8.3 name.
@@ -20,7 +25,9 @@ fn listed(listing: &str, name: &str) -> bool {
     listing.lines().any(|l| {
         let words: Vec<&str> = l.split_whitespace().collect();
         let short = match words.get(1) {
-            Some(ext) if !ext.starts_with('<') && !ext.chars().all(|c| c.is_ascii_digit()) => format!("{}.{}", words[0], ext),
+            Some(ext) if !ext.starts_with('<') && !ext.chars().all(|c| c.is_ascii_digit()) => {
+                format!("{}.{}", words[0], ext)
+            }
             _ => words.first().map(|w| w.to_string()).unwrap_or_default(),
         };
         words.last() == Some(&name) || short.eq_ignore_ascii_case(name)
@@ -28,7 +35,12 @@ fn listed(listing: &str, name: &str) -> bool {
 }
 
 fn mtype(image: &str, path: &str) -> String {
-    run_env("mtype", "mtools", &["-i", image, path], &[("MTOOLS_SKIP_CHECK", "1")])
+    run_env(
+        "mtype",
+        "mtools",
+        &["-i", image, path],
+        &[("MTOOLS_SKIP_CHECK", "1")],
+    )
 }
 
 #[test]
@@ -53,11 +65,24 @@ fn disk_image_is_gpt_with_bootable_esp_and_files() {
     let i = run("sgdisk", "gdisk", &["-i", "1", img_s]);
     assert!(i.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"), "{i}");
     assert!(i.contains("First sector: 2048 "), "{i}");
-    assert!(i.contains("Attribute flags: 0000000000000004"), "legacy BIOS bootable:\n{i}");
+    assert!(
+        i.contains("Attribute flags: 0000000000000004"),
+        "legacy BIOS bootable:\n{i}"
+    );
     // the same GUIDs every time: derived from the seed
-    assert!(i.contains(&derive_guid(&ctx.seed, "esp guid").to_string().to_uppercase()), "{i}");
+    assert!(
+        i.contains(
+            &derive_guid(&ctx.seed, "esp guid")
+                .to_string()
+                .to_uppercase()
+        ),
+        "{i}"
+    );
     let f = run("fdisk", "fdisk", &["-l", img_s]);
-    assert!(f.contains("Disklabel type: gpt") && f.contains("EFI System"), "{f}");
+    assert!(
+        f.contains("Disklabel type: gpt") && f.contains("EFI System"),
+        "{f}"
+    );
 
     // gptmbr.bin's boot code in the first 440 bytes, protective MBR after it
     let bytes = std::fs::read(&img).unwrap();
@@ -68,19 +93,43 @@ fn disk_image_is_gpt_with_bootable_esp_and_files() {
 
     // the ESP's boot sector is syslinux's, records the partition start, and its backup matches
     let vbr = &bytes[1 << 20..(1 << 20) + 512];
-    assert!(vbr.windows(8).any(|w| w == b"SYSLINUX"), "syslinux boot sector in the ESP");
-    assert_eq!(u32::from_le_bytes([vbr[0x1c], vbr[0x1d], vbr[0x1e], vbr[0x1f]]), 2048, "hidden sectors");
-    assert_eq!(&bytes[(1 << 20) + 6 * 512..(1 << 20) + 7 * 512], vbr, "FAT32 backup boot sector");
+    assert!(
+        vbr.windows(8).any(|w| w == b"SYSLINUX"),
+        "syslinux boot sector in the ESP"
+    );
+    assert_eq!(
+        u32::from_le_bytes([vbr[0x1c], vbr[0x1d], vbr[0x1e], vbr[0x1f]]),
+        2048,
+        "hidden sectors"
+    );
+    assert_eq!(
+        &bytes[(1 << 20) + 6 * 512..(1 << 20) + 7 * 512],
+        vbr,
+        "FAT32 backup boot sector"
+    );
 
     let esp = format!("{img_s}@@1048576");
     let root = mdir(&esp, "::/");
-    for name in ["ldlinux.sys", "ldlinux.c32", "syslinux.cfg", "EFI", "loader", "drove"] {
+    for name in [
+        "ldlinux.sys",
+        "ldlinux.c32",
+        "syslinux.cfg",
+        "EFI",
+        "loader",
+        "drove",
+    ] {
         assert!(listed(&root, name), "{name} missing from ESP root:\n{root}");
     }
     let boot = mdir(&esp, "::/EFI/BOOT");
     let sdboot = std::fs::metadata(&loaders.systemd_boot).unwrap().len();
-    assert!(listed(&boot, "BOOTX64.EFI") && boot.contains(&sdboot.to_string()), "{boot}");
-    assert_eq!(mtype(&esp, "::/loader/loader.conf"), "timeout 0\ndefault drove.conf\neditor no\n");
+    assert!(
+        listed(&boot, "BOOTX64.EFI") && boot.contains(&sdboot.to_string()),
+        "{boot}"
+    );
+    assert_eq!(
+        mtype(&esp, "::/loader/loader.conf"),
+        "timeout 0\ndefault drove.conf\neditor no\n"
+    );
     assert_eq!(
         mtype(&esp, "::/loader/entries/drove.conf"),
         "title drove\nlinux /drove/vmlinuz\ninitrd /drove/initramfs.img\n\
@@ -89,8 +138,14 @@ fn disk_image_is_gpt_with_bootable_esp_and_files() {
     );
     let cfg = mtype(&esp, "::/syslinux.cfg");
     assert!(cfg.contains("LINUX /drove/vmlinuz\n"), "{cfg}");
-    assert!(cfg.contains("INITRD /drove/initramfs.img,/drove/overlay-calibration-qemu.img\n"), "{cfg}");
-    assert!(cfg.contains("APPEND console=ttyS0 drove.server=http://10.0.2.2:8080 quiet\n"), "{cfg}");
+    assert!(
+        cfg.contains("INITRD /drove/initramfs.img,/drove/overlay-calibration-qemu.img\n"),
+        "{cfg}"
+    );
+    assert!(
+        cfg.contains("APPEND console=ttyS0 drove.server=http://10.0.2.2:8080 quiet\n"),
+        "{cfg}"
+    );
 
     // file bytes read back through mtools
     let back = work.path().join("back");
@@ -98,20 +153,45 @@ fn disk_image_is_gpt_with_bootable_esp_and_files() {
     for (inside, host) in [
         ("::/drove/vmlinuz", payload.kernel.clone()),
         ("::/drove/initramfs.img", payload.initrds[0].path.clone()),
-        ("::/drove/overlay-calibration-qemu.img", payload.initrds[1].path.clone()),
+        (
+            "::/drove/overlay-calibration-qemu.img",
+            payload.initrds[1].path.clone(),
+        ),
         ("::/EFI/BOOT/BOOTX64.EFI", loaders.systemd_boot.clone()),
     ] {
         let dest = back.join("f");
-        run_env("mcopy", "mtools", &["-o", "-i", &esp, inside, dest.to_str().unwrap()], &[("MTOOLS_SKIP_CHECK", "1")]);
-        assert!(std::fs::read(&dest).unwrap() == std::fs::read(&host).unwrap(), "{inside} differs from {host:?}");
+        run_env(
+            "mcopy",
+            "mtools",
+            &["-o", "-i", &esp, inside, dest.to_str().unwrap()],
+            &[("MTOOLS_SKIP_CHECK", "1")],
+        );
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(&host).unwrap(),
+            "{inside} differs from {host:?}"
+        );
     }
     // every timestamp is the epoch (2023-11-14 22:13), syslinux's files included
-    assert!(listed(&root, "ldlinux.sys") && !root.lines().any(|l| l.contains("ldlinux") && !l.contains("2023-11-14")), "{root}");
+    assert!(
+        listed(&root, "ldlinux.sys")
+            && !root
+                .lines()
+                .any(|l| l.contains("ldlinux") && !l.contains("2023-11-14")),
+        "{root}"
+    );
 
     let comps: Vec<&str> = arts[0].components.iter().map(|(c, _)| c.as_str()).collect();
     assert_eq!(
         comps,
-        ["systemd-boot", "config", "kernel", "initramfs.img", "overlay-calibration-qemu.img", "syslinux", "free and metadata"]
+        [
+            "systemd-boot",
+            "config",
+            "kernel",
+            "initramfs.img",
+            "overlay-calibration-qemu.img",
+            "syslinux",
+            "free and metadata"
+        ]
     );
     let (_, sys) = &arts[0].components[5];
     assert!(*sys > 150_000, "ldlinux.sys + ldlinux.c32 counted: {sys}");
@@ -121,23 +201,36 @@ fn disk_image_is_gpt_with_bootable_esp_and_files() {
 #[test]
 fn disk_layout_is_fat32_sized_and_aligned() {
     let mut t = fat::FatTree::new();
-    t.add_bytes("drove/vmlinuz", vec![0; 1000], "kernel").unwrap();
+    t.add_bytes("drove/vmlinuz", vec![0; 1000], "kernel")
+        .unwrap();
     let small = disk::layout(t);
     // FAT32's minimum decides the size of a small ESP
     assert_eq!(small.cluster_bytes, 512);
-    assert!(small.esp_sectors * 512 >= 65_525 * 512 + (1 << 20), "{}", small.esp_sectors);
+    assert!(
+        small.esp_sectors * 512 >= 65_525 * 512 + (1 << 20),
+        "{}",
+        small.esp_sectors
+    );
     assert!(small.esp_sectors * 512 <= 40 << 20, "{}", small.esp_sectors);
     assert_eq!(small.esp_sectors % 2048, 0);
     assert_eq!(small.total_sectors, 2048 + small.esp_sectors + 2048);
 
     let work = tempdir();
     let big = work.path().join("big");
-    std::fs::File::create(&big).unwrap().set_len(300 << 20).unwrap();
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(300 << 20)
+        .unwrap();
     let mut t = fat::FatTree::new();
-    t.add_file("drove/initramfs.img", &big, "initramfs.img").unwrap();
+    t.add_file("drove/initramfs.img", &big, "initramfs.img")
+        .unwrap();
     let l = disk::layout(t);
     assert_eq!(l.cluster_bytes, 4096);
-    assert!(l.esp_sectors * 512 > 300 << 20 && l.esp_sectors * 512 < 340 << 20, "{}", l.esp_sectors);
+    assert!(
+        l.esp_sectors * 512 > 300 << 20 && l.esp_sectors * 512 < 340 << 20,
+        "{}",
+        l.esp_sectors
+    );
 }
 
 #[test]
@@ -159,7 +252,11 @@ fn disk_errors_name_the_missing_file_and_leave_nothing() {
     let mut broken = loaders.clone();
     broken.gptmbr = "/nonexistent/gptmbr.bin".into();
     let err = write("disk", &context(Some(&payload), out.path(), &broken)).unwrap_err();
-    assert!(error_chain(&err).contains("/nonexistent/gptmbr.bin"), "{}", error_chain(&err));
+    assert!(
+        error_chain(&err).contains("/nonexistent/gptmbr.bin"),
+        "{}",
+        error_chain(&err)
+    );
     assert_eq!(leftovers(out.path(), &[]), work_files);
 }
 
@@ -187,7 +284,14 @@ fn floppy_fits_with_bios_and_uefi() {
     assert_eq!(len, floppy::FLOPPY_BYTES);
     let img_s = img.to_str().unwrap();
     let root = mdir(img_s, "::");
-    for name in ["ldlinux.sys", "ldlinux.c32", "syslinux.cfg", "ipxe.lkrn", "drove.ipxe", "EFI"] {
+    for name in [
+        "ldlinux.sys",
+        "ldlinux.c32",
+        "syslinux.cfg",
+        "ipxe.lkrn",
+        "drove.ipxe",
+        "EFI",
+    ] {
         assert!(listed(&root, name), "{name} missing:\n{root}");
     }
     let free: u64 = root
@@ -199,22 +303,46 @@ fn floppy_fits_with_bios_and_uefi() {
         .unwrap_or_else(|| panic!("no free bytes in:\n{root}"));
     assert!(free > 50_000, "{free} bytes free");
     let efi = mdir(img_s, "::/EFI/BOOT");
-    assert!(listed(&efi, "BOOTX64.EFI") && listed(&efi, "autoexec.ipxe"), "{efi}");
+    assert!(
+        listed(&efi, "BOOTX64.EFI") && listed(&efi, "autoexec.ipxe"),
+        "{efi}"
+    );
     let script = mtype(img_s, "::/drove.ipxe");
     assert!(script.starts_with("#!ipxe\n"), "{script}");
     assert!(script.contains("dhcp || goto dhcp_retry\n"), "{script}");
-    assert!(script.contains("chain http://10.0.2.2:8080/boot.ipxe || goto chain_retry\n"), "{script}");
+    assert!(
+        script.contains("chain http://10.0.2.2:8080/boot.ipxe || goto chain_retry\n"),
+        "{script}"
+    );
     assert_eq!(mtype(img_s, "::/EFI/BOOT/autoexec.ipxe"), script);
     let cfg = mtype(img_s, "::/syslinux.cfg");
-    assert!(cfg.contains("LINUX /ipxe.lkrn\n") && cfg.contains("INITRD /drove.ipxe\n"), "{cfg}");
+    assert!(
+        cfg.contains("LINUX /ipxe.lkrn\n") && cfg.contains("INITRD /drove.ipxe\n"),
+        "{cfg}"
+    );
     // boot sector is syslinux's, the BPB a 1440 KiB floppy's
     let bytes = std::fs::read(&img).unwrap();
     assert_eq!(&bytes[510..512], &[0x55, 0xaa]);
     assert_eq!(u16::from_le_bytes([bytes[19], bytes[20]]), 2880);
-    assert!(bytes[..512].windows(8).any(|w| w == b"SYSLINUX"), "syslinux boot sector");
+    assert!(
+        bytes[..512].windows(8).any(|w| w == b"SYSLINUX"),
+        "syslinux boot sector"
+    );
     let comps: Vec<&str> = arts[0].components.iter().map(|(c, _)| c.as_str()).collect();
-    assert_eq!(comps, ["config", "ipxe.lkrn", "ipxe.efi", "syslinux", "free and metadata"]);
-    assert_eq!(arts[0].components.iter().map(|(_, n)| n).sum::<u64>(), floppy::FLOPPY_BYTES);
+    assert_eq!(
+        comps,
+        [
+            "config",
+            "ipxe.lkrn",
+            "ipxe.efi",
+            "syslinux",
+            "free and metadata"
+        ]
+    );
+    assert_eq!(
+        arts[0].components.iter().map(|(_, n)| n).sum::<u64>(),
+        floppy::FLOPPY_BYTES
+    );
 }
 
 #[test]
@@ -223,15 +351,29 @@ fn floppy_over_budget_fails_with_a_size_table_and_leaves_nothing() {
     let out = tempdir();
     let huge = work.path().join("ipxe.lkrn");
     std::fs::write(&huge, vec![0u8; 1_500_000]).unwrap();
-    let loaders = Loaders { ipxe_lkrn: huge, ..Loaders::debian() };
+    let loaders = Loaders {
+        ipxe_lkrn: huge,
+        ..Loaders::debian()
+    };
     let err = write("floppy", &context(None, out.path(), &loaders)).unwrap_err();
     let msg = err.to_string();
     println!("{msg}");
-    assert!(matches!(err, Error::Floppy(floppy::Error::OverBudget { .. })), "{msg}");
+    assert!(
+        matches!(err, Error::Floppy(floppy::Error::OverBudget { .. })),
+        "{msg}"
+    );
     assert!(msg.contains("component") && msg.contains("bytes"), "{msg}");
-    assert!(msg.lines().any(|l| l.starts_with("ipxe.lkrn") && l.ends_with("1500000")), "{msg}");
+    assert!(
+        msg.lines()
+            .any(|l| l.starts_with("ipxe.lkrn") && l.ends_with("1500000")),
+        "{msg}"
+    );
     assert!(msg.lines().any(|l| l.starts_with("syslinux")), "{msg}");
-    assert!(msg.lines().any(|l| l.starts_with("available") && l.ends_with(&floppy::DATA_BYTES.to_string())), "{msg}");
+    assert!(
+        msg.lines()
+            .any(|l| l.starts_with("available") && l.ends_with(&floppy::DATA_BYTES.to_string())),
+        "{msg}"
+    );
     assert_eq!(leftovers(out.path(), &[]), Vec::<String>::new());
 }
 
@@ -285,7 +427,10 @@ fn pxe_directory_has_everything_and_replaces_the_old_one() {
         ("undionly.kpxe", &loaders.undionly_kpxe),
         ("ipxe.efi", &loaders.ipxe_efi),
     ] {
-        assert!(std::fs::read(pxe.join(name)).unwrap() == std::fs::read(host).unwrap(), "{name}");
+        assert!(
+            std::fs::read(pxe.join(name)).unwrap() == std::fs::read(host).unwrap(),
+            "{name}"
+        );
     }
     let script = std::fs::read_to_string(pxe.join("boot.ipxe")).unwrap();
     assert_eq!(
@@ -297,10 +442,22 @@ fn pxe_directory_has_everything_and_replaces_the_old_one() {
     );
     let conf = std::fs::read_to_string(pxe.join("dnsmasq.conf")).unwrap();
     assert!(conf.contains("dhcp-range=192.168.1.0,proxy"), "{conf}");
-    assert!(conf.contains("pxe-service=tag:ipxe,x86PC,\"drove\",http://10.0.2.2:8080/boot.ipxe"), "{conf}");
-    assert!(conf.contains("pxe-service=tag:!ipxe,x86PC,\"drove (BIOS)\",undionly.kpxe"), "{conf}");
-    let mtime = std::fs::metadata(pxe.join("vmlinuz")).unwrap().modified().unwrap();
-    assert_eq!(mtime, std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000));
+    assert!(
+        conf.contains("pxe-service=tag:ipxe,x86PC,\"drove\",http://10.0.2.2:8080/boot.ipxe"),
+        "{conf}"
+    );
+    assert!(
+        conf.contains("pxe-service=tag:!ipxe,x86PC,\"drove (BIOS)\",undionly.kpxe"),
+        "{conf}"
+    );
+    let mtime = std::fs::metadata(pxe.join("vmlinuz"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(
+        mtime,
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)
+    );
     // written again over itself: the exchange path
     write("pxe", &ctx).unwrap();
     assert_eq!(leftovers(out.path(), &["pxe"]), Vec::<String>::new());
@@ -316,7 +473,10 @@ fn pxe_errors_leave_the_old_directory_and_no_temporaries() {
     std::fs::write(out.path().join("pxe/keep"), b"old").unwrap();
     payload.initrds[1].path = "/nonexistent/overlay.img".into();
     let err = write("pxe", &context(Some(&payload), out.path(), &loaders)).unwrap_err();
-    assert!(err.to_string().contains("/nonexistent/overlay.img"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/overlay.img"),
+        "{err}"
+    );
     assert_eq!(leftovers(out.path(), &[]), ["pxe"]);
     assert!(out.path().join("pxe/keep").exists());
 }
@@ -350,10 +510,17 @@ fn every_output_is_reproducible() {
         "pxe/ipxe.efi",
     ];
     for f in files {
-        let (x, y) = (std::fs::read(a.path().join(f)).unwrap(), std::fs::read(b.path().join(f)).unwrap());
+        let (x, y) = (
+            std::fs::read(a.path().join(f)).unwrap(),
+            std::fs::read(b.path().join(f)).unwrap(),
+        );
         if x != y {
             let first = x.iter().zip(&y).position(|(p, q)| p != q);
-            panic!("{f} differs between builds (first differing byte: {first:?}, lengths {} / {})", x.len(), y.len());
+            panic!(
+                "{f} differs between builds (first differing byte: {first:?}, lengths {} / {})",
+                x.len(),
+                y.len()
+            );
         }
     }
     // a different seed gives different GUIDs and volume ids
@@ -361,7 +528,10 @@ fn every_output_is_reproducible() {
     let mut ctx = context(Some(&payload), c.path(), &loaders);
     ctx.seed = [1; 32];
     write("disk", &ctx).unwrap();
-    assert_ne!(std::fs::read(a.path().join("disk.img")).unwrap(), std::fs::read(c.path().join("disk.img")).unwrap());
+    assert_ne!(
+        std::fs::read(a.path().join("disk.img")).unwrap(),
+        std::fs::read(c.path().join("disk.img")).unwrap()
+    );
 }
 
 /// Not a test: writes every output from real inputs for booting by hand (docs/media.md):
@@ -378,7 +548,10 @@ fn write_media_from_env() {
         .split(',')
         .map(|p| {
             let path = std::path::PathBuf::from(p);
-            Initrd { name: path.file_name().unwrap().to_string_lossy().into_owned(), path }
+            Initrd {
+                name: path.file_name().unwrap().to_string_lossy().into_owned(),
+                path,
+            }
         })
         .collect();
     let payload = BootPayload {
@@ -386,9 +559,13 @@ fn write_media_from_env() {
         initrds,
         cmdline: std::env::var("DROVE_MEDIA_CMDLINE").unwrap_or_else(|_| "console=ttyS0".into()),
     };
-    let server = std::env::var("DROVE_MEDIA_SERVER").unwrap_or_else(|_| "http://10.0.2.2:8080".into());
+    let server =
+        std::env::var("DROVE_MEDIA_SERVER").unwrap_or_else(|_| "http://10.0.2.2:8080".into());
     let loaders = Loaders::debian();
-    let ctx = OutputContext { server: &server, ..context(Some(&payload), &out, &loaders) };
+    let ctx = OutputContext {
+        server: &server,
+        ..context(Some(&payload), &out, &loaders)
+    };
     for o in OUTPUTS {
         for a in write(o.name, &ctx).unwrap() {
             println!("{}: {:?}", a.path.display(), a.components);

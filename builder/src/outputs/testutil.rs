@@ -34,7 +34,11 @@ pub fn run_env(program: &str, package: &str, args: &[&str], env: &[(&str, &str)]
 
 /// A host file the tests need (boot loaders from Debian packages); missing → fail naming the package.
 pub fn require_file(path: &Path, package: &str) {
-    assert!(path.exists(), "{} is missing: install the Debian package `{package}`", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: install the Debian package `{package}`",
+        path.display()
+    );
 }
 
 pub fn require_loaders(l: &Loaders) {
@@ -50,21 +54,33 @@ pub fn require_loaders(l: &Loaders) {
 pub fn dummy_payload(dir: &Path) -> BootPayload {
     let write = |name: &str, len: usize, salt: u8| -> PathBuf {
         let p = dir.join(name);
-        let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt)).collect();
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
+            .collect();
         std::fs::write(&p, bytes).expect("write dummy payload file");
         p
     };
     BootPayload {
         kernel: write("dummy-vmlinuz", 300_000, 1),
         initrds: vec![
-            Initrd { name: "initramfs.img".into(), path: write("dummy-initramfs", 200_001, 2) },
-            Initrd { name: "overlay-calibration-qemu.img".into(), path: write("dummy-overlay", 777, 3) },
+            Initrd {
+                name: "initramfs.img".into(),
+                path: write("dummy-initramfs", 200_001, 2),
+            },
+            Initrd {
+                name: "overlay-calibration-qemu.img".into(),
+                path: write("dummy-overlay", 777, 3),
+            },
         ],
         cmdline: "console=ttyS0 drove.server=http://10.0.2.2:8080 quiet".into(),
     }
 }
 
-pub fn context<'a>(payload: Option<&'a BootPayload>, out_dir: &'a Path, loaders: &'a Loaders) -> OutputContext<'a> {
+pub fn context<'a>(
+    payload: Option<&'a BootPayload>,
+    out_dir: &'a Path,
+    loaders: &'a Loaders,
+) -> OutputContext<'a> {
     OutputContext {
         payload,
         server: "http://10.0.2.2:8080",
@@ -79,7 +95,12 @@ pub fn context<'a>(payload: Option<&'a BootPayload>, out_dir: &'a Path, loaders:
 pub fn leftovers(dir: &Path, keep: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .expect("read out dir")
-        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|n| !keep.contains(&n.as_str()))
         .collect();
     v.sort();
