@@ -1,0 +1,45 @@
+# drove: two commands for a newcomer on Debian 12.
+#   make image   installs what is missing, builds drove, writes the default media into out/
+#   make test    the same, then unit tests, builder integration tests and QEMU boot tests
+# Everything runs in cargo's release profile so binaries, tests and media share one build.
+
+CARGO   ?= cargo
+OUT     ?= out
+PROFILE := release
+BIN     := target/$(PROFILE)
+CARGO_FLAGS := --$(PROFILE) --locked
+
+.PHONY: all deps build image test unit-test qemu-test qemu-cluster bench kernel fmt clean
+
+all: image
+
+# Debian packages (kernel, CRIU, boot loaders, QEMU, ...); a no-op when all are present.
+deps:
+	@./scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build $(CARGO_FLAGS) -p drove -p drove-agent
+
+image: build
+	$(BIN)/drove build --out $(OUT)
+
+# Unit tests need no root and no QEMU; builder integration tests need the host kernel and CRIU
+# (installed by deps); the VM tests boot what `image` wrote.
+test: image unit-test qemu-test
+
+unit-test: build
+	$(CARGO) test $(CARGO_FLAGS) -p drove -p drove-agent
+
+qemu-test: image
+	DROVE_OUT=$(CURDIR)/$(OUT) DROVE_BIN=$(CURDIR)/$(BIN)/drove \
+		$(CARGO) test $(CARGO_FLAGS) -p drove-qemu-tests -- --test-threads=2
+
+bench: image
+	./scripts/bench.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	rm -rf $(OUT)
+	$(CARGO) clean
