@@ -67,6 +67,8 @@ const TAIL_SECTORS: u64 = 2048;
 const FAT32_MIN_CLUSTERS: u64 = 65_525 + 1024;
 /// What `syslinux --install` adds (ldlinux.sys + ldlinux.c32: 178,924 bytes for 6.04), rounded up.
 pub const SYSLINUX_RESERVE: u64 = 256 * 1024;
+/// ESPs up to this size are built in memory, larger ones directly in the image file.
+const IN_MEMORY_MAX: u64 = 256 << 20;
 /// The name drove's boot entry has in every loader.
 const ENTRY: &str = "drove";
 
@@ -269,9 +271,17 @@ fn write_image(
         root_entries: 0,
         drive_num: 0x80,
     };
-    let slice =
-        fat::Slice::new(&mut dev, plan.esp_offset(), plan.esp_sectors * SECTOR).map_err(create)?;
-    fat::write(slice, &format, &plan.esp, ctx.epoch, path).map_err(Error::Fat)?;
+    let esp_bytes = plan.esp_sectors * SECTOR;
+    if esp_bytes <= IN_MEMORY_MAX {
+        // fatfs does many small reads and writes (one per 512-byte cluster and FAT entry): build
+        // the volume in memory and write it out at once, several times faster than on the file
+        let mut volume = std::io::Cursor::new(vec![0u8; esp_bytes as usize]);
+        fat::write(&mut volume, &format, &plan.esp, ctx.epoch, path).map_err(Error::Fat)?;
+        patch(&mut dev, plan.esp_offset(), volume.get_ref()).map_err(create)?;
+    } else {
+        let slice = fat::Slice::new(&mut dev, plan.esp_offset(), esp_bytes).map_err(create)?;
+        fat::write(slice, &format, &plan.esp, ctx.epoch, path).map_err(Error::Fat)?;
+    }
     // fatfs leaves "hidden sectors" 0; a partition's boot sector records its start there, and
     // syslinux's boot code falls back to it when the MBR hands over no partition entry.
     let hidden = u32::try_from(plan.esp_first_lba).unwrap_or(u32::MAX);
