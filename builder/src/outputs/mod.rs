@@ -132,7 +132,7 @@ pub(crate) fn derive_guid(seed: &[u8; 32], label: &str) -> uuid::Uuid {
     uuid::Builder::from_random_bytes(b).into_uuid()
 }
 
-/// One written file (or directory, for `pxe`) and its bytes per component.
+/// One written file and its bytes per component (`pxe` gives one per file in `pxe/`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Artifact {
     /// Relative to the output directory.
@@ -208,7 +208,7 @@ fn write_floppy(ctx: &OutputContext) -> Result<Vec<Artifact>, Error> {
 fn write_pxe(ctx: &OutputContext) -> Result<Vec<Artifact>, Error> {
     let payload = ctx.payload("pxe")?;
     check_server(ctx.server)?;
-    Ok(vec![pxe::write(ctx, payload)?])
+    Ok(pxe::write(ctx, payload)?)
 }
 
 /// File names the media use for themselves; an initrd may not take them.

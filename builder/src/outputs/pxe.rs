@@ -161,8 +161,8 @@ pxe-prompt="drove netboot",0
     )
 }
 
-/// Writes `out_dir/pxe/`.
-pub fn write(ctx: &OutputContext, payload: &BootPayload) -> Result<super::Artifact, Error> {
+/// Writes `out_dir/pxe/`; one artifact per file (`pxe/vmlinuz`, …) so the manifest can hash each.
+pub fn write(ctx: &OutputContext, payload: &BootPayload) -> Result<Vec<super::Artifact>, Error> {
     let final_dir = ctx.out_dir.join("pxe");
     if final_dir.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
         return Err(Error::NotADir { path: final_dir });
@@ -175,7 +175,7 @@ pub fn write(ctx: &OutputContext, payload: &BootPayload) -> Result<super::Artifa
             source,
         })?;
     let mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(ctx.epoch);
-    let mut components = Vec::new();
+    let mut artifacts = Vec::new();
     for (name, source, component) in plan(ctx, payload) {
         let dest = tmp.path().join(&name);
         let size = match source {
@@ -198,21 +198,15 @@ pub fn write(ctx: &OutputContext, payload: &BootPayload) -> Result<super::Artifa
             }
         };
         finish_file(&dest, mtime)?;
-        match components
-            .iter_mut()
-            .find(|(c, _): &&mut (String, u64)| *c == component)
-        {
-            Some((_, n)) => *n += size,
-            None => components.push((component, size)),
-        }
+        artifacts.push(super::Artifact {
+            path: Path::new("pxe").join(&name),
+            components: vec![(component, size)],
+        });
     }
     set_dir_mode(tmp.path())?;
     swap_into_place(tmp, &final_dir)?;
     tracing::info!(path = %final_dir.display(), "wrote PXE directory");
-    Ok(super::Artifact {
-        path: "pxe".into(),
-        components,
-    })
+    Ok(artifacts)
 }
 
 /// Mode 0644 and the build's mtime (HTTP Last-Modified and rsync see the same thing every build).

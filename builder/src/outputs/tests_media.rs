@@ -404,7 +404,13 @@ fn pxe_directory_has_everything_and_replaces_the_old_one() {
     std::fs::create_dir(out.path().join("pxe")).unwrap();
     std::fs::write(out.path().join("pxe/stale.img"), b"old").unwrap();
     let arts = write("pxe", &ctx).unwrap();
-    assert_eq!(arts[0].path, Path::new("pxe"));
+    let paths: Vec<&Path> = arts.iter().map(|a| a.path.as_path()).collect();
+    assert_eq!(paths[0], Path::new("pxe/vmlinuz"));
+    assert_eq!(arts[0].components, [("kernel".to_string(), 300_000)]);
+    assert_eq!(paths.len(), 7);
+    for a in &arts {
+        assert!(out.path().join(&a.path).is_file(), "{}", a.path.display());
+    }
     assert_eq!(leftovers(out.path(), &["pxe"]), Vec::<String>::new());
     let pxe = out.path().join("pxe");
     let mut names = leftovers(&pxe, &[]);

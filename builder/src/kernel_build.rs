@@ -1,1 +1,0 @@
-//! `drove kernel build`: compiles the migration-enabled kernel from source.
