@@ -1,0 +1,82 @@
+#!/bin/bash
+# Build benchmarks for docs/benchmarks.md: drove build (all media) against Debian's mkinitramfs on
+# the same kernel, in one run on this machine. Medians of several runs; every figure is printed
+# with the command that produced it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DROVE=${DROVE:-target/release/drove}
+RUNS=${RUNS:-3}
+KREL=${KREL:-$(ls /boot/vmlinuz-* | sed 's|/boot/vmlinuz-||' | sort -V | tail -1)}
+work=$(mktemp -d /tmp/drove-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+now() { date +%s.%N; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+# time_runs N CMD...: runs CMD N times (a `prepare` function runs before each) and prints the median.
+time_runs() {
+    local n=$1; shift
+    for _ in $(seq "$n"); do
+        prepare
+        local t0; t0=$(now); "$@" >/dev/null 2>&1; local t1; t1=$(now)
+        echo "$t1 - $t0" | bc -l
+    done | median
+}
+
+# A site config with one user overlay, so an overlay-only rebuild can be measured.
+mkdir -p "$work/site/overlays/site/etc"
+echo "bench" > "$work/site/overlays/site/etc/motd"
+cat > "$work/site/cluster.toml" <<TOML
+[cluster]
+name = "bench"
+[overlays]
+calibration = "qemu"
+user = ["site"]
+TOML
+
+prepare() { rm -rf "$work/out"; }
+full=$(time_runs "$RUNS" "$DROVE" -q build --config "$work/site/cluster.toml" --out "$work/out")
+"$DROVE" -q build --config "$work/site/cluster.toml" --out "$work/out"
+i=0
+prepare() { i=$((i+1)); echo "bench $i" > "$work/site/overlays/site/etc/motd"; }
+overlay=$(time_runs 5 "$DROVE" -q build --config "$work/site/cluster.toml" --out "$work/out")
+prepare() { :; }
+pxe_only=$(time_runs 5 "$DROVE" -q build --config "$work/site/cluster.toml" --out "$work/out" --output pxe)
+
+initramfs_bytes=$(cat "$work"/out/pxe/initramfs.img "$work"/out/pxe/overlay-*.img | wc -c)
+disk_bytes=$(stat -c %s "$work/out/disk.img")
+floppy_bytes=$(stat -c %s "$work/out/floppy.img")
+
+prepare() { rm -f "$work/mkinitramfs.img"; }
+mkinit=$(time_runs "$RUNS" mkinitramfs -o "$work/mkinitramfs.img" "$KREL")
+mkinitramfs -o "$work/mkinitramfs.img" "$KREL" >/dev/null 2>&1
+mkinit_bytes=$(stat -c %s "$work/mkinitramfs.img")
+
+ratio() { echo "scale=3; $1 / $2" | bc -l; }
+cat > docs/benchmarks.md <<MD
+# Benchmarks
+
+Produced by \`make bench\` (\`scripts/bench.sh\`) on $(date -u +%Y-%m-%d), $(nproc) cores,
+kernel $KREL; medians of $RUNS runs (5 for rebuilds). The anchor is Debian's \`mkinitramfs\` for the
+same kernel, measured in the same run. \`drove\` is \`target/release/drove\`; the config is a cluster
+with the QEMU calibration overlay and one user overlay (\`site\`).
+
+## Build
+
+| what | command | result | goal |
+|---|---|---|---|
+| full build, all media, cold cache | \`drove -q build --config cluster.toml --out out\` (after \`rm -rf out\`) | ${full} s | ≤ 1/4 of mkinitramfs |
+| mkinitramfs (anchor) | \`mkinitramfs -o X $KREL\` | ${mkinit} s | |
+| ratio | | $(ratio "$full" "$mkinit") | ≤ 0.25 |
+| overlay-only rebuild, all media | edit \`overlays/site/etc/motd\`, same command | ${overlay} s | < 0.5 s |
+| rebuild, PXE only | \`drove -q build ... --output pxe\` | ${pxe_only} s | |
+
+## Size
+
+| what | bytes | ratio to mkinitramfs |
+|---|---|---|
+| drove initramfs (base + overlay segments, with CRIU and modules) | $initramfs_bytes | $(ratio "$initramfs_bytes" "$mkinit_bytes") (goal ≤ 0.333) |
+| mkinitramfs output | $mkinit_bytes | 1 |
+| disk.img | $disk_bytes | |
+| floppy.img | $floppy_bytes | (limit 1474560) |
+MD
+cat docs/benchmarks.md
