@@ -189,7 +189,9 @@ pub fn run() -> ! {
     if let Err(e) = boot(&agent) {
         error!("{}", console::chain(&e));
     }
-    error!("boot loop ended; waiting for poweroff");
+    if !power::in_progress() {
+        error!("boot loop ended; still reaping and taking power commands");
+    }
     park_forever()
 }
 
@@ -322,6 +324,7 @@ fn network(agent: &Arc<Agent>, cfg: &NodeConfig) -> Result<(), Error> {
                     warned = true;
                 }
             }
+            Err(RecvTimeoutError::Disconnected) if power::in_progress() => return Ok(()),
             Err(RecvTimeoutError::Disconnected) => return Err(Error::NetworkGone),
         }
     }
@@ -334,7 +337,8 @@ fn watch_nics(agent: &Arc<Agent>, network: &Network, tx: &Sender<NetEvent>) {
     let started = Instant::now();
     let mut warned = false;
     let mut scan_error_told = false;
-    loop {
+    // Stops at shutdown: /sys is being unmounted and no new NIC matters any more.
+    while !power::in_progress() {
         match net::scan(Path::new(net::SYS_CLASS_NET)) {
             Err(e) if !scan_error_told => {
                 error!("{}", console::chain(&e));
