@@ -3,6 +3,7 @@
 pub mod cmd;
 pub mod outputs;
 pub mod serve;
+pub mod status;
 pub mod compress;
 pub mod cpio;
 pub mod kernel;

@@ -50,6 +50,18 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
     },
+    /// Show the cluster as one agent sees it: number, name, address, up/down, load, speed, memory.
+    Status {
+        /// The agent to ask, HOST[:PORT] (port 7030 by default).
+        #[arg(long, default_value = drove::status::DEFAULT_NODE, value_name = "ADDR[:PORT]")]
+        node: String,
+        /// Print the agent's JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Redraw every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +118,16 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}: ok (cluster {}, {} mapped nodes)", file.display(), loaded.config.cluster.name, loaded.map.nodes().len());
         }
         Command::Serve { dir, listen } => drove::serve::serve(&dir, listen)?,
+        Command::Status { node, json, watch } => {
+            use drove::status::{Format, Style};
+            let format = if json { Format::Json } else { Format::Table };
+            let style = Style::for_stdout();
+            if watch {
+                drove::status::watch(&node, format, style, std::time::Duration::from_secs(1))?;
+            } else {
+                print!("{}", drove::status::status_text(&node, format, style)?);
+            }
+        }
     }
     Ok(())
 }
