@@ -1,0 +1,797 @@
+//! Membership, failure detection and load exchange, without a coordinator: a gossip-style
+//! heartbeat protocol (van Renesse, Minsky, Hayden 1998) carrying MOSIX's load vector.
+//!
+//! Every `period` each node bumps its own heartbeat and sends one datagram to `fanout` random
+//! live peers (plus one probe to a peer it believes down or has never heard), so a node sends at
+//! most `fanout + 1` messages a second however big the cluster is. A datagram carries the
+//! sender's own entry (number, name, address, incarnation, heartbeat, load vector) and the
+//! entries it knows that are not down, each with its *age*: how long ago that entry's newest
+//! heartbeat was made. A receiver keeps, per address, the entry with the highest
+//! (incarnation, heartbeat) and dates it `now - age`, so every node ages every entry from the
+//! same origin and a node that boots late does not believe a stale entry fresh.
+//!
+//! Failure detection is indirect by construction: a heartbeat reaches a node through any peer,
+//! so one lost link does not make a node look down. An entry older than `suspect` is `suspect`,
+//! older than `down` is `down`; the thresholds grow with log2 of the cluster size because that
+//! is how many rounds an epidemic needs to reach everyone. A node that boots again comes with a
+//! new, higher incarnation and is `up` as soon as one of its heartbeats arrives.
+//!
+//! All of it is pure: time is a number of milliseconds passed in, datagrams are returned and
+//! passed in, randomness is a seeded xorshift. Unit tests drive whole clusters with a simulated
+//! clock and message queue.
+
+use crate::wire::{self, Reject};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+/// Milliseconds on the caller's monotonic clock.
+pub type Ms = u64;
+
+/// The load vector a node reports (MOSIX: load, speed, free memory; plus drove's job counts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Load {
+    /// Run-queue load normalised by speed (see `load.rs`).
+    pub load: f64,
+    pub speed: f64,
+    pub mem_free: u64,
+    pub mem_total: u64,
+    pub jobs: u32,
+    pub guest_jobs: u32,
+}
+
+/// One node as gossiped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub number: u32,
+    pub name: String,
+    pub addr: Ipv4Addr,
+    /// Chosen at daemon start, higher than any earlier one of the same node (wall-clock ms).
+    pub incarnation: u64,
+    pub heartbeat: u64,
+    /// Milliseconds since the sender last saw this entry's heartbeat move (0 for its own).
+    pub age_ms: u64,
+    pub load: Load,
+    /// Set in the last messages of a node that powers off cleanly.
+    #[serde(default)]
+    pub leaving: bool,
+}
+
+/// One datagram's content (sealed with the cluster key by `wire`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub cluster: String,
+    /// Sender's incarnation and a per-incarnation sequence number: the replay guard.
+    pub incarnation: u64,
+    pub seq: u64,
+    /// The sender's own entry first, then what it knows.
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Up,
+    Suspect,
+    Down,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Joined,
+    Left,
+    Down,
+    Up,
+    Conflict,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Joined => "joined",
+            EventKind::Left => "left",
+            EventKind::Down => "down",
+            EventKind::Up => "up",
+            EventKind::Conflict => "conflict",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    #[serde(skip)]
+    pub kind: EventKind,
+    pub number: u32,
+    pub name: String,
+    pub addr: Ipv4Addr,
+    pub at_ms: Ms,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub cluster: String,
+    pub period_ms: Ms,
+    pub fanout: usize,
+    /// Thresholds for small clusters; see [`Membership::thresholds`].
+    pub suspect_ms: Ms,
+    pub down_ms: Ms,
+    /// Whether nodes outside the map may join.
+    pub discovery: bool,
+    /// At most this many entries per datagram (a random choice when there are more).
+    pub max_entries: usize,
+}
+
+impl Config {
+    pub fn new(cluster: &str, discovery: bool) -> Self {
+        Config {
+            cluster: cluster.into(),
+            period_ms: 1000,
+            fanout: 3,
+            suspect_ms: 2000,
+            down_ms: 3500,
+            discovery,
+            max_entries: 200,
+        }
+    }
+}
+
+/// What this node knows about another.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub entry: Entry,
+    /// Local time the entry's newest heartbeat was made (receipt time minus its age).
+    pub fresh_at: Ms,
+    /// Local time this node last received a datagram from it.
+    pub heard_at: Option<Ms>,
+    pub state: State,
+    pub left: bool,
+    /// Whether it has been up before (its next up is `up`, not `joined`).
+    pub ever_up: bool,
+    pub conflict: Option<String>,
+}
+
+/// A row of the cluster table (the API's `nodes`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Row {
+    pub number: u32,
+    pub name: String,
+    pub addr: String,
+    pub state: State,
+    pub load: f64,
+    pub speed: f64,
+    pub mem_free: u64,
+    pub mem_total: u64,
+    pub jobs: u32,
+    pub guest_jobs: u32,
+    /// Milliseconds since its newest heartbeat was made; `null` for a map node never heard.
+    pub last_heard_ms: Option<u64>,
+    pub conflict: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub sent: u64,
+    pub received: u64,
+    pub rejected: u64,
+}
+
+/// This node's view of the cluster.
+pub struct Membership {
+    pub cfg: Config,
+    key: Vec<u8>,
+    me: Entry,
+    /// Map nodes: (number, address) (hostnames are resolved by the caller or skipped).
+    map: Vec<(u32, Ipv4Addr)>,
+    members: BTreeMap<Ipv4Addr, Member>,
+    /// Replay guard: newest (incarnation, seq) accepted per source address.
+    seen: HashMap<Ipv4Addr, (u64, u64)>,
+    /// Reject logging: last time a rejection from this address was logged.
+    told: HashMap<Ipv4Addr, Ms>,
+    seq: u64,
+    next_send: Ms,
+    rng: u64,
+    events: Vec<Event>,
+    conflicts_told: BTreeSet<(u32, Vec<Ipv4Addr>)>,
+    pub stats: Stats,
+}
+
+/// How often a rejection from one address is logged.
+pub const REJECT_LOG_EVERY_MS: Ms = 60_000;
+
+impl Membership {
+    pub fn new(cfg: Config, key: &[u8], me: Entry, map: Vec<(u32, Ipv4Addr)>, now: Ms) -> Self {
+        let seed = me.incarnation ^ u64::from(u32::from(me.addr)).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+        Membership {
+            cfg,
+            key: key.to_vec(),
+            me,
+            map,
+            members: BTreeMap::new(),
+            seen: HashMap::new(),
+            told: HashMap::new(),
+            seq: 0,
+            next_send: now,
+            rng: seed | 1,
+            events: Vec::new(),
+            conflicts_told: BTreeSet::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn me(&self) -> &Entry {
+        &self.me
+    }
+
+    pub fn members(&self) -> &BTreeMap<Ipv4Addr, Member> {
+        &self.members
+    }
+
+    pub fn set_load(&mut self, load: Load) {
+        self.me.load = load;
+    }
+
+    /// Marks this node as leaving: the next datagrams tell the others it is going.
+    pub fn leave(&mut self) {
+        self.me.leaving = true;
+    }
+
+    /// Events since the last call.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Picks up to `n` distinct items from `from` at random.
+    fn pick<T: Copy>(&mut self, from: &[T], n: usize) -> Vec<T> {
+        let mut pool = from.to_vec();
+        let mut out = Vec::new();
+        while out.len() < n && !pool.is_empty() {
+            let i = (self.random() % pool.len() as u64) as usize;
+            out.push(pool.swap_remove(i));
+        }
+        out
+    }
+
+    /// The (suspect, down) thresholds for the current cluster size: the configured ones, or
+    /// more when an epidemic needs more rounds to reach everyone (`period * (log2(n) + 1)`).
+    pub fn thresholds(&self) -> (Ms, Ms) {
+        let n = (self.members.len() + 1).max(self.map.len()) as u64;
+        let rounds = 64 - n.leading_zeros() as u64; // ceil-ish log2(n) + 1
+        let down = self.cfg.down_ms.max(self.cfg.period_ms * (rounds + 1));
+        let suspect = self.cfg.suspect_ms.max(down.saturating_sub(self.cfg.down_ms - self.cfg.suspect_ms));
+        (suspect, down)
+    }
+
+    /// Advances time: updates states and, once per period, returns the datagrams to send.
+    pub fn tick(&mut self, now: Ms) -> Vec<(Ipv4Addr, Vec<u8>)> {
+        self.update_states(now);
+        if now < self.next_send {
+            return Vec::new();
+        }
+        self.next_send = now + self.cfg.period_ms;
+        self.me.heartbeat += 1;
+        self.seq += 1;
+
+        let live: Vec<Ipv4Addr> =
+            self.members.iter().filter(|(_, m)| m.state != State::Down).map(|(a, _)| *a).collect();
+        let mut others: Vec<Ipv4Addr> = self
+            .map
+            .iter()
+            .map(|(_, a)| *a)
+            .chain(self.members.iter().filter(|(_, m)| m.state == State::Down && !m.left).map(|(a, _)| *a))
+            .filter(|a| *a != self.me.addr && !live.contains(a))
+            .collect();
+        others.sort();
+        others.dedup();
+        let mut targets = self.pick(&live, self.cfg.fanout);
+        let probes = if targets.len() < self.cfg.fanout { self.cfg.fanout - targets.len() } else { 1 };
+        targets.extend(self.pick(&others, probes));
+
+        let (_, down) = self.thresholds();
+        let mut entries = vec![self.me.clone()];
+        let known: Vec<Entry> = self
+            .members
+            .values()
+            .filter(|m| now.saturating_sub(m.fresh_at) < down && !m.left)
+            .map(|m| Entry { age_ms: now.saturating_sub(m.fresh_at), ..m.entry.clone() })
+            .collect();
+        if known.len() > self.cfg.max_entries {
+            let idx: Vec<usize> = (0..known.len()).collect();
+            for i in self.pick(&idx, self.cfg.max_entries) {
+                entries.push(known[i].clone());
+            }
+        } else {
+            entries.extend(known);
+        }
+        let msg = Message { cluster: self.cfg.cluster.clone(), incarnation: self.me.incarnation, seq: self.seq, entries };
+        let bytes = wire::seal(&self.key, &msg);
+        self.stats.sent += targets.len() as u64;
+        targets.into_iter().map(|t| (t, bytes.clone())).collect()
+    }
+
+    /// Takes one datagram from `src`. `Err` says why it was dropped; the second value is true
+    /// when that should be logged (once per source address per [`REJECT_LOG_EVERY_MS`]).
+    pub fn receive(&mut self, now: Ms, src: Ipv4Addr, bytes: &[u8]) -> Result<(), (Reject, bool)> {
+        match self.accept(now, src, bytes) {
+            Ok(()) => {
+                self.stats.received += 1;
+                Ok(())
+            }
+            Err(reason) => {
+                self.stats.rejected += 1;
+                let tell = match self.told.get(&src) {
+                    Some(t) if now.saturating_sub(*t) < REJECT_LOG_EVERY_MS => false,
+                    _ => {
+                        self.told.insert(src, now);
+                        true
+                    }
+                };
+                Err((reason, tell))
+            }
+        }
+    }
+
+    fn in_map(&self, addr: Ipv4Addr) -> bool {
+        self.map.iter().any(|(_, a)| *a == addr)
+    }
+
+    fn accept(&mut self, now: Ms, src: Ipv4Addr, bytes: &[u8]) -> Result<(), Reject> {
+        let msg = wire::open(&self.key, bytes)?;
+        if msg.cluster != self.cfg.cluster {
+            return Err(Reject::Cluster(msg.cluster));
+        }
+        let Some(sender) = msg.entries.first() else { return Err(Reject::Malformed("no entries".into())) };
+        if sender.addr != src || sender.incarnation != msg.incarnation {
+            return Err(Reject::Malformed(format!("sender entry says {} but the datagram came from {src}", sender.addr)));
+        }
+        if !self.cfg.discovery && !self.in_map(src) {
+            return Err(Reject::NotInMap);
+        }
+        if let Some(&(inc, seq)) = self.seen.get(&src) {
+            if (msg.incarnation, msg.seq) <= (inc, seq) {
+                return Err(Reject::Replay);
+            }
+        }
+        for e in &msg.entries {
+            if !(e.load.load.is_finite() && e.load.speed.is_finite() && e.load.load >= 0.0 && e.load.speed >= 0.0)
+                || e.name.len() > 64
+            {
+                return Err(Reject::Malformed(format!("bad entry for {}", e.addr)));
+            }
+        }
+        self.seen.insert(src, (msg.incarnation, msg.seq));
+        for (i, e) in msg.entries.into_iter().enumerate() {
+            self.merge(now, e, i == 0);
+        }
+        self.update_states(now);
+        Ok(())
+    }
+
+    fn merge(&mut self, now: Ms, e: Entry, direct: bool) {
+        if e.addr == self.me.addr || e.addr.is_unspecified() {
+            return;
+        }
+        if !self.cfg.discovery && !self.in_map(e.addr) {
+            return;
+        }
+        let fresh_at = now.saturating_sub(e.age_ms);
+        match self.members.get_mut(&e.addr) {
+            None => {
+                self.members.insert(
+                    e.addr,
+                    Member {
+                        fresh_at,
+                        heard_at: direct.then_some(now),
+                        state: State::Down,
+                        left: false,
+                        ever_up: false,
+                        conflict: None,
+                        entry: e,
+                    },
+                );
+            }
+            Some(m) => {
+                if direct {
+                    m.heard_at = Some(now);
+                }
+                if (e.incarnation, e.heartbeat) > (m.entry.incarnation, m.entry.heartbeat) {
+                    if e.incarnation > m.entry.incarnation {
+                        m.left = false;
+                    }
+                    m.fresh_at = m.fresh_at.max(fresh_at);
+                    m.entry = e;
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, kind: EventKind, e: &Entry, now: Ms) {
+        self.events.push(Event { kind, number: e.number, name: e.name.clone(), addr: e.addr, at_ms: now });
+    }
+
+    fn update_states(&mut self, now: Ms) {
+        let (suspect, down) = self.thresholds();
+        let mut events = Vec::new();
+        for m in self.members.values_mut() {
+            let age = now.saturating_sub(m.fresh_at);
+            let leaving = m.entry.leaving && !m.left;
+            let new = if m.left || leaving || age >= down {
+                State::Down
+            } else if age >= suspect {
+                State::Suspect
+            } else {
+                State::Up
+            };
+            let kind = match (m.state, new) {
+                _ if leaving && m.state != State::Down => Some(EventKind::Left),
+                (State::Down, State::Up | State::Suspect) if m.heard_at.is_some() || m.entry.heartbeat > 0 => {
+                    // First time up: joined; up again after being down: up.
+                    Some(if m.ever_up { EventKind::Up } else { EventKind::Joined })
+                }
+                (State::Up | State::Suspect, State::Down) => Some(EventKind::Down),
+                _ => None,
+            };
+            if leaving {
+                m.left = true;
+            }
+            if let Some(k) = kind {
+                events.push((k, m.entry.clone()));
+            }
+            if new != State::Down {
+                m.ever_up = true;
+            }
+            m.state = new;
+        }
+        for (k, e) in events {
+            self.event(k, &e, now);
+        }
+        self.find_conflicts(now);
+    }
+
+    /// Two live nodes with one number: both rows get a `conflict` text and one event is raised
+    /// per distinct clash.
+    fn find_conflicts(&mut self, now: Ms) {
+        let mut by_number: BTreeMap<u32, Vec<Ipv4Addr>> = BTreeMap::new();
+        by_number.entry(self.me.number).or_default().push(self.me.addr);
+        for (a, m) in &self.members {
+            if m.state != State::Down {
+                by_number.entry(m.entry.number).or_default().push(*a);
+            }
+        }
+        for m in self.members.values_mut() {
+            m.conflict = None;
+        }
+        for (number, addrs) in by_number {
+            if addrs.len() < 2 {
+                continue;
+            }
+            for a in &addrs {
+                if let Some(m) = self.members.get_mut(a) {
+                    m.conflict = Some(conflict_text(number, a, &addrs));
+                }
+            }
+            let key = (number, addrs.clone());
+            if !self.conflicts_told.contains(&key) {
+                self.conflicts_told.insert(key);
+                let e = self.members.get(&addrs[0]).map_or_else(|| self.me.clone(), |m| m.entry.clone());
+                let e = Entry { addr: if addrs.contains(&self.me.addr) { self.me.addr } else { e.addr }, ..e };
+                self.event(EventKind::Conflict, &e, now);
+            }
+        }
+    }
+
+    /// This node's own conflict, if another live node claims its number.
+    pub fn self_conflict(&self) -> Option<String> {
+        let others: Vec<Ipv4Addr> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state != State::Down && m.entry.number == self.me.number)
+            .map(|(a, _)| *a)
+            .collect();
+        if others.is_empty() {
+            return None;
+        }
+        let mut all = others;
+        all.push(self.me.addr);
+        all.sort();
+        Some(conflict_text(self.me.number, &self.me.addr, &all))
+    }
+
+    /// The cluster table: this node, every member and every map node never heard, by number.
+    pub fn table(&self, now: Ms) -> Vec<Row> {
+        let mut rows = vec![row(&self.me, State::Up, Some(0), self.self_conflict())];
+        for m in self.members.values() {
+            rows.push(row(&m.entry, m.state, Some(now.saturating_sub(m.fresh_at)), m.conflict.clone()));
+        }
+        for (number, addr) in &self.map {
+            if *addr != self.me.addr && !self.members.contains_key(addr) {
+                rows.push(Row {
+                    number: *number,
+                    name: String::new(),
+                    addr: addr.to_string(),
+                    state: State::Down,
+                    load: 0.0,
+                    speed: 0.0,
+                    mem_free: 0,
+                    mem_total: 0,
+                    jobs: 0,
+                    guest_jobs: 0,
+                    last_heard_ms: None,
+                    conflict: None,
+                });
+            }
+        }
+        rows.sort_by(|a, b| (a.number, &a.addr).cmp(&(b.number, &b.addr)));
+        rows
+    }
+
+    pub fn up_count(&self) -> usize {
+        1 + self.members.values().filter(|m| m.state == State::Up).count()
+    }
+}
+
+fn conflict_text(number: u32, me: &Ipv4Addr, all: &[Ipv4Addr]) -> String {
+    let others: Vec<String> = all.iter().filter(|a| *a != me).map(|a| a.to_string()).collect();
+    format!("number {number} also claimed by {}", others.join(","))
+}
+
+fn row(e: &Entry, state: State, last: Option<u64>, conflict: Option<String>) -> Row {
+    Row {
+        number: e.number,
+        name: e.name.clone(),
+        addr: e.addr.to_string(),
+        state,
+        load: e.load.load,
+        speed: e.load.speed,
+        mem_free: e.load.mem_free,
+        mem_total: e.load.mem_total,
+        jobs: e.load.jobs,
+        guest_jobs: e.load.guest_jobs,
+        last_heard_ms: last,
+        conflict,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn addr(i: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 10, 0, 0)) + i)
+    }
+
+    fn entry(i: u32, inc: u64) -> Entry {
+        Entry {
+            number: i,
+            name: format!("node{i}"),
+            addr: addr(i),
+            incarnation: inc,
+            heartbeat: 0,
+            age_ms: 0,
+            load: Load { speed: 100.0, mem_total: 1 << 30, mem_free: 1 << 29, ..Load::default() },
+            leaving: false,
+        }
+    }
+
+    /// A simulated cluster: nodes, a message queue with a fixed delay, a clock.
+    struct Sim {
+        nodes: BTreeMap<u32, Membership>,
+        queue: Vec<(Ms, Ipv4Addr, Ipv4Addr, Vec<u8>)>,
+        now: Ms,
+        delay: Ms,
+        map: Vec<(u32, Ipv4Addr)>,
+        sent: u64,
+        step: Ms,
+    }
+
+    impl Sim {
+        fn new(n: u32) -> Self {
+            let map: Vec<(u32, Ipv4Addr)> = (1..=n).map(|i| (i, addr(i))).collect();
+            let mut sim = Sim { nodes: BTreeMap::new(), queue: Vec::new(), now: 0, delay: 20, map, sent: 0, step: 10 };
+            for i in 1..=n {
+                sim.boot(i);
+            }
+            sim
+        }
+
+        fn boot(&mut self, i: u32) {
+            let node = Membership::new(Config::new("t", false), KEY, entry(i, 1000 + self.now), self.map.clone(), self.now + u64::from(i) * 37 % 1000);
+            self.nodes.insert(i, node);
+        }
+
+        fn kill(&mut self, i: u32) {
+            self.nodes.remove(&i);
+        }
+
+        /// Runs the cluster for `ms` in `step` ms steps.
+        fn run(&mut self, ms: Ms) {
+            let end = self.now + ms;
+            while self.now < end {
+                self.now += self.step;
+                let now = self.now;
+                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue).into_iter().partition(|m| m.0 <= now);
+                self.queue = later;
+                for (_, from, to, bytes) in due {
+                    let i = u32::from(to) - u32::from(addr(0));
+                    if let Some(n) = self.nodes.get_mut(&i) {
+                        n.receive(now, from, &bytes).expect("valid datagram");
+                    }
+                }
+                for n in self.nodes.values_mut() {
+                    let from = n.me().addr;
+                    for (to, bytes) in n.tick(now) {
+                        self.sent += 1;
+                        self.queue.push((now + self.delay, from, to, bytes));
+                    }
+                }
+            }
+        }
+
+        fn state(&self, at: u32, of: u32) -> State {
+            self.nodes[&at].members().get(&addr(of)).map_or(State::Down, |m| m.state)
+        }
+
+        fn all_see(&self, of: u32, state: State) -> bool {
+            self.nodes.keys().filter(|i| **i != of).all(|i| self.state(*i, of) == state)
+        }
+    }
+
+    #[test]
+    fn three_nodes_converge_and_detect_a_death_and_a_return() {
+        let mut sim = Sim::new(3);
+        sim.run(3000);
+        for i in 1..=3 {
+            assert!(sim.all_see(i, State::Up), "node {i} not up everywhere");
+        }
+        let rows = sim.nodes[&1].table(sim.now);
+        assert_eq!(rows.iter().map(|r| r.number).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert!(rows.iter().all(|r| r.state == State::Up && r.speed == 100.0));
+        let events = sim.nodes.get_mut(&1).map(|n| n.take_events()).unwrap_or_default();
+        assert_eq!(events.iter().filter(|e| e.kind == EventKind::Joined).count(), 2, "{events:?}");
+
+        // Node 3 dies: down on 1 and 2 within 5 s, never before 2 s.
+        sim.kill(3);
+        let died = sim.now;
+        let mut down_at = None;
+        while sim.now < died + 6000 {
+            sim.run(100);
+            if down_at.is_none() && sim.all_see(3, State::Down) {
+                down_at = Some(sim.now - died);
+            }
+            if sim.now - died < 2000 {
+                assert!(!sim.all_see(3, State::Down));
+            }
+        }
+        let down_at = down_at.expect("node 3 never seen down");
+        assert!(down_at <= 5000, "down after {down_at} ms");
+        let events = sim.nodes.get_mut(&2).map(|n| n.take_events()).unwrap_or_default();
+        assert!(events.iter().any(|e| e.kind == EventKind::Down && e.number == 3), "{events:?}");
+
+        // It boots again (new incarnation): up everywhere within two periods.
+        sim.boot(3);
+        sim.run(2500);
+        assert!(sim.all_see(3, State::Up));
+        assert!(sim.nodes[&3].members().values().all(|m| m.state == State::Up));
+        let events = sim.nodes.get_mut(&1).map(|n| n.take_events()).unwrap_or_default();
+        assert!(events.iter().any(|e| e.kind == EventKind::Up && e.number == 3), "{events:?}");
+    }
+
+    #[test]
+    fn messages_per_node_per_second_stay_constant() {
+        for n in [10u32, 100] {
+            let mut sim = Sim::new(n);
+            sim.step = 50;
+            sim.run(12_000);
+            for i in 1..=n {
+                assert!(sim.all_see(i, State::Up), "n={n}: node {i} not up everywhere");
+            }
+            let before = sim.sent;
+            sim.run(5_000);
+            let rate = (sim.sent - before) as f64 / f64::from(n) / 5.0;
+            assert!(rate <= 4.0 + 1e-9, "n={n}: {rate} messages per node per second");
+            assert!(rate >= 1.0, "n={n}: {rate}");
+            // A death is still seen everywhere, within the size-scaled threshold.
+            sim.kill(n / 2);
+            let (_, down) = sim.nodes[&1].thresholds();
+            sim.run(down + 2000);
+            assert!(sim.all_see(n / 2, State::Down), "n={n}");
+            for i in (1..=n).filter(|i| *i != n / 2) {
+                assert!(sim.all_see(i, State::Up), "n={n}: node {i} falsely not up");
+            }
+        }
+    }
+
+    #[test]
+    fn a_lost_link_does_not_make_a_node_down() {
+        // Node 1 never hears node 3 directly, only through node 2.
+        let mut sim = Sim::new(3);
+        for _ in 0..100 {
+            sim.run(100);
+            sim.queue.retain(|(_, from, to, _)| !(*from == addr(3) && *to == addr(1)));
+        }
+        assert_eq!(sim.state(1, 3), State::Up);
+    }
+
+    #[test]
+    fn wrong_key_garbage_replay_and_strangers_are_dropped() {
+        let mut a = Membership::new(Config::new("t", false), KEY, entry(1, 5), vec![(1, addr(1)), (2, addr(2))], 0);
+        let mut b = Membership::new(Config::new("t", false), KEY, entry(2, 5), vec![(1, addr(1)), (2, addr(2))], 0);
+        let mut evil = Membership::new(Config::new("t", false), b"another key, another cluster!!!!", entry(2, 9), vec![(1, addr(1))], 0);
+        let (_, good) = b.tick(0).into_iter().next().unwrap();
+        let (_, bad) = evil.tick(0).into_iter().next().unwrap();
+        assert!(matches!(a.receive(10, addr(2), &bad), Err((Reject::Tag, true))));
+        assert!(matches!(a.receive(11, addr(2), b"garbage"), Err((Reject::Malformed(_), false))), "logged once per address");
+        assert!(a.members().is_empty());
+        a.receive(20, addr(2), &good).unwrap();
+        assert!(matches!(a.receive(30, addr(2), &good), Err((Reject::Replay, false))));
+        // Right key, wrong source address for the sender entry.
+        let (_, good2) = b.tick(1000).into_iter().next().unwrap();
+        assert!(matches!(a.receive(1010, addr(7), &good2), Err((Reject::Malformed(_), true))));
+        // Not in the map, discovery off.
+        let mut stranger = Membership::new(Config::new("t", false), KEY, entry(9, 5), vec![(1, addr(1))], 0);
+        let (_, s) = stranger.tick(0).into_iter().next().unwrap();
+        assert!(matches!(a.receive(1020, addr(9), &s), Err((Reject::NotInMap, true))));
+        assert_eq!(a.members().len(), 1);
+        assert_eq!(a.stats.rejected, 5);
+        assert_eq!(a.stats.received, 1);
+        // With discovery on, the stranger joins.
+        let mut d = Membership::new(Config::new("t", true), KEY, entry(1, 5), vec![(1, addr(1))], 0);
+        d.receive(10, addr(9), &s).unwrap();
+        d.tick(20);
+        assert_eq!(d.members()[&addr(9)].state, State::Up);
+    }
+
+    #[test]
+    fn duplicate_numbers_are_reported() {
+        let map = vec![(1, addr(1)), (2, addr(2)), (3, addr(3))];
+        let mut a = Membership::new(Config::new("t", false), KEY, entry(1, 5), map.clone(), 0);
+        let mut b = Membership::new(Config::new("t", false), KEY, Entry { number: 1, ..entry(2, 5) }, map, 0);
+        let (_, m) = b.tick(0).into_iter().next().unwrap();
+        a.receive(5, addr(2), &m).unwrap();
+        assert_eq!(a.self_conflict().as_deref(), Some("number 1 also claimed by 10.10.0.2"));
+        let rows = a.table(10);
+        let row2 = rows.iter().find(|r| r.addr == "10.10.0.2").unwrap();
+        assert_eq!(row2.conflict.as_deref(), Some("number 1 also claimed by 10.10.0.1"));
+        let events = a.take_events();
+        assert_eq!(events.iter().filter(|e| e.kind == EventKind::Conflict).count(), 1, "{events:?}");
+        a.tick(100);
+        assert!(a.take_events().iter().all(|e| e.kind != EventKind::Conflict), "told once");
+    }
+
+    #[test]
+    fn unreachable_map_nodes_are_just_down() {
+        let mut a = Membership::new(Config::new("t", false), KEY, entry(1, 5), vec![(1, addr(1)), (2, addr(2)), (3, addr(3))], 0);
+        let mut total = 0;
+        for s in 0..10 {
+            total += a.tick(s * 1000).len();
+        }
+        assert!(total <= 30);
+        let rows = a.table(10_000);
+        assert_eq!(rows.len(), 3);
+        assert_eq!((rows[1].state, rows[1].last_heard_ms), (State::Down, None));
+    }
+
+    #[test]
+    fn a_leaving_node_is_left_not_down() {
+        let mut sim = Sim::new(2);
+        sim.run(2000);
+        assert!(sim.all_see(2, State::Up));
+        sim.nodes.get_mut(&2).unwrap().leave();
+        sim.run(1100);
+        assert_eq!(sim.state(1, 2), State::Down);
+        let events = sim.nodes.get_mut(&1).unwrap().take_events();
+        assert!(events.iter().any(|e| e.kind == EventKind::Left), "{events:?}");
+        assert!(!events.iter().any(|e| e.kind == EventKind::Down), "{events:?}");
+    }
+}
