@@ -194,8 +194,13 @@ pub fn get_json<T: serde::de::DeserializeOwned>(addr: &str, path: &str, timeout:
 
 /// The cluster table from the agent at `addr` (`host:port`), and the JSON as sent.
 pub fn fetch(addr: &str) -> Result<(Cluster, serde_json::Value), Error> {
+    fetch_timeout(addr, TIMEOUT)
+}
+
+/// [`fetch`] with another timeout for connecting and for each read.
+pub fn fetch_timeout(addr: &str, timeout: Duration) -> Result<(Cluster, serde_json::Value), Error> {
     let path = "/api/cluster";
-    let raw: serde_json::Value = get_json(addr, path, TIMEOUT)?;
+    let raw: serde_json::Value = get_json(addr, path, timeout)?;
     let cluster = Cluster::deserialize(&raw)
         .map_err(|source| Error::Json { addr: addr.to_owned(), path: path.to_owned(), source })?;
     Ok((cluster, raw))

@@ -33,6 +33,12 @@ pub enum Error {
     Console { vm: String, source: std::io::Error },
     #[error("vde_switch: no control socket at {} after {timeout:?}", .path.display())]
     Vde { path: PathBuf, timeout: Duration },
+    #[error("node {node}: API request failed")]
+    Api { node: u32, source: drove::status::Error },
+    #[error("cluster: {what}")]
+    Cluster { what: String },
+    #[error("node {node}: no {what} within {timeout:?}; last answer:\n{last}\n{report}")]
+    Condition { node: u32, what: String, timeout: Duration, last: String, report: String },
 }
 
 fn tail_of(stderr: &str) -> String {

@@ -15,6 +15,7 @@
 
 mod accel;
 mod artifacts;
+pub mod cluster;
 mod console;
 mod error;
 mod net;
@@ -22,6 +23,7 @@ mod process;
 mod vm;
 
 pub use accel::{accel, Accel};
+pub use cluster::{Cluster, ClusterImage};
 pub use artifacts::{concat_files, drove_bin, out_dir, workspace_root, Artifacts, Manifest};
 pub use console::LinePattern;
 pub use error::Error;
