@@ -10,6 +10,7 @@ As PID 1 (the /init of a drove node) it boots the node; otherwise:
   status                          this node's name, address, number and speed
   poweroff | reboot | halt        ask PID 1 (the agent) to do it cleanly
   modules-order MODULES.DEP NAME...  the order the agent would load NAME... in
+  daemon                          the cluster daemon (PID 1 starts and supervises it)
   help, --help                    this text
   --version                       the agent's version
 On the console of a node type: poweroff, reboot, halt, status, help.";
@@ -35,6 +36,7 @@ pub fn main(args: &[String]) -> i32 {
             println!("drove-agent {}", crate::pid1::VERSION);
             0
         }
+        ["daemon"] => crate::daemon::main(),
         ["status"] => match std::fs::read_to_string(crate::pid1::STATE_FILE) {
             Ok(text) => {
                 print!("{text}");

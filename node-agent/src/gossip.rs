@@ -231,9 +231,16 @@ impl Membership {
         self.me.load = load;
     }
 
-    /// Marks this node as leaving: the next datagrams tell the others it is going.
-    pub fn leave(&mut self) {
+    /// Marks this node as leaving and returns one datagram for every live member saying so.
+    pub fn leave(&mut self) -> Vec<(Ipv4Addr, Vec<u8>)> {
         self.me.leaving = true;
+        self.me.heartbeat += 1;
+        self.seq += 1;
+        let msg = Message { cluster: self.cfg.cluster.clone(), incarnation: self.me.incarnation, seq: self.seq, entries: vec![self.me.clone()] };
+        let bytes = wire::seal(&self.key, &msg);
+        let live: Vec<Ipv4Addr> = self.members.iter().filter(|(_, m)| m.state != State::Down).map(|(a, _)| *a).collect();
+        self.stats.sent += live.len() as u64;
+        live.into_iter().map(|a| (a, bytes.clone())).collect()
     }
 
     /// Events since the last call.
@@ -787,8 +794,12 @@ mod tests {
         let mut sim = Sim::new(2);
         sim.run(2000);
         assert!(sim.all_see(2, State::Up));
-        sim.nodes.get_mut(&2).unwrap().leave();
-        sim.run(1100);
+        let now = sim.now;
+        for (to, bytes) in sim.nodes.get_mut(&2).unwrap().leave() {
+            sim.queue.push((now, addr(2), to, bytes));
+        }
+        sim.kill(2);
+        sim.run(100);
         assert_eq!(sim.state(1, 2), State::Down);
         let events = sim.nodes.get_mut(&1).unwrap().take_events();
         assert!(events.iter().any(|e| e.kind == EventKind::Left), "{events:?}");

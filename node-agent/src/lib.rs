@@ -6,15 +6,18 @@
 //! and NIC selection ([`net`]). Root-only syscalls go through [`sys::Sys`]; [`pid1`] wires it
 //! all together.
 
+pub mod api;
 pub mod console;
 pub mod bench;
 pub mod children;
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod daemon;
 pub mod gossip;
 pub mod identity;
 pub mod input;
+pub mod load;
 pub mod map;
 pub mod modules;
 pub mod mounts;

@@ -45,6 +45,9 @@ pub struct NodeState {
     /// Current address of each NIC that has one.
     pub addrs: BTreeMap<String, Ipv4Addr>,
     pub macs: Vec<Mac>,
+    /// Calibration's CPU name and what the benchmark measured (`None` when pinned).
+    pub cpu: Option<String>,
+    pub measured: Option<f64>,
 }
 
 /// The answer to `status`: one line, like the ready line.
@@ -74,33 +77,63 @@ pub fn wants_debug(cmdline: &str) -> bool {
     cmdline.split_whitespace().any(|w| w == "drove.debug")
 }
 
-/// The boot loop's state machine: the first address reported wins the ready line.
+/// How long a node with a static network config waits, after a DHCP address, for a static one
+/// before it settles for the DHCP address.
+pub const STATIC_GRACE: Duration = Duration::from_secs(3);
+
+/// The boot loop's state machine: the first address reported wins the ready line, except that
+/// with a static config a static address wins over DHCP addresses (NICs not listed in a static
+/// config get DHCP, e.g. a management NIC), which are taken only after [`STATIC_GRACE`].
+#[derive(Debug, Default)]
 pub struct Readiness {
     pub ready: bool,
+    /// A DHCP address waiting out the grace period: (interface, address, since).
+    pub pending: Option<(String, Ipv4Addr, Duration)>,
 }
 
 impl Readiness {
-    /// Applies one network event; returns the identity to announce when this event makes the
-    /// node ready.
-    pub fn on_event(&mut self, state: &mut NodeState, cfg: &NodeConfig, ev: &NetEvent) -> Option<identity::Identity> {
+    /// Applies one network event at boot-relative time `now`; returns the identity and the
+    /// interface to announce when this event makes the node ready.
+    pub fn on_event(&mut self, state: &mut NodeState, cfg: &NodeConfig, ev: &NetEvent, now: Duration) -> Option<(identity::Identity, String, Ipv4Addr)> {
         match ev {
-            NetEvent::Up { interface, addr, .. } => {
+            NetEvent::Up { interface, addr, how, .. } => {
                 state.addrs.insert(interface.clone(), *addr);
                 if self.ready {
                     return None;
                 }
-                self.ready = true;
-                let id = identity::choose(cfg, *addr, &state.macs);
-                state.number = Some(id.number);
-                state.name = Some(id.name.clone());
-                state.addr = Some(*addr);
-                Some(id)
+                if matches!(cfg.network, Network::Static { .. }) && *how != "static" {
+                    self.pending.get_or_insert((interface.clone(), *addr, now));
+                    return None;
+                }
+                Some(self.announce(state, cfg, interface, *addr))
             }
             NetEvent::Down { interface } => {
                 state.addrs.remove(interface);
+                if self.pending.as_ref().is_some_and(|(i, _, _)| i == interface) {
+                    self.pending = None;
+                }
                 None
             }
         }
+    }
+
+    /// Settles for a pending DHCP address once the grace period is over.
+    pub fn on_tick(&mut self, state: &mut NodeState, cfg: &NodeConfig, now: Duration) -> Option<(identity::Identity, String, Ipv4Addr)> {
+        let (interface, addr, since) = self.pending.clone()?;
+        if self.ready || now.saturating_sub(since) < STATIC_GRACE {
+            return None;
+        }
+        Some(self.announce(state, cfg, &interface, addr))
+    }
+
+    fn announce(&mut self, state: &mut NodeState, cfg: &NodeConfig, interface: &str, addr: Ipv4Addr) -> (identity::Identity, String, Ipv4Addr) {
+        self.ready = true;
+        self.pending = None;
+        let id = identity::choose(cfg, addr, &state.macs);
+        state.number = Some(id.number);
+        state.name = Some(id.name.clone());
+        state.addr = Some(addr);
+        (id, interface.to_string(), addr)
     }
 }
 
@@ -279,7 +312,12 @@ fn calibrate(agent: &Agent) {
     });
     let measured = if cal.speed.is_some() { None } else { Some(crate::bench::measure(crate::bench::BUDGET)) };
     let speed = cal.effective_speed(measured.unwrap_or(0.0));
-    agent.state().speed = Some(speed);
+    {
+        let mut state = agent.state();
+        state.speed = Some(speed);
+        state.cpu = Some(cal.cpu.clone());
+        state.measured = measured;
+    }
     match measured {
         Some(m) => info!("speed={speed:.1} (measured {m:.1}, scale {} for cpu {:?})", cal.scale, cal.cpu),
         None => info!("speed={speed:.1} (pinned by calibration for cpu {:?})", cal.cpu),
@@ -298,26 +336,33 @@ fn network(agent: &Arc<Agent>, cfg: &NodeConfig) -> Result<(), Error> {
         let network = cfg.network.clone();
         spawn("nics", move || watch_nics(&agent, &network, &tx));
     }
-    let mut readiness = Readiness { ready: false };
+    let mut readiness = Readiness::default();
     let started = Instant::now();
     let mut warned = false;
     loop {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(ev) => {
-                debug!("network: {ev:?}");
-                let announce = {
-                    let mut state = agent.state();
-                    readiness.on_event(&mut state, cfg, &ev)
-                };
-                if let (Some(id), NetEvent::Up { addr, interface, how, .. }) = (announce, &ev) {
-                    if let Err(e) = sys.set_hostname(&id.name) {
-                        warn!("cannot set the hostname to {}: {e}", id.name);
-                    }
-                    debug!("identity: {} (number {} from {:?}) via {interface} ({how})", id.name, id.number, id.source);
-                    write_state_file(&agent.state());
-                    console::line(&ready_line(&id.name, *addr));
+        let received = rx.recv_timeout(Duration::from_millis(250));
+        let announce = {
+            let mut state = agent.state();
+            match &received {
+                Ok(ev) => {
+                    debug!("network: {ev:?}");
+                    readiness.on_event(&mut state, cfg, ev, started.elapsed())
                 }
+                Err(_) => readiness.on_tick(&mut state, cfg, started.elapsed()),
             }
+        };
+        if let Some((id, interface, addr)) = announce {
+            if let Err(e) = sys.set_hostname(&id.name) {
+                warn!("cannot set the hostname to {}: {e}", id.name);
+            }
+            debug!("identity: {} (number {} from {:?}) via {interface}", id.name, id.number, id.source);
+            write_state_file(&agent.state());
+            console::line(&ready_line(&id.name, addr));
+            let agent = agent.clone();
+            spawn("daemon", move || supervise_daemon(&agent));
+        }
+        match received {
+            Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {
                 if !readiness.ready && !warned && started.elapsed() > NO_ADDRESS_WARNING {
                     warn!("no NIC has an address after {} s; still trying", NO_ADDRESS_WARNING.as_secs());
@@ -380,19 +425,59 @@ fn start_nic(agent: &Arc<Agent>, network: &Network, nic: net::Nic, tx: &Sender<N
                 info!("{}: static address for {mac}", nic.name);
                 let _ = tx.send(ev);
             }
-            Ok(None) => info!("{}: {mac} has no static address in node.toml; left down", nic.name),
+            Ok(None) => {
+                info!("{}: {mac} has no static address in node.toml; starting DHCP", nic.name);
+                let (children, sys, tx) = (agent.children.clone(), agent.sys.clone(), tx.clone());
+                spawn("dhcp", move || net::supervise_dhcp(children, sys, nic, tx));
+            }
             Err(e) => error!("{}", console::chain(&e)),
         },
     }
 }
 
+/// Runs the cluster daemon (`/init daemon`) for ever: its output goes to the consoles, and when
+/// it ends (crash, panic = abort, or a bug) the exit is logged and it is started again after
+/// 1, 2, 4 … 30 s (back to 1 s after a run of a minute or more).
+fn supervise_daemon(agent: &Arc<Agent>) {
+    let mut delay = 1u64;
+    while !power::in_progress() {
+        let started = Instant::now();
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg("daemon");
+        match agent.children.spawn(&mut cmd, true) {
+            Err(e) => error!("cluster daemon: {}", console::chain(&e)),
+            Ok(spawned) => {
+                debug!("cluster daemon started (pid {})", spawned.pid);
+                if let Some(out) = spawned.output {
+                    for line in std::io::BufReader::new(out).lines() {
+                        let Ok(line) = line else { break };
+                        console::line(&line);
+                    }
+                }
+                let exit = spawned.exit.recv().map_or("an unknown status".to_string(), |e| e.to_string());
+                if power::in_progress() {
+                    return;
+                }
+                if started.elapsed() >= Duration::from_secs(60) {
+                    delay = 1;
+                }
+                error!("cluster daemon ended with {exit}; restarting it in {delay} s");
+            }
+        }
+        std::thread::sleep(Duration::from_secs(delay));
+        delay = (delay * 2).min(30);
+    }
+}
+
 fn write_state_file(state: &NodeState) {
     let text = format!(
-        "NODE_NAME={}\nNODE_NUMBER={}\nNODE_ADDR={}\nSPEED={}\n",
+        "NODE_NAME={}\nNODE_NUMBER={}\nNODE_ADDR={}\nSPEED={}\nSPEED_MEASURED={}\nCPU={}\n",
         state.name.as_deref().unwrap_or(""),
         state.number.map_or(String::new(), |n| n.to_string()),
         state.addr.map_or(String::new(), |a| a.to_string()),
         state.speed.map_or(String::new(), |s| format!("{s:.1}")),
+        state.measured.map_or(String::new(), |s| format!("{s:.1}")),
+        state.cpu.as_deref().unwrap_or(""),
     );
     let path = Path::new(STATE_FILE);
     let result = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(path, text));
@@ -496,17 +581,44 @@ mod tests {
         let mut cfg = NodeConfig::fallback("6.1");
         cfg.map = ClusterMap::parse_mosix("1 10.0.2.15 1\n", "m").unwrap();
         let mut state = NodeState { macs: vec![[0x52, 0x54, 0, 0x12, 0x34, 0x56]], ..Default::default() };
-        let mut r = Readiness { ready: false };
+        let mut r = Readiness::default();
+        let t = Duration::ZERO;
         let down = NetEvent::Down { interface: "eth1".into() };
-        assert_eq!(r.on_event(&mut state, &cfg, &down), None);
+        assert_eq!(r.on_event(&mut state, &cfg, &down, t), None);
         let up = |i: &str, a: [u8; 4]| NetEvent::Up { interface: i.into(), addr: a.into(), prefix: Some(24), how: "dhcp" };
-        let id = r.on_event(&mut state, &cfg, &up("eth0", [10, 0, 2, 15])).unwrap();
+        let (id, _, _) = r.on_event(&mut state, &cfg, &up("eth0", [10, 0, 2, 15]), t).unwrap();
         assert_eq!(ready_line(&id.name, [10, 0, 2, 15].into()), "drove: ready node=node1 addr=10.0.2.15");
-        assert_eq!(r.on_event(&mut state, &cfg, &up("eth1", [10, 0, 3, 15])), None);
+        assert_eq!(r.on_event(&mut state, &cfg, &up("eth1", [10, 0, 3, 15]), t), None);
         assert_eq!(state.addr, Some([10, 0, 2, 15].into()));
         assert_eq!(state.addrs.len(), 2);
         state.speed = Some(12.345);
         assert_eq!(status_line(&state, 42), "drove: status node=node1 addr=10.0.2.15 uptime=42s speed=12.3 nics=eth0:10.0.2.15,eth1:10.0.3.15");
+    }
+
+    #[test]
+    fn static_address_wins_over_dhcp() {
+        let mut cfg = NodeConfig::fallback("6.1");
+        cfg.map = ClusterMap::parse_mosix("1 10.10.0.1 3\n", "m").unwrap();
+        cfg.network = Network::Static { hosts: [("52:54:00:00:00:02".to_string(), "10.10.0.2/24".to_string())].into(), gateway: None };
+        let dhcp = NetEvent::Up { interface: "eth1".into(), addr: [10, 0, 2, 15].into(), prefix: Some(24), how: "dhcp" };
+        let stat = NetEvent::Up { interface: "eth0".into(), addr: [10, 10, 0, 2].into(), prefix: Some(24), how: "static" };
+        let s = Duration::from_secs;
+
+        // DHCP first, static a second later: the static address is the identity.
+        let (mut r, mut state) = (Readiness::default(), NodeState::default());
+        assert_eq!(r.on_event(&mut state, &cfg, &dhcp, s(1)), None);
+        assert_eq!(r.on_tick(&mut state, &cfg, s(2)), None);
+        let (id, iface, addr) = r.on_event(&mut state, &cfg, &stat, s(2)).unwrap();
+        assert_eq!((id.number, iface.as_str(), addr), (2, "eth0", Ipv4Addr::new(10, 10, 0, 2)));
+        assert_eq!(r.on_tick(&mut state, &cfg, s(10)), None);
+
+        // Only DHCP (this MAC is not listed): ready after the grace period.
+        let (mut r, mut state) = (Readiness::default(), NodeState::default());
+        assert_eq!(r.on_event(&mut state, &cfg, &dhcp, s(1)), None);
+        assert_eq!(r.on_tick(&mut state, &cfg, s(3)), None);
+        let (_, _, addr) = r.on_tick(&mut state, &cfg, s(4)).unwrap();
+        assert_eq!(addr, Ipv4Addr::new(10, 0, 2, 15));
+        assert_eq!(state.addr, Some([10, 0, 2, 15].into()));
     }
 
     #[test]
