@@ -34,6 +34,8 @@ pub enum Error {
     Resolve { addr: String, source: std::io::Error },
     #[error("cannot reach the agent at {addr}")]
     Connect { addr: String, source: std::io::Error },
+    #[error("agent at {addr}: GET {path}: no answer within {timeout:?}")]
+    Timeout { addr: String, path: String, timeout: Duration },
     #[error("agent at {addr}: GET {path} failed")]
     Io { addr: String, path: String, source: std::io::Error },
     #[error("agent at {addr}: GET {path}: malformed HTTP response ({detail})")]
@@ -175,7 +177,12 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<Vec<u8>, Error> 
     );
     stream.write_all(request.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
-    stream.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(io)?;
+    stream.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(|source| match source.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+            Error::Timeout { addr: addr.to_owned(), path: path.to_owned(), timeout }
+        }
+        _ => io(source),
+    })?;
     let (status, body) = parse_response(&raw)
         .map_err(|detail| Error::Http { addr: addr.to_owned(), path: path.to_owned(), detail })?;
     if status != 200 {
@@ -585,6 +592,15 @@ conflict: node 3 (10.10.0.3): also claimed by 10.10.0.9
 
         let addr = serve_once(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n{}".to_vec()));
         assert!(fetch(&addr).unwrap_err().to_string().contains("cut short"));
+    }
+
+    #[test]
+    fn a_silent_agent_times_out() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let err = fetch_timeout(&addr, Duration::from_millis(200)).unwrap_err();
+        assert_eq!(err.to_string(), format!("agent at {addr}: GET /api/cluster: no answer within 200ms"));
+        drop(listener);
     }
 
     #[test]

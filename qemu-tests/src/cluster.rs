@@ -52,10 +52,11 @@ pub fn cluster_addr(n: u32) -> Ipv4Addr {
     Ipv4Addr::new(10, 10, 0, u8::try_from(n).unwrap_or(u8::MAX))
 }
 
-/// The test cluster's config: map of nodes 1–3, static `10.10.0.N/24` for `hosts` MACs.
-pub fn cluster_config(hosts: u32) -> String {
+/// A test cluster's config: a map of nodes `1..=mapped` at `10.10.0.1…`, and static
+/// `10.10.0.N/24` for the MACs of nodes `1..=hosts`.
+pub fn cluster_config(mapped: u32, hosts: u32) -> String {
     let mut s = format!(
-        "[cluster]\nname = \"{CLUSTER_NAME}\"\nmap = [ {{ first = 1, host = \"10.10.0.1\", count = {MAPPED_NODES} }} ]\n\
+        "[cluster]\nname = \"{CLUSTER_NAME}\"\nmap = [ {{ first = 1, host = \"10.10.0.1\", count = {mapped} }} ]\n\
          [network]\nmode = \"static\"\n[network.hosts]\n"
     );
     for n in 1..=hosts {
@@ -132,7 +133,7 @@ pub fn test_images() -> Result<TestImages, Error> {
     let dir = base.join(std::process::id().to_string());
     let _ = std::fs::remove_dir_all(&dir);
     let started = Instant::now();
-    let config = cluster_config(HOSTS);
+    let config = cluster_config(MAPPED_NODES, HOSTS);
     let main = ClusterImage::build(&drove, &dir.join("main"), &config)?;
     let other = ClusterImage::build(&drove, &dir.join("other"), &config)?;
     eprintln!("drove-qemu-tests: cluster images built in {:.1}s under {}", started.elapsed().as_secs_f64(), dir.display());
@@ -537,7 +538,7 @@ mod tests {
 
     #[test]
     fn config_lists_static_hosts_and_the_map() {
-        let c = cluster_config(4);
+        let c = cluster_config(3, 4);
         assert!(c.contains("map = [ { first = 1, host = \"10.10.0.1\", count = 3 } ]"), "{c}");
         assert!(c.contains("\"52:54:00:00:00:04\" = \"10.10.0.4/24\""), "{c}");
         assert!(c.contains("mode = \"static\""), "{c}");

@@ -37,7 +37,7 @@ pub enum Error {
     Api { node: u32, source: drove::status::Error },
     #[error("cluster: {what}")]
     Cluster { what: String },
-    #[error("node {node}: no {what} within {timeout:?}; last answer:\n{last}\n{report}")]
+    #[error("node {node}: still waiting for {what} after {timeout:?}; last answer:\n{last}\n{report}")]
     Condition { node: u32, what: String, timeout: Duration, last: String, report: String },
 }
 
