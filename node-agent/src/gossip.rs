@@ -128,8 +128,8 @@ impl Config {
             cluster: cluster.into(),
             period_ms: 1000,
             fanout: 3,
-            suspect_ms: 2000,
-            down_ms: 3500,
+            suspect_ms: 1800,
+            down_ms: 3000,
             discovery,
             max_entries: 200,
         }
@@ -269,10 +269,11 @@ impl Membership {
     }
 
     /// The (suspect, down) thresholds for the current cluster size: the configured ones, or
-    /// more when an epidemic needs more rounds to reach everyone (`period * (log2(n) + 1)`).
+    /// more when an epidemic needs more rounds to reach everyone (`period * (ceil(log2 n) + 1)`:
+    /// 3 s up to 4 nodes, 4 s up to 8, 8 s for 100).
     pub fn thresholds(&self) -> (Ms, Ms) {
-        let n = (self.members.len() + 1).max(self.map.len()) as u64;
-        let rounds = 64 - n.leading_zeros() as u64; // ceil-ish log2(n) + 1
+        let n = (self.members.len() + 1).max(self.map.len()).max(2) as u64;
+        let rounds = 64 - u64::from((n - 1).leading_zeros()); // ceil(log2 n)
         let down = self.cfg.down_ms.max(self.cfg.period_ms * (rounds + 1));
         let suspect = self.cfg.suspect_ms.max(down.saturating_sub(self.cfg.down_ms - self.cfg.suspect_ms));
         (suspect, down)
@@ -717,6 +718,18 @@ mod tests {
                 assert!(sim.all_see(i, State::Up), "n={n}: node {i} falsely not up");
             }
         }
+    }
+
+    #[test]
+    fn thresholds_grow_with_log_n() {
+        let t = |n: u32| {
+            let map = (1..=n).map(|i| (i, addr(i))).collect();
+            Membership::new(Config::new("t", false), KEY, entry(1, 1), map, 0).thresholds()
+        };
+        assert_eq!(t(1), (1800, 3000));
+        assert_eq!(t(4), (1800, 3000));
+        assert_eq!(t(5), (2800, 4000));
+        assert_eq!(t(100), (6800, 8000));
     }
 
     #[test]
