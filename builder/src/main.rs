@@ -90,7 +90,7 @@ fn init_logging(quiet: bool, verbose: bool) {
     let level = if verbose { "debug" } else if quiet { "error" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DROVE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("drove={level},warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).without_time().init();
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).without_time().init();
 }
 
 fn load(config: Option<&PathBuf>) -> Result<Loaded> {

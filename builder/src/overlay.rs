@@ -169,7 +169,17 @@ fn scan_tar(overlay: &Overlay, policy: Policy, out: &mut BTreeMap<String, Entry>
             }
             tar::EntryType::Link => return Err(Error::HardLink { overlay: overlay.name.clone(), entry: rel_str }),
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
-                return Err(Error::Device { overlay: overlay.name.clone(), entry: rel_str })
+                if !policy.allow_devices {
+                    return Err(Error::Device { overlay: overlay.name.clone(), entry: rel_str });
+                }
+                let kind = match kind {
+                    tar::EntryType::Char => 0o020000,
+                    tar::EntryType::Block => 0o060000,
+                    _ => 0o010000,
+                };
+                let major = header.device_major().map_err(read_err)?.unwrap_or(0);
+                let minor = header.device_minor().map_err(read_err)?.unwrap_or(0);
+                Body::Node { kind, major, minor }
             }
             _ => continue,
         };
