@@ -20,6 +20,7 @@ mod console;
 mod error;
 mod net;
 mod process;
+pub mod standin;
 mod vm;
 
 pub use accel::{accel, Accel};

@@ -1,9 +1,5 @@
-//! Test-only helpers shared by the integration tests.
-//!
-//! The stand-in node: the distro kernel from /boot and a busybox (Debian's busybox-static)
-//! initramfs whose /init prints the agent's ready line and powers off when `poweroff` is typed:
-//! just enough to exercise the harness (console capture, typing, exit, floppy netboot through
-//! `drove serve`) without the builder's media.
+//! Test-only helpers shared by the integration tests; the stand-in node itself (distro kernel +
+//! busybox initramfs) lives in `drove_qemu_tests::standin`.
 
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -13,64 +9,21 @@ use std::time::{Duration, Instant};
 
 use drove_qemu_tests::{run, Error, Vm, EXIT_TIMEOUT};
 
-pub const STANDIN_CMDLINE: &str = "console=tty0 console=ttyS0,115200 panic=30";
+pub use drove_qemu_tests::standin::STANDIN_CMDLINE;
 
 /// The newest distro kernel in /boot.
 pub fn standin_kernel() -> PathBuf {
-    let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .expect("cannot read /boot")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
-        .collect();
-    kernels.sort();
-    kernels.pop().expect("no /boot/vmlinuz-*: install linux-image-amd64 (make deps)")
+    drove_qemu_tests::standin::standin_kernel().unwrap()
 }
-
-const STANDIN_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /tmp
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sys /sys
-/bin/busybox mount -t devtmpfs dev /dev
-/bin/busybox --install -s /bin
-export PATH=/bin
-name=$(cat /etc/node-name)
-echo "drove: ready node=$name addr=10.0.2.15"
-while read -r line; do
-    case "$line" in
-        poweroff) poweroff -f ;;
-        *) echo "stand-in: unknown command: $line" ;;
-    esac
-done
-"#;
 
 /// Writes `files` (path in the archive, contents, mode) as a gzip'd newc cpio to `dest`.
 pub fn cpio(dest: &Path, files: &[(&str, &[u8], u32)]) {
-    use std::os::unix::fs::PermissionsExt;
-    let staging = tempfile::tempdir().unwrap();
-    for (path, contents, mode) in files {
-        let p = staging.path().join(path);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, contents).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
-    }
-    run(Command::new("sh")
-        .arg("-c")
-        .arg(r#"cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -n > "$2""#)
-        .arg("sh")
-        .arg(staging.path())
-        .arg(dest))
-    .unwrap();
+    drove_qemu_tests::standin::cpio(dest, files).unwrap();
 }
 
-/// The stand-in's base initramfs (node name `node0`) and an overlay segment that renames the node
-/// to `node1`: booting the two concatenated must print `node=node1`.
+/// The stand-in's base initramfs (`node0`) and an overlay segment renaming it to `node1`.
 pub fn standin_initrds(dir: &Path) -> (PathBuf, PathBuf) {
-    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox: install busybox-static");
-    let base = dir.join("initramfs.img");
-    cpio(&base, &[("init", STANDIN_INIT.as_bytes(), 0o755), ("bin/busybox", &busybox, 0o755), ("etc/node-name", b"node0\n", 0o644)]);
-    let overlay = dir.join("overlay-standin.img");
-    cpio(&overlay, &[("etc/node-name", b"node1\n", 0o644)]);
-    (base, overlay)
+    drove_qemu_tests::standin::standin_initrds(dir).unwrap()
 }
 
 /// Waits for the ready line, checks the node name and address, types `poweroff` and waits for a
