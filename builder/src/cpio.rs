@@ -49,22 +49,22 @@ pub fn write<W: Write>(out: W, entries: &[Entry], mtime: u32) -> Result<u64, Err
     for (i, entry) in entries.iter().enumerate() {
         let ino = (i + 1) as u32;
         match &entry.body {
-            Body::Dir => header(&mut out, &entry.path, ino, S_IFDIR | entry.mode, 2, mtime, 0)?,
+            Body::Dir => header(&mut out, &entry.path, ino, S_IFDIR | entry.mode, 2, mtime, 0, (0, 0))?,
             Body::Node { kind, major, minor } => {
-                header_rdev(&mut out, &entry.path, ino, kind | entry.mode, 1, mtime, 0, (*major, *minor))?
+                header(&mut out, &entry.path, ino, kind | entry.mode, 1, mtime, 0, (*major, *minor))?
             }
             Body::Symlink(target) => {
-                header(&mut out, &entry.path, ino, S_IFLNK | 0o777, 1, mtime, target.len() as u64)?;
+                header(&mut out, &entry.path, ino, S_IFLNK | 0o777, 1, mtime, target.len() as u64, (0, 0))?;
                 data(&mut out, target.as_bytes())?;
             }
             Body::Bytes(bytes) => {
-                header(&mut out, &entry.path, ino, S_IFREG | entry.mode, 1, mtime, bytes.len() as u64)?;
+                header(&mut out, &entry.path, ino, S_IFREG | entry.mode, 1, mtime, bytes.len() as u64, (0, 0))?;
                 data(&mut out, bytes)?;
             }
             Body::File(src) => {
                 let file = std::fs::File::open(src).map_err(|source| Error::Read { path: src.clone(), source })?;
                 let size = file.metadata().map_err(|source| Error::Read { path: src.clone(), source })?.len();
-                header(&mut out, &entry.path, ino, S_IFREG | entry.mode, 1, mtime, size)?;
+                header(&mut out, &entry.path, ino, S_IFREG | entry.mode, 1, mtime, size, (0, 0))?;
                 let read = io::copy(&mut file.take(size), &mut out).map_err(|source| {
                     // A failed copy is either side's fault; io::copy cannot tell us which.
                     Error::Read { path: src.clone(), source }
@@ -76,26 +76,14 @@ pub fn write<W: Write>(out: W, entries: &[Entry], mtime: u32) -> Result<u64, Err
             }
         }
     }
-    header(&mut out, "TRAILER!!!", 0, 0, 1, 0, 0)?;
+    header(&mut out, "TRAILER!!!", 0, 0, 1, 0, 0, (0, 0))?;
     pad(&mut out)?;
     out.inner.flush().map_err(Error::Write)?;
     Ok(out.count)
 }
 
-fn header<W: Write>(
-    out: &mut Counting<W>,
-    path: &str,
-    ino: u32,
-    mode: u32,
-    nlink: u32,
-    mtime: u32,
-    size: u64,
-) -> Result<(), Error> {
-    header_rdev(out, path, ino, mode, nlink, mtime, size, (0, 0))
-}
-
 #[allow(clippy::too_many_arguments)]
-fn header_rdev<W: Write>(
+fn header<W: Write>(
     out: &mut Counting<W>,
     path: &str,
     ino: u32,
