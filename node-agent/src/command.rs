@@ -7,6 +7,8 @@ pub enum Command {
     Power(PowerAction),
     Status,
     Help,
+    /// Kill the cluster daemon (SIGKILL); PID 1's supervisor logs it and starts it again.
+    RestartDaemon,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +19,7 @@ pub enum Parsed {
     Unknown(String),
 }
 
-pub const HELP: &str = "commands: poweroff, reboot, halt, status, help";
+pub const HELP: &str = "commands: poweroff, reboot, halt, status, restart-daemon, help";
 
 /// Parses one console line (surrounding blanks and a trailing `\r` are ignored; case-insensitive).
 pub fn parse(line: &str) -> Parsed {
@@ -31,6 +33,7 @@ pub fn parse(line: &str) -> Parsed {
         "halt" => Command::Power(PowerAction::Halt),
         "status" => Command::Status,
         "help" | "?" => Command::Help,
+        "restart-daemon" => Command::RestartDaemon,
         _ => return Parsed::Unknown(word.chars().filter(|c| !c.is_control()).take(40).collect()),
     };
     Parsed::Command(command)
@@ -54,6 +57,6 @@ mod tests {
         assert_eq!(parse("help"), Parsed::Command(Command::Help));
         assert_eq!(parse("   \r"), Parsed::Empty);
         assert_eq!(parse("ls -l\x1b[A"), Parsed::Unknown("ls -l[A".into()));
-        assert_eq!(unknown_hint("ls"), "unknown command \"ls\"; commands: poweroff, reboot, halt, status, help");
+        assert_eq!(unknown_hint("ls"), "unknown command \"ls\"; commands: poweroff, reboot, halt, status, restart-daemon, help");
     }
 }

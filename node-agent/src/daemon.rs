@@ -157,7 +157,7 @@ async fn serve(shared: Arc<Shared>, port: u16, gossip: bool) -> std::io::Result<
             }
         }
         let now = shared.now();
-        let (out, events, conflict) = {
+        let (out, events, lines) = {
             let mut m = shared.membership();
             if Instant::now() >= next_sample {
                 next_sample += Duration::from_secs(1);
@@ -166,9 +166,16 @@ async fn serve(shared: Arc<Shared>, port: u16, gossip: bool) -> std::io::Result<
             }
             let out = if gossip { m.tick(now) } else { Vec::new() };
             let events = m.take_events();
-            let conflict = events.iter().any(|e| e.kind == EventKind::Conflict).then(|| m.self_conflict()).flatten();
-            (out, events, conflict.map(|c| (m.me().number, m.me().addr, c)))
+            let lines: Vec<String> = events
+                .iter()
+                .filter(|e| e.kind == EventKind::Conflict)
+                .map(|e| conflict_line(e.number, &m.claimants(e.number), m.me().addr))
+                .collect();
+            (out, events, lines)
         };
+        for line in lines {
+            console::line(&line);
+        }
         for (to, bytes) in out {
             if let Err(e) = udp.send_to(&bytes, (to, port)).await {
                 crate::debug!("gossip to {to}: {e}");
@@ -176,17 +183,20 @@ async fn serve(shared: Arc<Shared>, port: u16, gossip: bool) -> std::io::Result<
         }
         for e in events {
             match e.kind {
-                EventKind::Conflict => {
-                    console::line(&format!("drove: conflict number={} addr={} node={}", e.number, e.addr, e.name));
-                }
+                EventKind::Conflict => {}
                 kind => info!("cluster: {} {} (number {}, {})", e.name, kind.as_str(), e.number, e.addr),
             }
             let _ = shared.events.send(e);
         }
-        if let Some((number, addr, text)) = conflict {
-            console::line(&format!("drove: conflict number={number} addr={addr} {text}"));
-        }
     }
+}
+
+/// The console line for a number conflict: `drove: conflict number=3 addrs=10.10.0.3,10.10.0.4`,
+/// with ` self=<addr>` when this node is one of them.
+pub fn conflict_line(number: u32, addrs: &[Ipv4Addr], me: Ipv4Addr) -> String {
+    let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    let mine = if addrs.contains(&me) { format!(" self={me}") } else { String::new() };
+    format!("drove: conflict number={number} addrs={}{mine}", list.join(","))
 }
 
 async fn receive(shared: Arc<Shared>, udp: Arc<UdpSocket>) {
@@ -212,6 +222,13 @@ async fn receive(shared: Arc<Shared>, udp: Arc<UdpSocket>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn conflict_lines() {
+        let a = |d| Ipv4Addr::new(10, 10, 0, d);
+        assert_eq!(conflict_line(3, &[a(3), a(4)], a(3)), "drove: conflict number=3 addrs=10.10.0.3,10.10.0.4 self=10.10.0.3");
+        assert_eq!(conflict_line(3, &[a(3), a(4)], a(1)), "drove: conflict number=3 addrs=10.10.0.3,10.10.0.4");
+    }
 
     #[test]
     fn env_and_map_peers() {

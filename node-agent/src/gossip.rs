@@ -497,6 +497,17 @@ impl Membership {
         }
     }
 
+    /// Every live address (this node's included) that claims `number`, sorted.
+    pub fn claimants(&self, number: u32) -> Vec<Ipv4Addr> {
+        let mut all: Vec<Ipv4Addr> =
+            self.members.iter().filter(|(_, m)| m.state != State::Down && m.entry.number == number).map(|(a, _)| *a).collect();
+        if self.me.number == number {
+            all.push(self.me.addr);
+        }
+        all.sort();
+        all
+    }
+
     /// This node's own conflict, if another live node claims its number.
     pub fn self_conflict(&self) -> Option<String> {
         let others: Vec<Ipv4Addr> = self

@@ -142,6 +142,8 @@ struct Agent {
     children: Arc<Children>,
     state: Mutex<NodeState>,
     boot: Instant,
+    /// The running cluster daemon, if any.
+    daemon: Mutex<Option<nix::unistd::Pid>>,
 }
 
 impl Agent {
@@ -193,7 +195,7 @@ pub fn run() -> ! {
 
     let children = Arc::new(Children::new());
     let sys: Arc<dyn Sys> = Arc::new(RealSys::new(children.clone()));
-    let agent = Arc::new(Agent { sys, children, state: Mutex::new(NodeState::default()), boot: Instant::now() });
+    let agent = Arc::new(Agent { sys, children, state: Mutex::new(NodeState::default()), boot: Instant::now(), daemon: Mutex::new(None) });
 
     {
         let agent = agent.clone();
@@ -448,6 +450,7 @@ fn supervise_daemon(agent: &Arc<Agent>) {
             Err(e) => error!("cluster daemon: {}", console::chain(&e)),
             Ok(spawned) => {
                 debug!("cluster daemon started (pid {})", spawned.pid);
+                *agent.daemon.lock().unwrap_or_else(|p| p.into_inner()) = Some(spawned.pid);
                 if let Some(out) = spawned.output {
                     for line in std::io::BufReader::new(out).lines() {
                         let Ok(line) = line else { break };
@@ -455,6 +458,7 @@ fn supervise_daemon(agent: &Arc<Agent>) {
                     }
                 }
                 let exit = spawned.exit.recv().map_or("an unknown status".to_string(), |e| e.to_string());
+                *agent.daemon.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 if power::in_progress() {
                     return;
                 }
@@ -564,6 +568,15 @@ fn handle_line(agent: &Arc<Agent>, line: &str) {
             let line = status_line(&agent.state(), uptime);
             console::line(&line);
         }
+        Parsed::Command(Command::RestartDaemon) => match *agent.daemon.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(pid) => {
+                info!("console: killing the cluster daemon (pid {pid}); it will be restarted");
+                if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+                    warn!("cannot kill the cluster daemon: {e}");
+                }
+            }
+            None => info!("the cluster daemon is not running"),
+        },
         Parsed::Command(Command::Power(action)) => {
             info!("console: {}", action.verb());
             agent.power(action);
