@@ -7,6 +7,7 @@
 
 use crate::compress::{self, Compression};
 use crate::cpio::{self, Body, Entry};
+use crate::staged::StagedFile;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Read};
@@ -15,15 +16,28 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}")]
     Cpio { path: PathBuf, source: cpio::Error },
     #[error("{path} is planned twice: as part of {first} and of {second}")]
-    Clash { path: String, first: String, second: String },
+    Clash {
+        path: String,
+        first: String,
+        second: String,
+    },
     #[error("cannot decompress module {path}")]
-    Decompress { path: PathBuf, source: std::io::Error },
+    Decompress {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A planned image: entries in archive order and the component each belongs to.
@@ -39,31 +53,76 @@ impl Plan {
         let mut parent = Path::new(&entry.path).parent();
         while let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
             let key = dir.to_string_lossy().into_owned();
-            self.entries
-                .entry(key.clone())
-                .or_insert_with(|| (Entry { path: key, mode: 0o755, body: Body::Dir }, component.into()));
+            self.entries.entry(key.clone()).or_insert_with(|| {
+                (
+                    Entry {
+                        path: key,
+                        mode: 0o755,
+                        body: Body::Dir,
+                    },
+                    component.into(),
+                )
+            });
             parent = dir.parent();
         }
         match self.entries.get(&entry.path) {
             Some((old, _)) if old.body == Body::Dir && entry.body == Body::Dir => Ok(()),
-            Some((_, first)) => Err(Error::Clash { path: entry.path, first: first.clone(), second: component.into() }),
+            Some((_, first)) => Err(Error::Clash {
+                path: entry.path,
+                first: first.clone(),
+                second: component.into(),
+            }),
             None => {
-                self.entries.insert(entry.path.clone(), (entry, component.into()));
+                self.entries
+                    .insert(entry.path.clone(), (entry, component.into()));
                 Ok(())
             }
         }
     }
 
-    pub fn add_file(&mut self, component: &str, path: &str, mode: u32, source: &Path) -> Result<(), Error> {
-        self.add(component, Entry { path: path.trim_start_matches('/').into(), mode, body: Body::File(source.into()) })
+    pub fn add_file(
+        &mut self,
+        component: &str,
+        path: &str,
+        mode: u32,
+        source: &Path,
+    ) -> Result<(), Error> {
+        self.add(
+            component,
+            Entry {
+                path: path.trim_start_matches('/').into(),
+                mode,
+                body: Body::File(source.into()),
+            },
+        )
     }
 
-    pub fn add_bytes(&mut self, component: &str, path: &str, mode: u32, bytes: Vec<u8>) -> Result<(), Error> {
-        self.add(component, Entry { path: path.trim_start_matches('/').into(), mode, body: Body::Bytes(bytes) })
+    pub fn add_bytes(
+        &mut self,
+        component: &str,
+        path: &str,
+        mode: u32,
+        bytes: Vec<u8>,
+    ) -> Result<(), Error> {
+        self.add(
+            component,
+            Entry {
+                path: path.trim_start_matches('/').into(),
+                mode,
+                body: Body::Bytes(bytes),
+            },
+        )
     }
 
     pub fn add_dir(&mut self, component: &str, path: &str, mode: u32) -> Result<(), Error> {
-        self.add(component, Entry { path: path.trim_start_matches('/').into(), mode, body: Body::Dir })
+        self.add(
+            component,
+            Entry {
+                path: path.trim_start_matches('/').into(),
+                mode,
+                body: Body::Dir,
+            },
+        )
     }
 
     /// Entries sorted by path, which puts every directory before its contents.
@@ -80,7 +139,12 @@ impl Plan {
         let mut sizes = BTreeMap::new();
         for (entry, component) in self.entries.values() {
             let n = match &entry.body {
-                Body::File(p) => std::fs::metadata(p).map_err(|source| Error::Read { path: p.clone(), source })?.len(),
+                Body::File(p) => std::fs::metadata(p)
+                    .map_err(|source| Error::Read {
+                        path: p.clone(),
+                        source,
+                    })?
+                    .len(),
                 Body::Bytes(b) => b.len() as u64,
                 Body::Symlink(t) => t.len() as u64,
                 Body::Dir | Body::Node { .. } => 0,
@@ -106,11 +170,17 @@ impl Plan {
                     h.update(b);
                 }
                 Body::File(p) => {
-                    let mut f = std::fs::File::open(p).map_err(|source| Error::Read { path: p.clone(), source })?;
+                    let mut f = std::fs::File::open(p).map_err(|source| Error::Read {
+                        path: p.clone(),
+                        source,
+                    })?;
                     let mut buf = vec![0u8; 1 << 16];
                     h.update(b"f");
                     loop {
-                        let n = f.read(&mut buf).map_err(|source| Error::Read { path: p.clone(), source })?;
+                        let n = f.read(&mut buf).map_err(|source| Error::Read {
+                            path: p.clone(),
+                            source,
+                        })?;
                         if n == 0 {
                             break;
                         }
@@ -125,19 +195,35 @@ impl Plan {
 
 /// Writes `entries` as one compressed cpio segment at `dest`, through a temporary file that is
 /// renamed into place only when complete. Returns the compressed size.
-pub fn write_segment(entries: &[Entry], compression: Compression, mtime: u32, dest: &Path) -> Result<u64, Error> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let werr = |source| Error::Write { path: dest.into(), source };
-    std::fs::create_dir_all(dir).map_err(werr)?;
-    let tmp = tempfile::Builder::new().prefix(".segment-").tempfile_in(dir).map_err(werr)?;
-    let file = tmp.reopen().map_err(werr)?;
-    let mut enc = compress::encoder(compression, BufWriter::with_capacity(1 << 20, file)).map_err(werr)?;
-    cpio::write(&mut enc, entries, mtime).map_err(|source| Error::Cpio { path: dest.into(), source })?;
-    let buf = enc.finish().map_err(werr)?;
-    let file = buf.into_inner().map_err(|e| werr(e.into_error()))?;
-    file.sync_all().map_err(werr)?;
-    let size = file.metadata().map_err(werr)?.len();
-    tmp.persist(dest).map_err(|e| werr(e.error))?;
+pub fn write_segment(
+    entries: &[Entry],
+    compression: Compression,
+    mtime: u32,
+    dest: &Path,
+) -> Result<u64, Error> {
+    let werr = |source| Error::Write {
+        path: dest.into(),
+        source,
+    };
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(werr)?;
+    }
+    let staged = StagedFile::create(dest).map_err(werr)?;
+    let mut enc = compress::encoder(
+        compression,
+        BufWriter::with_capacity(1 << 20, staged.file()),
+    )
+    .map_err(werr)?;
+    cpio::write(&mut enc, entries, mtime).map_err(|source| Error::Cpio {
+        path: dest.into(),
+        source,
+    })?;
+    enc.finish()
+        .map_err(werr)?
+        .into_inner()
+        .map_err(|e| werr(e.into_error()))?;
+    let size = staged.file().metadata().map_err(werr)?.len();
+    staged.commit(0o644).map_err(werr)?;
     Ok(size)
 }
 
@@ -159,25 +245,48 @@ pub fn add_modules(
             plan.add_bytes("modules", &dest, 0o644, decompress(&src)?)?;
         }
     }
-    plan.add_bytes("modules", &format!("{base}/modules.dep"), 0o644, closure.modules_dep.clone().into_bytes())?;
+    plan.add_bytes(
+        "modules",
+        &format!("{base}/modules.dep"),
+        0o644,
+        closure.modules_dep.clone().into_bytes(),
+    )?;
     let builtin = modules_dir.join("modules.builtin");
     if builtin.is_file() {
-        plan.add_file("modules", &format!("{base}/modules.builtin"), 0o644, &builtin)?;
+        plan.add_file(
+            "modules",
+            &format!("{base}/modules.builtin"),
+            0o644,
+            &builtin,
+        )?;
     }
     Ok(())
 }
 
 fn decompress(src: &Path) -> Result<Vec<u8>, Error> {
-    let derr = |source| Error::Decompress { path: src.into(), source };
-    let file = std::fs::File::open(src).map_err(|source| Error::Read { path: src.into(), source })?;
+    let derr = |source| Error::Decompress {
+        path: src.into(),
+        source,
+    };
+    let file = std::fs::File::open(src).map_err(|source| Error::Read {
+        path: src.into(),
+        source,
+    })?;
     let mut out = Vec::new();
     let name = src.to_string_lossy();
     if name.ends_with(".xz") {
-        xz2::read::XzDecoder::new(file).read_to_end(&mut out).map_err(derr)?;
+        xz2::read::XzDecoder::new(file)
+            .read_to_end(&mut out)
+            .map_err(derr)?;
     } else if name.ends_with(".zst") {
-        zstd::stream::read::Decoder::new(file).map_err(derr)?.read_to_end(&mut out).map_err(derr)?;
+        zstd::stream::read::Decoder::new(file)
+            .map_err(derr)?
+            .read_to_end(&mut out)
+            .map_err(derr)?;
     } else {
-        return Err(derr(std::io::Error::other("unknown module compression (expected .ko, .ko.xz or .ko.zst)")));
+        return Err(derr(std::io::Error::other(
+            "unknown module compression (expected .ko, .ko.xz or .ko.zst)",
+        )));
     }
     Ok(out)
 }
@@ -189,11 +298,20 @@ mod tests {
     #[test]
     fn parents_are_created_and_clashes_named() {
         let mut p = Plan::default();
-        p.add_bytes("config", "/etc/drove/node.toml", 0o644, b"x".to_vec()).unwrap();
+        p.add_bytes("config", "/etc/drove/node.toml", 0o644, b"x".to_vec())
+            .unwrap();
         p.add_dir("skeleton", "etc", 0o755).unwrap();
-        assert_eq!(p.paths().collect::<Vec<_>>(), ["etc", "etc/drove", "etc/drove/node.toml"]);
-        let err = p.add_bytes("overlay", "etc/drove/node.toml", 0o644, vec![]).unwrap_err();
-        assert_eq!(err.to_string(), "etc/drove/node.toml is planned twice: as part of config and of overlay");
+        assert_eq!(
+            p.paths().collect::<Vec<_>>(),
+            ["etc", "etc/drove", "etc/drove/node.toml"]
+        );
+        let err = p
+            .add_bytes("overlay", "etc/drove/node.toml", 0o644, vec![])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "etc/drove/node.toml is planned twice: as part of config and of overlay"
+        );
     }
 
     #[test]
@@ -218,7 +336,8 @@ mod tests {
     fn segment_is_written_atomically_and_decodes() {
         let d = tempfile::tempdir().unwrap();
         let mut p = Plan::default();
-        p.add_bytes("config", "etc/motd", 0o644, b"hello\n".to_vec()).unwrap();
+        p.add_bytes("config", "etc/motd", 0o644, b"hello\n".to_vec())
+            .unwrap();
         let dest = d.path().join("seg.img");
         let size = write_segment(&p.entries(), Compression::Xz, 0, &dest).unwrap();
         assert_eq!(size, std::fs::metadata(&dest).unwrap().len());

@@ -1,5 +1,6 @@
 //! `manifest.json`: every artifact's size and sha256, the boot payload, and bytes per component.
 
+use crate::staged::StagedFile;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -8,9 +9,15 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read artifact {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,7 +59,10 @@ pub struct Component {
 
 /// Size and sha256 of a file.
 pub fn digest(path: &Path) -> Result<(u64, String), Error> {
-    let rerr = |source| Error::Read { path: path.into(), source };
+    let rerr = |source| Error::Read {
+        path: path.into(),
+        source,
+    };
     let mut f = std::fs::File::open(path).map_err(rerr)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -72,19 +82,28 @@ impl Manifest {
     /// Writes `manifest.json` in `dir` through a temporary file renamed into place.
     pub fn write(&self, dir: &Path) -> Result<PathBuf, Error> {
         let dest = dir.join("manifest.json");
-        let werr = |source| Error::Write { path: dest.clone(), source };
+        let werr = |source| Error::Write {
+            path: dest.clone(),
+            source,
+        };
         let mut text = serde_json::to_string_pretty(self).map_err(|e| werr(e.into()))?;
         text.push('\n');
-        let tmp = tempfile::Builder::new().prefix(".manifest-").tempfile_in(dir).map_err(werr)?;
-        std::fs::write(tmp.path(), text).map_err(werr)?;
-        tmp.persist(&dest).map_err(|e| werr(e.error))?;
+        let staged = StagedFile::create(&dest).map_err(werr)?;
+        std::io::Write::write_all(&mut staged.file(), text.as_bytes()).map_err(werr)?;
+        staged.commit(0o644).map_err(werr)?;
         Ok(dest)
     }
 
     pub fn read(dir: &Path) -> Result<Self, Error> {
         let p = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&p).map_err(|source| Error::Read { path: p.clone(), source })?;
-        serde_json::from_str(&text).map_err(|e| Error::Read { path: p, source: e.into() })
+        let text = std::fs::read_to_string(&p).map_err(|source| Error::Read {
+            path: p.clone(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|e| Error::Read {
+            path: p,
+            source: e.into(),
+        })
     }
 }
 
@@ -99,7 +118,10 @@ mod tests {
         std::fs::write(&p, b"abc").unwrap();
         let (size, sum) = digest(&p).unwrap();
         assert_eq!(size, 3);
-        assert_eq!(sum, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            sum,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
@@ -110,9 +132,15 @@ mod tests {
             cluster: "c".into(),
             kernel_release: Some("6.1".into()),
             cmdline: None,
-            boot: Some(Boot { kernel: "pxe/vmlinuz".into(), initrds: vec!["pxe/initramfs.img".into()] }),
+            boot: Some(Boot {
+                kernel: "pxe/vmlinuz".into(),
+                initrds: vec!["pxe/initramfs.img".into()],
+            }),
             artifacts: vec![],
-            components: vec![Component { name: "kernel".into(), bytes: 1 }],
+            components: vec![Component {
+                name: "kernel".into(),
+                bytes: 1,
+            }],
         };
         m.write(d.path()).unwrap();
         assert_eq!(Manifest::read(d.path()).unwrap(), m);

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use super::fat::{self, FatTree, FatType};
 use super::{BootPayload, OutputContext};
 use crate::cmd::Cmd;
+use crate::staged::StagedFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -161,16 +162,12 @@ pub fn layout(esp: FatTree) -> DiskLayout {
 pub fn write(ctx: &OutputContext, payload: &BootPayload) -> Result<super::Artifact, Error> {
     let plan = layout(esp_tree(payload, &ctx.loaders.systemd_boot).map_err(Error::Plan)?);
     let final_path = ctx.out_dir.join("disk.img");
-    let tmp = tempfile::Builder::new()
-        .prefix(".disk.img.")
-        .suffix(".tmp")
-        .tempfile_in(ctx.out_dir)
-        .map_err(|source| Error::Create {
-            path: final_path.clone(),
-            source,
-        })?;
+    let tmp = StagedFile::create(&final_path).map_err(|source| Error::Create {
+        path: final_path.clone(),
+        source,
+    })?;
     let tmp_path = tmp.path().to_path_buf();
-    let extra = write_image(ctx, &plan, tmp.as_file(), &tmp_path)?;
+    let extra = write_image(ctx, &plan, tmp.file(), &tmp_path)?;
 
     let mut components = plan.esp.components();
     components.push(("syslinux".into(), extra.iter().map(|(_, n)| n).sum()));
@@ -180,29 +177,15 @@ pub fn write(ctx: &OutputContext, payload: &BootPayload) -> Result<super::Artifa
         plan.total_bytes().saturating_sub(used),
     ));
 
-    set_mode(tmp.as_file(), &tmp_path)?;
-    tmp.as_file().sync_all().map_err(|source| Error::Create {
-        path: tmp_path.clone(),
-        source,
-    })?;
-    tmp.persist(&final_path).map_err(|e| Error::Persist {
+    tmp.commit(0o644).map_err(|source| Error::Persist {
         path: final_path.clone(),
-        source: e.error,
+        source,
     })?;
     tracing::info!(path = %final_path.display(), bytes = plan.total_bytes(), "wrote disk image");
     Ok(super::Artifact {
         path: "disk.img".into(),
         components,
     })
-}
-
-fn set_mode(file: &File, path: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(std::fs::Permissions::from_mode(0o644))
-        .map_err(|source| Error::Create {
-            path: path.into(),
-            source,
-        })
 }
 
 /// Writes the whole image into `file` (already created); returns the files syslinux added.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use super::fat::{self, FatTree, FatType};
 use super::OutputContext;
 use crate::cmd::Cmd;
+use crate::staged::StagedFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -158,16 +159,12 @@ fn over_budget(t: &FatTree) -> Error {
 pub fn write(ctx: &OutputContext) -> Result<super::Artifact, Error> {
     let plan = plan(ctx.server, &ctx.loaders.ipxe_lkrn, &ctx.loaders.ipxe_efi)?;
     let final_path = ctx.out_dir.join("floppy.img");
-    let tmp = tempfile::Builder::new()
-        .prefix(".floppy.img.")
-        .suffix(".tmp")
-        .tempfile_in(ctx.out_dir)
-        .map_err(|source| Error::Create {
-            path: final_path.clone(),
-            source,
-        })?;
+    let tmp = StagedFile::create(&final_path).map_err(|source| Error::Create {
+        path: final_path.clone(),
+        source,
+    })?;
     let tmp_path = tmp.path().to_path_buf();
-    let files = write_image(ctx, &plan, tmp.as_file(), &tmp_path)?;
+    let files = write_image(ctx, &plan, tmp.file(), &tmp_path)?;
 
     let mut components = plan.tree.components();
     let planned: Vec<String> = plan
@@ -188,22 +185,9 @@ pub fn write(ctx: &OutputContext) -> Result<super::Artifact, Error> {
         FLOPPY_BYTES.saturating_sub(used),
     ));
 
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(|source| Error::Create {
-                path: tmp_path.clone(),
-                source,
-            })?;
-    }
-    tmp.as_file().sync_all().map_err(|source| Error::Create {
-        path: tmp_path.clone(),
-        source,
-    })?;
-    tmp.persist(&final_path).map_err(|e| Error::Persist {
+    tmp.commit(0o644).map_err(|source| Error::Persist {
         path: final_path.clone(),
-        source: e.error,
+        source,
     })?;
     tracing::info!(path = %final_path.display(), uefi = plan.uefi, "wrote floppy image");
     Ok(super::Artifact {
