@@ -6,13 +6,13 @@
 
 use crate::config::Loaded;
 use crate::initramfs::{self, Plan};
-use crate::key::{self, ClusterKey};
 use crate::kernel::{self, Kernel, ModulesDep};
+use crate::key::{self, ClusterKey};
 use crate::manifest::{self, Manifest};
 use crate::outputs::{self, BootPayload, Initrd, OutputContext};
 use crate::overlay::{self, Policy};
 use crate::progress::{human, Steps};
-use crate::{elf, config};
+use crate::{config, elf};
 use drove_agent::config::{NodeConfig, CLUSTER_KEY_PATH, NODE_CONFIG_PATH};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -35,11 +35,21 @@ pub enum Error {
     #[error(transparent)]
     Manifest(#[from] manifest::Error),
     #[error("{what} not found at {path}: {hint}")]
-    Missing { what: &'static str, path: PathBuf, hint: &'static str },
+    Missing {
+        what: &'static str,
+        path: PathBuf,
+        hint: &'static str,
+    },
     #[error("output directory {path} is not writable")]
-    OutDir { path: PathBuf, source: std::io::Error },
+    OutDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write {path}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config: {0}")]
     Config(String),
 }
@@ -104,16 +114,30 @@ pub fn build(loaded: &Loaded, opts: &Options) -> Result<Report, Error> {
     let mut steps = Steps::new(opts.quiet);
     let epoch = opts.epoch.unwrap_or_else(source_date_epoch);
     let mtime = u32::try_from(epoch).unwrap_or(u32::MAX);
-    let server = opts.server.clone().unwrap_or_else(|| cfg.outputs.server.clone());
-    let names = opts.outputs.clone().unwrap_or_else(|| cfg.outputs.build.clone());
+    let server = opts
+        .server
+        .clone()
+        .unwrap_or_else(|| cfg.outputs.server.clone());
+    let names = opts
+        .outputs
+        .clone()
+        .unwrap_or_else(|| cfg.outputs.build.clone());
     if names.is_empty() {
-        return Err(Error::Config("no outputs to build (outputs.build is empty)".into()));
+        return Err(Error::Config(
+            "no outputs to build (outputs.build is empty)".into(),
+        ));
     }
 
     let writers = steps.run("check outputs", || -> Result<_, Error> {
-        let writers = names.iter().map(|n| outputs::lookup(n)).collect::<Result<Vec<_>, _>>()?;
+        let writers = names
+            .iter()
+            .map(|n| outputs::lookup(n))
+            .collect::<Result<Vec<_>, _>>()?;
         prepare_out_dir(&opts.out)?;
-        Ok((writers, format!("{} → {}", names.join(", "), opts.out.display())))
+        Ok((
+            writers,
+            format!("{} → {}", names.join(", "), opts.out.display()),
+        ))
     })?;
     let needs_payload = writers.iter().any(|w| w.needs_payload);
     let cache = opts.out.join(".cache");
@@ -122,7 +146,12 @@ pub fn build(loaded: &Loaded, opts: &Options) -> Result<Report, Error> {
 
     let payload = if needs_payload {
         let kernel = steps.run("resolve kernel", || -> Result<_, Error> {
-            let k = kernel::resolve(cfg.kernel.image.as_deref(), cfg.kernel.modules.as_deref(), &opts.boot_dir, &opts.modules_root)?;
+            let k = kernel::resolve(
+                cfg.kernel.image.as_deref(),
+                cfg.kernel.modules.as_deref(),
+                &opts.boot_dir,
+                &opts.modules_root,
+            )?;
             let detail = format!("{} {}", k.image.display(), k.release);
             Ok((k, detail))
         })?;
@@ -139,43 +168,85 @@ pub fn build(loaded: &Loaded, opts: &Options) -> Result<Report, Error> {
             let detail = if dest.is_file() {
                 format!("cached, {}", human(file_len(&dest)?))
             } else {
-                let size = initramfs::write_segment(&plan.entries(), cfg.initramfs.compression, mtime, &dest)?;
-                format!("{}, {} files, {}", format!("{:?}", cfg.initramfs.compression).to_lowercase(), plan.paths().count(), human(size))
+                let size = initramfs::write_segment(
+                    &plan.entries(),
+                    cfg.initramfs.compression,
+                    mtime,
+                    &dest,
+                )?;
+                format!(
+                    "{}, {} files, {}",
+                    format!("{:?}", cfg.initramfs.compression).to_lowercase(),
+                    plan.paths().count(),
+                    human(size)
+                )
             };
             Ok((dest, detail))
         })?;
-        initrds.push(Initrd { name: "initramfs.img".into(), path: base });
+        initrds.push(Initrd {
+            name: "initramfs.img".into(),
+            path: base,
+        });
         for ov in overlays_of(loaded, opts)? {
-            let seg = steps.run(&format!("write overlay {}", ov.name), || -> Result<_, Error> {
-                let policy = Policy { allow_setuid: cfg.overlays.allow_setuid, allow_devices: cfg.overlays.allow_devices };
-                let mut plan = Plan::default();
-                for entry in overlay::entries(&ov, policy)? {
-                    plan.add(&format!("overlay {}", ov.name), entry)?;
-                }
-                let fp = plan.fingerprint(cfg.initramfs.compression, mtime)?;
-                let dest = cache.join(format!("{}-{}", &fp[..16], ov.segment_name()));
-                if !dest.is_file() {
-                    initramfs::write_segment(&plan.entries(), cfg.initramfs.compression, mtime, &dest)?;
-                }
-                let bytes: u64 = plan.component_bytes()?.values().sum();
-                components.insert(format!("overlay {}", ov.name), bytes);
-                Ok((dest, format!("{} files", plan.paths().count())))
-            })?;
-            initrds.push(Initrd { name: ov.segment_name(), path: seg });
+            let seg = steps.run(
+                &format!("write overlay {}", ov.name),
+                || -> Result<_, Error> {
+                    let policy = Policy {
+                        allow_setuid: cfg.overlays.allow_setuid,
+                        allow_devices: cfg.overlays.allow_devices,
+                    };
+                    let mut plan = Plan::default();
+                    for entry in overlay::entries(&ov, policy)? {
+                        plan.add(&format!("overlay {}", ov.name), entry)?;
+                    }
+                    let fp = plan.fingerprint(cfg.initramfs.compression, mtime)?;
+                    let dest = cache.join(format!("{}-{}", &fp[..16], ov.segment_name()));
+                    if !dest.is_file() {
+                        initramfs::write_segment(
+                            &plan.entries(),
+                            cfg.initramfs.compression,
+                            mtime,
+                            &dest,
+                        )?;
+                    }
+                    let bytes: u64 = plan.component_bytes()?.values().sum();
+                    components.insert(format!("overlay {}", ov.name), bytes);
+                    Ok((dest, format!("{} files", plan.paths().count())))
+                },
+            )?;
+            initrds.push(Initrd {
+                name: ov.segment_name(),
+                path: seg,
+            });
         }
-        Some(BootPayload { kernel: kernel.image.clone(), initrds, cmdline: cfg.kernel.cmdline.clone() })
+        Some(BootPayload {
+            kernel: kernel.image.clone(),
+            initrds,
+            cmdline: cfg.kernel.cmdline.clone(),
+        })
     } else {
         None
     };
 
     let seed: [u8; 32] = Sha256::digest(format!("drove-media-v1\n{}", cfg.to_toml())).into();
     let loaders = outputs::Loaders::debian();
-    let ctx = OutputContext { payload: payload.as_ref(), server: &server, epoch, seed, out_dir: &opts.out, loaders: &loaders };
+    let ctx = OutputContext {
+        payload: payload.as_ref(),
+        server: &server,
+        epoch,
+        seed,
+        out_dir: &opts.out,
+        loaders: &loaders,
+    };
     let mut artifacts = Vec::new();
     for output in writers {
         let produced = steps.run(&format!("write {}", output.name), || -> Result<_, Error> {
             let produced = (output.write)(&ctx)?;
-            let detail = produced.iter().map(|a| a.path.display().to_string()).collect::<Vec<_>>().join(", ");
+            let detail = produced
+                .iter()
+                .map(|a| a.path.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
             Ok((produced, detail))
         })?;
         artifacts.extend(produced);
@@ -184,17 +255,37 @@ pub fn build(loaded: &Loaded, opts: &Options) -> Result<Report, Error> {
     let manifest = steps.run("write manifest", || -> Result<_, Error> {
         let mut listed = Vec::new();
         for a in &artifacts {
-            let components: Vec<_> = a.components.iter().map(|(n, b)| manifest::Component { name: n.clone(), bytes: *b }).collect();
+            let components: Vec<_> = a
+                .components
+                .iter()
+                .map(|(n, b)| manifest::Component {
+                    name: n.clone(),
+                    bytes: *b,
+                })
+                .collect();
             for file in files_of(&opts.out, &a.path)? {
                 let (size, sha256) = manifest::digest(&opts.out.join(&file))?;
-                let components = if file == a.path { components.clone() } else { Vec::new() };
-                listed.push(manifest::Artifact { path: file.to_string_lossy().into_owned(), size, sha256, components });
+                let components = if file == a.path {
+                    components.clone()
+                } else {
+                    Vec::new()
+                };
+                listed.push(manifest::Artifact {
+                    path: file.to_string_lossy().into_owned(),
+                    size,
+                    sha256,
+                    components,
+                });
             }
         }
         let boot = match (&payload, names.iter().any(|n| n == "pxe")) {
             (Some(p), true) => Some(manifest::Boot {
                 kernel: "pxe/vmlinuz".into(),
-                initrds: p.initrds.iter().map(|i| format!("pxe/{}", i.name)).collect(),
+                initrds: p
+                    .initrds
+                    .iter()
+                    .map(|i| format!("pxe/{}", i.name))
+                    .collect(),
             }),
             _ => None,
         };
@@ -205,32 +296,64 @@ pub fn build(loaded: &Loaded, opts: &Options) -> Result<Report, Error> {
             cmdline: payload.as_ref().map(|p| p.cmdline.clone()),
             boot,
             artifacts: listed,
-            components: components.iter().map(|(n, b)| manifest::Component { name: n.clone(), bytes: *b }).collect(),
+            components: components
+                .iter()
+                .map(|(n, b)| manifest::Component {
+                    name: n.clone(),
+                    bytes: *b,
+                })
+                .collect(),
         };
         m.write(&opts.out)?;
         prune_cache(&cache, payload.as_ref());
         Ok((m, format!("{} artifacts", artifacts.len())))
     })?;
     if !opts.quiet {
-        eprintln!("drove: built {} in {:.2}s", opts.out.display(), steps.total().as_secs_f64());
+        eprintln!(
+            "drove: built {} in {:.2}s",
+            opts.out.display(),
+            steps.total().as_secs_f64()
+        );
     }
     Ok(Report { manifest, steps })
 }
 
 /// The base initramfs plan: agent, CRIU and libraries, busybox, modules, config, key, skeleton.
-fn plan_base(loaded: &Loaded, opts: &Options, kernel: &Kernel, steps: &mut Steps) -> Result<Plan, Error> {
+fn plan_base(
+    loaded: &Loaded,
+    opts: &Options,
+    kernel: &Kernel,
+    steps: &mut Steps,
+) -> Result<Plan, Error> {
     let cfg = &loaded.config;
     let closure = steps.run("resolve modules", || -> Result<_, Error> {
         let dir = kernel.modules_dir.clone().unwrap_or_default();
         let dep = ModulesDep::load(&dir)?;
-        let closure = dep.closure(&cfg.kernel.drivers, &dir.join("modules.dep"), &kernel.release)?;
-        let detail = format!("{} drivers → {} modules, {} built in", cfg.kernel.drivers.len(), closure.files.len(), closure.builtin.len());
+        let closure = dep.closure(
+            &cfg.kernel.drivers,
+            &dir.join("modules.dep"),
+            &kernel.release,
+        )?;
+        let detail = format!(
+            "{} drivers → {} modules, {} built in",
+            cfg.kernel.drivers.len(),
+            closure.files.len(),
+            closure.builtin.len()
+        );
         Ok((closure, detail))
     })?;
     let agent = agent_path(loaded)?;
     let (criu, busybox) = (&cfg.initramfs.criu, &cfg.initramfs.busybox);
-    require(criu, "CRIU", "install Debian's criu (`apt-get install criu`) or set [initramfs] criu")?;
-    require(busybox, "busybox", "install Debian's busybox-static or set [initramfs] busybox")?;
+    require(
+        criu,
+        "CRIU",
+        "install Debian's criu (`apt-get install criu`) or set [initramfs] criu",
+    )?;
+    require(
+        busybox,
+        "busybox",
+        "install Debian's busybox-static or set [initramfs] busybox",
+    )?;
     let libs = steps.run("resolve libraries", || -> Result<_, Error> {
         let mut libs = elf::closure(&agent)?;
         libs.extend(elf::closure(criu)?);
@@ -238,10 +361,18 @@ fn plan_base(loaded: &Loaded, opts: &Options, kernel: &Kernel, steps: &mut Steps
         let detail = format!("{} shared libraries", libs.len());
         Ok((libs, detail))
     })?;
-    let key_path = cfg.cluster.key_file.clone().unwrap_or_else(|| key::default_path(loaded.source.as_deref(), &cfg.cluster.name));
+    let key_path = cfg
+        .cluster
+        .key_file
+        .clone()
+        .unwrap_or_else(|| key::default_path(loaded.source.as_deref(), &cfg.cluster.name));
     let key = steps.run("cluster key", || -> Result<_, Error> {
         let (key, created) = ClusterKey::load_or_create(&key_path)?;
-        let detail = format!("{} {}", if created { "created" } else { "using" }, key_path.display());
+        let detail = format!(
+            "{} {}",
+            if created { "created" } else { "using" },
+            key_path.display()
+        );
         Ok((key, detail))
     })?;
     steps.run("plan initramfs", || -> Result<_, Error> {
@@ -265,7 +396,10 @@ fn plan_base(loaded: &Loaded, opts: &Options, kernel: &Kernel, steps: &mut Steps
         plan.add_bytes("config", CLUSTER_KEY_PATH, 0o600, key.file_bytes())?;
         let skeleton = opts.data_dir.join("initramfs");
         if skeleton.is_dir() {
-            let ov = overlay::Overlay { name: "initramfs skeleton".into(), source: skeleton };
+            let ov = overlay::Overlay {
+                name: "initramfs skeleton".into(),
+                source: skeleton,
+            };
             for entry in overlay::entries(&ov, Policy::default())? {
                 plan.add("skeleton", entry)?;
             }
@@ -285,7 +419,13 @@ pub fn node_config(loaded: &Loaded, release: &str, builtin: &[String]) -> NodeCo
         discovery: cfg.cluster.discovery,
         network: cfg.network.clone(),
         map: loaded.map.clone(),
-        modules: cfg.kernel.drivers.iter().filter(|d| !builtin.contains(&kernel::normalize(d))).cloned().collect(),
+        modules: cfg
+            .kernel
+            .drivers
+            .iter()
+            .filter(|d| !builtin.contains(&kernel::normalize(d)))
+            .cloned()
+            .collect(),
         kernel_release: release.into(),
         server: Some(cfg.outputs.server.clone()),
         api_port: drove_agent::config::DEFAULT_API_PORT,
@@ -325,12 +465,21 @@ fn require(path: &Path, what: &'static str, hint: &'static str) -> Result<(), Er
     if path.is_file() {
         Ok(())
     } else {
-        Err(Error::Missing { what, path: path.into(), hint })
+        Err(Error::Missing {
+            what,
+            path: path.into(),
+            hint,
+        })
     }
 }
 
 fn file_len(p: &Path) -> Result<u64, Error> {
-    Ok(std::fs::metadata(p).map_err(|source| kernel::Error::Read { path: p.into(), source })?.len())
+    Ok(std::fs::metadata(p)
+        .map_err(|source| kernel::Error::Read {
+            path: p.into(),
+            source,
+        })?
+        .len())
 }
 
 /// An artifact path as the files it stands for (a directory such as `pxe/` lists its files).
@@ -341,7 +490,10 @@ fn files_of(out: &Path, rel: &Path) -> Result<Vec<PathBuf>, Error> {
     }
     let mut files = Vec::new();
     for e in walkdir::WalkDir::new(&full).sort_by_file_name() {
-        let e = e.map_err(|e| Error::Write { path: full.clone(), source: e.into() })?;
+        let e = e.map_err(|e| Error::Write {
+            path: full.clone(),
+            source: e.into(),
+        })?;
         if e.file_type().is_file() {
             files.push(rel.join(e.path().strip_prefix(&full).unwrap_or(e.path())));
         }
@@ -350,10 +502,16 @@ fn files_of(out: &Path, rel: &Path) -> Result<Vec<PathBuf>, Error> {
 }
 
 fn prepare_out_dir(out: &Path) -> Result<(), Error> {
-    let err = |source| Error::OutDir { path: out.into(), source };
+    let err = |source| Error::OutDir {
+        path: out.into(),
+        source,
+    };
     std::fs::create_dir_all(out).map_err(err)?;
     // Probe with a real file: permissions, read-only mounts and full disks all show up here.
-    let probe = tempfile::Builder::new().prefix(".probe-").tempfile_in(out).map_err(err)?;
+    let probe = tempfile::Builder::new()
+        .prefix(".probe-")
+        .tempfile_in(out)
+        .map_err(err)?;
     std::io::Write::write_all(&mut probe.as_file(), &[0u8; 4096]).map_err(err)?;
     probe.as_file().sync_all().map_err(err)?;
     Ok(())
@@ -374,5 +532,8 @@ fn prune_cache(cache: &Path, payload: Option<&BootPayload>) {
 
 /// `SOURCE_DATE_EPOCH` from the environment, else drove's fixed default (reproducible by default).
 pub fn source_date_epoch() -> u64 {
-    std::env::var("SOURCE_DATE_EPOCH").ok().and_then(|v| v.parse().ok()).unwrap_or(config::DEFAULT_EPOCH)
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(config::DEFAULT_EPOCH)
 }

@@ -13,9 +13,16 @@ pub enum Error {
     #[error("`{line}`: cannot start {program:?}: not installed or not on PATH (install it, or run `make deps`)")]
     NotFound { line: String, program: String },
     #[error("`{line}`: cannot start")]
-    Spawn { line: String, source: std::io::Error },
+    Spawn {
+        line: String,
+        source: std::io::Error,
+    },
     #[error("`{line}` {how}{}", stderr_tail(.stderr))]
-    Failed { line: String, how: String, stderr: String },
+    Failed {
+        line: String,
+        how: String,
+        stderr: String,
+    },
 }
 
 fn stderr_tail(stderr: &str) -> String {
@@ -40,7 +47,12 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new(program: impl AsRef<OsStr>) -> Self {
-        Cmd { program: program.as_ref().into(), args: Vec::new(), env: Vec::new(), dir: None }
+        Cmd {
+            program: program.as_ref().into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            dir: None,
+        }
     }
 
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
@@ -53,7 +65,8 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
@@ -132,13 +145,20 @@ impl Cmd {
         if status.success() {
             Ok(())
         } else {
-            Err(Error::Failed { line, how: describe(status), stderr: String::new() })
+            Err(Error::Failed {
+                line,
+                how: describe(status),
+                stderr: String::new(),
+            })
         }
     }
 
     fn spawn_error(&self, line: String, source: std::io::Error) -> Error {
         if source.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound { line, program: self.program.to_string_lossy().into_owned() }
+            Error::NotFound {
+                line,
+                program: self.program.to_string_lossy().into_owned(),
+            }
         } else {
             Error::Spawn { line, source }
         }
@@ -159,7 +179,8 @@ fn describe(status: ExitStatus) -> String {
 pub fn shell_quote(word: &OsStr) -> String {
     let s = word.to_string_lossy();
     let plain = !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
     if plain {
         s.into_owned()
     } else {
@@ -173,7 +194,10 @@ mod tests {
 
     #[test]
     fn line_is_copy_pasteable() {
-        let c = Cmd::new("syslinux").arg("--install").arg("a b.img").env("MTOOLS_SKIP_CHECK", "1");
+        let c = Cmd::new("syslinux")
+            .arg("--install")
+            .arg("a b.img")
+            .env("MTOOLS_SKIP_CHECK", "1");
         assert_eq!(c.line(), "MTOOLS_SKIP_CHECK=1 syslinux --install 'a b.img'");
         assert_eq!(shell_quote(OsStr::new("it's")), r"'it'\''s'");
     }
@@ -187,9 +211,15 @@ mod tests {
 
     #[test]
     fn failure_carries_exit_code_and_stderr() {
-        let err = Cmd::new("sh").args(["-c", "echo boom >&2; exit 3"]).run().unwrap_err();
+        let err = Cmd::new("sh")
+            .args(["-c", "echo boom >&2; exit 3"])
+            .run()
+            .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("exited with 3") && msg.contains("boom"), "{msg}");
+        assert!(
+            msg.contains("exited with 3") && msg.contains("boom"),
+            "{msg}"
+        );
         let err = Cmd::new("sh").args(["-c", "exit 127"]).run().unwrap_err();
         assert!(err.to_string().contains("not found"));
         let err = Cmd::new("sh").args(["-c", "kill -9 $$"]).run().unwrap_err();

@@ -85,7 +85,9 @@ mod tests {
     use std::process::{Command, Stdio};
 
     fn roundtrip_with(tool: &str, args: &[&str], kind: Compression) {
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let mut enc = encoder(kind, Vec::new()).unwrap();
         enc.write_all(&data).unwrap();
         let packed = enc.finish().unwrap();

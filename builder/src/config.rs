@@ -12,15 +12,33 @@ use std::path::{Path, PathBuf};
 /// The NICs found in surplus PCs and in QEMU, plus what CRIU and the agent need at run time.
 pub const DEFAULT_DRIVERS: &[&str] = &[
     // NICs: Intel, Realtek, DEC, AMD, NE2000 clones, virtio.
-    "e1000", "e1000e", "r8169", "8139too", "8139cp", "tulip", "pcnet32", "ne2k-pci", "virtio_net",
+    "e1000",
+    "e1000e",
+    "r8169",
+    "8139too",
+    "8139cp",
+    "tulip",
+    "pcnet32",
+    "ne2k-pci",
+    "virtio_net",
     "virtio_pci",
     // CRIU: socket diagnostics for dump, nf_tables for its network lock. The agent loads in this
     // order: crc32c_generic must precede libcrc32c (a modules.softdep `pre:` the agent does not
     // read), or libcrc32c fails with ENOENT and nf_tables with it.
-    "unix_diag", "inet_diag", "tcp_diag", "udp_diag", "netlink_diag", "af_packet_diag",
-    "crc32c_generic", "libcrc32c", "nfnetlink", "nf_tables",
+    "unix_diag",
+    "inet_diag",
+    "tcp_diag",
+    "udp_diag",
+    "netlink_diag",
+    "af_packet_diag",
+    "crc32c_generic",
+    "libcrc32c",
+    "nfnetlink",
+    "nf_tables",
     // DHCP client raw sockets; ACPI power button for clean poweroff.
-    "af_packet", "button", "evdev",
+    "af_packet",
+    "button",
+    "evdev",
 ];
 
 pub const DEFAULT_CMDLINE: &str = "console=tty0 console=ttyS0,115200 panic=30 quiet";
@@ -161,18 +179,27 @@ pub struct OutputSection {
 
 impl Default for OutputSection {
     fn default() -> Self {
-        OutputSection { build: vec!["disk".into(), "floppy".into(), "pxe".into()], server: DEFAULT_SERVER.into() }
+        OutputSection {
+            build: vec!["disk".into(), "floppy".into(), "pxe".into()],
+            server: DEFAULT_SERVER.into(),
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read config {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{message}")]
     Parse { path: PathBuf, message: String },
     #[error("cannot read cluster map {path}")]
-    ReadMap { path: PathBuf, source: std::io::Error },
+    ReadMap {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Map(#[from] map::Error),
     #[error("{path}: {message}")]
@@ -217,11 +244,18 @@ impl Config {
 
 impl Loaded {
     pub fn default_cluster() -> Self {
-        Loaded { config: Config::default_cluster(), source: None, map: ClusterMap::default() }
+        Loaded {
+            config: Config::default_cluster(),
+            source: None,
+            map: ClusterMap::default(),
+        }
     }
 
     pub fn from_file(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::from_str(&text, path)
     }
 
@@ -229,7 +263,9 @@ impl Loaded {
         let mut config: Config = toml::from_str(text).map_err(|e| Error::Parse {
             path: path.into(),
             // toml_message gives "line N: ..."; make it "file:N: ...".
-            message: toml_message(text, &e).trim_start_matches("line ").to_string(),
+            message: toml_message(text, &e)
+                .trim_start_matches("line ")
+                .to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let rel = |p: &mut PathBuf| {
@@ -237,47 +273,91 @@ impl Loaded {
                 *p = base.join(&*p);
             }
         };
-        for p in [&mut config.kernel.image, &mut config.kernel.modules, &mut config.initramfs.agent, &mut config.cluster.map_file, &mut config.cluster.key_file].into_iter().flatten() {
+        for p in [
+            &mut config.kernel.image,
+            &mut config.kernel.modules,
+            &mut config.initramfs.agent,
+            &mut config.cluster.map_file,
+            &mut config.cluster.key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
             rel(p);
         }
         config.overlays.search.iter_mut().for_each(rel);
         let file = path.display().to_string();
-        let mut map = ClusterMap { entries: config.cluster.map.clone() };
+        let mut map = ClusterMap {
+            entries: config.cluster.map.clone(),
+        };
         map.validate(&file)?;
         if let Some(map_file) = &config.cluster.map_file {
-            let text = std::fs::read_to_string(map_file).map_err(|source| Error::ReadMap { path: map_file.clone(), source })?;
+            let text = std::fs::read_to_string(map_file).map_err(|source| Error::ReadMap {
+                path: map_file.clone(),
+                source,
+            })?;
             let from_file = ClusterMap::parse_mosix(&text, &map_file.display().to_string())?;
             map.entries.extend(from_file.entries);
             map.validate(&format!("{file} + {}", map_file.display()))?;
         }
-        let loaded = Loaded { config, source: Some(path.into()), map };
+        let loaded = Loaded {
+            config,
+            source: Some(path.into()),
+            map,
+        };
         loaded.check(&file)?;
         Ok(loaded)
     }
 
     fn check(&self, file: &str) -> Result<(), Error> {
-        let invalid = |message: String| Error::Invalid { path: file.into(), message };
+        let invalid = |message: String| Error::Invalid {
+            path: file.into(),
+            message,
+        };
         let c = &self.config;
-        if c.cluster.name.is_empty() || !c.cluster.name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_') {
-            return Err(invalid(format!("cluster name {:?} must be letters, digits, - or _", c.cluster.name)));
+        if c.cluster.name.is_empty()
+            || !c
+                .cluster
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
+            return Err(invalid(format!(
+                "cluster name {:?} must be letters, digits, - or _",
+                c.cluster.name
+            )));
         }
         if !c.cluster.node_name.contains("{n}") {
-            return Err(invalid(format!("node-name {:?} must contain {{n}} (the node number)", c.cluster.node_name)));
+            return Err(invalid(format!(
+                "node-name {:?} must contain {{n}} (the node number)",
+                c.cluster.node_name
+            )));
         }
         if !(c.outputs.server.starts_with("http://") || c.outputs.server.starts_with("https://")) {
-            return Err(invalid(format!("outputs.server {:?} must be an http:// URL", c.outputs.server)));
+            return Err(invalid(format!(
+                "outputs.server {:?} must be an http:// URL",
+                c.outputs.server
+            )));
         }
         if let Network::Static { hosts, .. } = &c.network {
             for (mac, addr) in hosts {
-                let ok_mac = mac.len() == 17 && mac.split(':').all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok());
+                let ok_mac = mac.len() == 17
+                    && mac
+                        .split(':')
+                        .all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok());
                 if !ok_mac {
-                    return Err(invalid(format!("network.hosts: {mac:?} is not a MAC address like 52:54:00:12:34:56")));
+                    return Err(invalid(format!(
+                        "network.hosts: {mac:?} is not a MAC address like 52:54:00:12:34:56"
+                    )));
                 }
                 let ok_addr = addr.split_once('/').is_some_and(|(ip, len)| {
-                    ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32)
+                    ip.parse::<std::net::Ipv4Addr>().is_ok()
+                        && len.parse::<u8>().is_ok_and(|l| l <= 32)
                 });
                 if !ok_addr {
-                    return Err(invalid(format!("network.hosts.{mac:?}: {addr:?} is not an address like 10.0.0.11/24")));
+                    return Err(invalid(format!(
+                        "network.hosts.{mac:?}: {addr:?} is not an address like 10.0.0.11/24"
+                    )));
                 }
             }
         }
@@ -287,7 +367,10 @@ impl Loaded {
     /// Directory that relative things (overlays, keys) are found beside.
     pub fn base_dir(&self) -> PathBuf {
         match &self.source {
-            Some(p) => p.parent().map(Path::to_path_buf).unwrap_or_else(|| ".".into()),
+            Some(p) => p
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| ".".into()),
             None => ".".into(),
         }
     }
@@ -318,16 +401,27 @@ mod tests {
 
     #[test]
     fn malformed_toml_names_file_and_line() {
-        let err = load("[cluster]\nname = \"lab\"\n[kernel]\ncmdline = 3\n").unwrap_err().to_string();
+        let err = load("[cluster]\nname = \"lab\"\n[kernel]\ncmdline = 3\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("/site/cluster.toml:4:"), "{err}");
-        let err = load("[cluster]\nname = \"lab\"\nbogus = 1\n").unwrap_err().to_string();
-        assert!(err.starts_with("/site/cluster.toml:3:") && err.contains("bogus"), "{err}");
+        let err = load("[cluster]\nname = \"lab\"\nbogus = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/site/cluster.toml:3:") && err.contains("bogus"),
+            "{err}"
+        );
     }
 
     #[test]
     fn inline_map_and_map_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("mosix.map"), "# MOSIX-#, IP, number-of-nodes\n3 10.0.0.3 2\n").unwrap();
+        std::fs::write(
+            dir.path().join("mosix.map"),
+            "# MOSIX-#, IP, number-of-nodes\n3 10.0.0.3 2\n",
+        )
+        .unwrap();
         let cfg = dir.path().join("c.toml");
         std::fs::write(&cfg, "[cluster]\nname = \"lab\"\nmap-file = \"mosix.map\"\n[[cluster.map]]\nfirst = 1\nhost = \"10.0.0.1\"\ncount = 2\n").unwrap();
         let l = Loaded::from_file(&cfg).unwrap();
@@ -340,7 +434,10 @@ mod tests {
         assert!(err.contains("mosix.map:1:"), "{err}");
         std::fs::remove_file(dir.path().join("mosix.map")).unwrap();
         let err = Loaded::from_file(&cfg).unwrap_err().to_string();
-        assert!(err.contains("cannot read cluster map") && err.contains("mosix.map"), "{err}");
+        assert!(
+            err.contains("cannot read cluster map") && err.contains("mosix.map"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -348,14 +445,25 @@ mod tests {
         let ok = "[cluster]\nname = \"lab\"\n[network]\nmode = \"static\"\ngateway = \"10.0.0.254\"\n[network.hosts]\n\"52:54:00:12:34:56\" = \"10.0.0.11/24\"\n";
         assert!(load(ok).is_ok());
         let bad = ok.replace("10.0.0.11/24", "10.0.0.300/24");
-        assert!(load(&bad).unwrap_err().to_string().contains("10.0.0.300/24"));
+        assert!(load(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("10.0.0.300/24"));
     }
 
     #[test]
     fn bad_names_and_urls() {
         assert!(load("[cluster]\nname = \"a b\"\n").is_err());
-        assert!(load("[cluster]\nname = \"a\"\nnode-name = \"x\"\n").unwrap_err().to_string().contains("{n}"));
-        assert!(load("[cluster]\nname = \"a\"\n[outputs]\nbuild = []\nserver = \"ftp://x\"\n").is_err());
-        assert!(Loaded::from_file(Path::new("/nonexistent/c.toml")).unwrap_err().to_string().contains("/nonexistent/c.toml"));
+        assert!(load("[cluster]\nname = \"a\"\nnode-name = \"x\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("{n}"));
+        assert!(
+            load("[cluster]\nname = \"a\"\n[outputs]\nbuild = []\nserver = \"ftp://x\"\n").is_err()
+        );
+        assert!(Loaded::from_file(Path::new("/nonexistent/c.toml"))
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/c.toml"));
     }
 }

@@ -16,7 +16,11 @@ pub enum Body {
     Bytes(Vec<u8>),
     Symlink(String),
     /// A device node, fifo or socket: the file-type bits (`S_IFCHR`, …) and device numbers.
-    Node { kind: u32, major: u32, minor: u32 },
+    Node {
+        kind: u32,
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// One entry: path inside the archive (no leading `/`), permission bits, body.
@@ -32,7 +36,11 @@ pub enum Error {
     #[error("cannot read {path} for the archive")]
     Read { path: PathBuf, source: io::Error },
     #[error("{path}: changed size while being archived (expected {expected} bytes, read {read})")]
-    Changed { path: PathBuf, expected: u64, read: u64 },
+    Changed {
+        path: PathBuf,
+        expected: u64,
+        read: u64,
+    },
     #[error("{path}: {size} bytes is too large for a newc cpio entry (4 GiB limit)")]
     TooLarge { path: String, size: u64 },
     #[error("cannot write the archive")]
@@ -45,32 +53,94 @@ const S_IFLNK: u32 = 0o120000;
 
 /// Writes `entries` followed by the trailer; returns the bytes written.
 pub fn write<W: Write>(out: W, entries: &[Entry], mtime: u32) -> Result<u64, Error> {
-    let mut out = Counting { inner: out, count: 0 };
+    let mut out = Counting {
+        inner: out,
+        count: 0,
+    };
     for (i, entry) in entries.iter().enumerate() {
         let ino = (i + 1) as u32;
         match &entry.body {
-            Body::Dir => header(&mut out, &entry.path, ino, S_IFDIR | entry.mode, 2, mtime, 0, (0, 0))?,
-            Body::Node { kind, major, minor } => {
-                header(&mut out, &entry.path, ino, kind | entry.mode, 1, mtime, 0, (*major, *minor))?
-            }
+            Body::Dir => header(
+                &mut out,
+                &entry.path,
+                ino,
+                S_IFDIR | entry.mode,
+                2,
+                mtime,
+                0,
+                (0, 0),
+            )?,
+            Body::Node { kind, major, minor } => header(
+                &mut out,
+                &entry.path,
+                ino,
+                kind | entry.mode,
+                1,
+                mtime,
+                0,
+                (*major, *minor),
+            )?,
             Body::Symlink(target) => {
-                header(&mut out, &entry.path, ino, S_IFLNK | 0o777, 1, mtime, target.len() as u64, (0, 0))?;
+                header(
+                    &mut out,
+                    &entry.path,
+                    ino,
+                    S_IFLNK | 0o777,
+                    1,
+                    mtime,
+                    target.len() as u64,
+                    (0, 0),
+                )?;
                 data(&mut out, target.as_bytes())?;
             }
             Body::Bytes(bytes) => {
-                header(&mut out, &entry.path, ino, S_IFREG | entry.mode, 1, mtime, bytes.len() as u64, (0, 0))?;
+                header(
+                    &mut out,
+                    &entry.path,
+                    ino,
+                    S_IFREG | entry.mode,
+                    1,
+                    mtime,
+                    bytes.len() as u64,
+                    (0, 0),
+                )?;
                 data(&mut out, bytes)?;
             }
             Body::File(src) => {
-                let file = std::fs::File::open(src).map_err(|source| Error::Read { path: src.clone(), source })?;
-                let size = file.metadata().map_err(|source| Error::Read { path: src.clone(), source })?.len();
-                header(&mut out, &entry.path, ino, S_IFREG | entry.mode, 1, mtime, size, (0, 0))?;
+                let file = std::fs::File::open(src).map_err(|source| Error::Read {
+                    path: src.clone(),
+                    source,
+                })?;
+                let size = file
+                    .metadata()
+                    .map_err(|source| Error::Read {
+                        path: src.clone(),
+                        source,
+                    })?
+                    .len();
+                header(
+                    &mut out,
+                    &entry.path,
+                    ino,
+                    S_IFREG | entry.mode,
+                    1,
+                    mtime,
+                    size,
+                    (0, 0),
+                )?;
                 let read = io::copy(&mut file.take(size), &mut out).map_err(|source| {
                     // A failed copy is either side's fault; io::copy cannot tell us which.
-                    Error::Read { path: src.clone(), source }
+                    Error::Read {
+                        path: src.clone(),
+                        source,
+                    }
                 })?;
                 if read != size {
-                    return Err(Error::Changed { path: src.clone(), expected: size, read });
+                    return Err(Error::Changed {
+                        path: src.clone(),
+                        expected: size,
+                        read,
+                    });
                 }
                 pad(&mut out)?;
             }
@@ -93,9 +163,14 @@ fn header<W: Write>(
     size: u64,
     rdev: (u32, u32),
 ) -> Result<(), Error> {
-    let size32 = u32::try_from(size).map_err(|_| Error::TooLarge { path: path.into(), size })?;
+    let size32 = u32::try_from(size).map_err(|_| Error::TooLarge {
+        path: path.into(),
+        size,
+    })?;
     let namesize = path.len() as u32 + 1;
-    let fields = [ino, mode, 0, 0, nlink, mtime, size32, 0, 0, rdev.0, rdev.1, namesize, 0];
+    let fields = [
+        ino, mode, 0, 0, nlink, mtime, size32, 0, 0, rdev.0, rdev.1, namesize, 0,
+    ];
     let mut head = String::with_capacity(110);
     head.push_str("070701");
     for f in fields {
@@ -145,11 +220,31 @@ mod tests {
         let f = dir.join("agent");
         std::fs::write(&f, b"#!/bin/sh\necho hi\n").unwrap();
         vec![
-            Entry { path: "bin".into(), mode: 0o755, body: Body::Dir },
-            Entry { path: "bin/sh".into(), mode: 0o777, body: Body::Symlink("busybox".into()) },
-            Entry { path: "etc".into(), mode: 0o755, body: Body::Dir },
-            Entry { path: "etc/drove.toml".into(), mode: 0o644, body: Body::Bytes(b"a = 1\n".to_vec()) },
-            Entry { path: "init".into(), mode: 0o755, body: Body::File(f) },
+            Entry {
+                path: "bin".into(),
+                mode: 0o755,
+                body: Body::Dir,
+            },
+            Entry {
+                path: "bin/sh".into(),
+                mode: 0o777,
+                body: Body::Symlink("busybox".into()),
+            },
+            Entry {
+                path: "etc".into(),
+                mode: 0o755,
+                body: Body::Dir,
+            },
+            Entry {
+                path: "etc/drove.toml".into(),
+                mode: 0o644,
+                body: Body::Bytes(b"a = 1\n".to_vec()),
+            },
+            Entry {
+                path: "init".into(),
+                mode: 0o755,
+                body: Body::File(f),
+            },
         ]
     }
 
@@ -170,10 +265,18 @@ mod tests {
         let out = child.wait_with_output().unwrap();
         assert!(out.status.success());
         let listing = String::from_utf8(out.stdout).unwrap();
-        let names: Vec<&str> = listing.lines().map(|l| l.split_whitespace().nth(8).unwrap()).collect();
+        let names: Vec<&str> = listing
+            .lines()
+            .map(|l| l.split_whitespace().nth(8).unwrap())
+            .collect();
         assert_eq!(names, ["bin", "bin/sh", "etc", "etc/drove.toml", "init"]);
         assert!(listing.contains("bin/sh -> busybox"), "{listing}");
-        assert!(listing.lines().all(|l| l.contains(" root ") || l.contains(" 0 ")), "{listing}");
+        assert!(
+            listing
+                .lines()
+                .all(|l| l.contains(" root ") || l.contains(" 0 ")),
+            "{listing}"
+        );
     }
 
     #[test]
@@ -191,9 +294,18 @@ mod tests {
             .unwrap();
         child.stdin.take().unwrap().write_all(&buf).unwrap();
         assert!(child.wait().unwrap().success());
-        assert_eq!(std::fs::read(dest.join("init")).unwrap(), b"#!/bin/sh\necho hi\n");
-        assert_eq!(std::fs::read(dest.join("etc/drove.toml")).unwrap(), b"a = 1\n");
-        assert_eq!(std::fs::read_link(dest.join("bin/sh")).unwrap().to_str(), Some("busybox"));
+        assert_eq!(
+            std::fs::read(dest.join("init")).unwrap(),
+            b"#!/bin/sh\necho hi\n"
+        );
+        assert_eq!(
+            std::fs::read(dest.join("etc/drove.toml")).unwrap(),
+            b"a = 1\n"
+        );
+        assert_eq!(
+            std::fs::read_link(dest.join("bin/sh")).unwrap().to_str(),
+            Some("busybox")
+        );
     }
 
     #[test]
@@ -207,7 +319,11 @@ mod tests {
 
     #[test]
     fn missing_source_is_named() {
-        let entries = [Entry { path: "x".into(), mode: 0o644, body: Body::File("/nonexistent/drove".into()) }];
+        let entries = [Entry {
+            path: "x".into(),
+            mode: 0o644,
+            body: Body::File("/nonexistent/drove".into()),
+        }];
         let err = write(Vec::new(), &entries, 0).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/drove"));
     }

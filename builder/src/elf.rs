@@ -11,7 +11,10 @@ pub enum Error {
     #[error("{binary}: needs {library}, which is not installed on this machine")]
     Missing { binary: PathBuf, library: String },
     #[error("cannot resolve {path}")]
-    Resolve { path: PathBuf, source: std::io::Error },
+    Resolve {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Path in the image → file on the host holding its bytes. Sorted, so equal inputs plan equally.
@@ -21,17 +24,23 @@ pub type Closure = BTreeMap<String, PathBuf>;
 pub fn closure(binary: &Path) -> Result<Closure, Error> {
     let tree = lddtree::DependencyAnalyzer::new(PathBuf::from("/"))
         .analyze(binary)
-        .map_err(|e| Error::Analyze { binary: binary.into(), message: e.to_string() })?;
+        .map_err(|e| Error::Analyze {
+            binary: binary.into(),
+            message: e.to_string(),
+        })?;
     let mut out = Closure::new();
     if let Some(interp) = &tree.interpreter {
-        let real = std::fs::canonicalize(interp).map_err(|source| Error::Resolve { path: interp.into(), source })?;
+        let real = std::fs::canonicalize(interp).map_err(|source| Error::Resolve {
+            path: interp.into(),
+            source,
+        })?;
         out.insert(image_path(Path::new(interp)), real);
     }
     for (name, lib) in &tree.libraries {
-        let real = lib
-            .realpath
-            .clone()
-            .ok_or_else(|| Error::Missing { binary: binary.into(), library: name.clone() })?;
+        let real = lib.realpath.clone().ok_or_else(|| Error::Missing {
+            binary: binary.into(),
+            library: name.clone(),
+        })?;
         out.insert(image_path(&lib.path), real);
     }
     Ok(out)

@@ -13,15 +13,30 @@ pub enum Error {
     #[error("no kernel found: {dir} has no vmlinuz-* (install one with `apt-get install linux-image-amd64`, or set [kernel] image in the config)")]
     NoKernel { dir: PathBuf },
     #[error("cannot read {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a bzImage (no \"HdrS\" setup header); give a bzImage/vmlinuz")]
     NotBzImage { path: PathBuf },
     #[error("{path}: the modules tree for kernel {release} is missing (expected {expected}); install the matching linux-image package or set [kernel] modules")]
-    NoModules { path: PathBuf, release: String, expected: PathBuf },
+    NoModules {
+        path: PathBuf,
+        release: String,
+        expected: PathBuf,
+    },
     #[error("{path}:{line}: malformed modules.dep line {text:?}")]
-    DepSyntax { path: PathBuf, line: usize, text: String },
+    DepSyntax {
+        path: PathBuf,
+        line: usize,
+        text: String,
+    },
     #[error("module {name:?} is neither in {dep} nor built into kernel {release}")]
-    UnknownModule { name: String, dep: PathBuf, release: String },
+    UnknownModule {
+        name: String,
+        dep: PathBuf,
+        release: String,
+    },
 }
 
 /// The kernel the image boots.
@@ -35,17 +50,25 @@ pub struct Kernel {
 
 /// Finds the newest `vmlinuz-*` in `boot_dir` (by version order, not mtime).
 pub fn newest_in(boot_dir: &Path) -> Result<PathBuf, Error> {
-    let entries = std::fs::read_dir(boot_dir).map_err(|source| Error::Read { path: boot_dir.into(), source })?;
+    let entries = std::fs::read_dir(boot_dir).map_err(|source| Error::Read {
+        path: boot_dir.into(),
+        source,
+    })?;
     let mut found: Vec<(Vec<VersionPart>, PathBuf)> = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|source| Error::Read { path: boot_dir.into(), source })?;
+        let entry = entry.map_err(|source| Error::Read {
+            path: boot_dir.into(),
+            source,
+        })?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if let Some(version) = name.strip_prefix("vmlinuz-") {
             found.push((version_key(version), entry.path()));
         }
     }
     found.sort();
-    found.pop().map(|(_, p)| p).ok_or_else(|| Error::NoKernel { dir: boot_dir.into() })
+    found.pop().map(|(_, p)| p).ok_or_else(|| Error::NoKernel {
+        dir: boot_dir.into(),
+    })
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,8 +108,14 @@ fn version_key(v: &str) -> Vec<VersionPart> {
 /// string `file(1)` prints), so a kernel given by path needs no separate version setting.
 pub fn release_of(image: &Path) -> Result<String, Error> {
     let mut head = vec![0u8; 0x10000];
-    let mut file = std::fs::File::open(image).map_err(|source| Error::Read { path: image.into(), source })?;
-    let n = read_up_to(&mut file, &mut head).map_err(|source| Error::Read { path: image.into(), source })?;
+    let mut file = std::fs::File::open(image).map_err(|source| Error::Read {
+        path: image.into(),
+        source,
+    })?;
+    let n = read_up_to(&mut file, &mut head).map_err(|source| Error::Read {
+        path: image.into(),
+        source,
+    })?;
     head.truncate(n);
     let not_bz = || Error::NotBzImage { path: image.into() };
     if head.get(0x202..0x206) != Some(b"HdrS") {
@@ -94,7 +123,10 @@ pub fn release_of(image: &Path) -> Result<String, Error> {
     }
     let ptr = u16::from_le_bytes([head[0x20e], head[0x20f]]) as usize + 0x200;
     let tail = head.get(ptr..).ok_or_else(not_bz)?;
-    let end = tail.iter().position(|&b| b == 0 || b == b' ').ok_or_else(not_bz)?;
+    let end = tail
+        .iter()
+        .position(|&b| b == 0 || b == b' ')
+        .ok_or_else(not_bz)?;
     let release = std::str::from_utf8(&tail[..end]).map_err(|_| not_bz())?;
     if release.is_empty() {
         return Err(not_bz());
@@ -130,9 +162,17 @@ pub fn resolve(
         None => modules_root.join(&release),
     };
     if !modules_dir.join("modules.dep").is_file() {
-        return Err(Error::NoModules { path: image, release, expected: modules_dir.join("modules.dep") });
+        return Err(Error::NoModules {
+            path: image,
+            release,
+            expected: modules_dir.join("modules.dep"),
+        });
     }
-    Ok(Kernel { image, release, modules_dir: Some(modules_dir) })
+    Ok(Kernel {
+        image,
+        release,
+        modules_dir: Some(modules_dir),
+    })
 }
 
 /// Module names are compared with `-` and `_` folded, as modprobe does.
@@ -157,11 +197,18 @@ pub struct ModulesDep {
 impl ModulesDep {
     pub fn load(dir: &Path) -> Result<Self, Error> {
         let dep_path = dir.join("modules.dep");
-        let text = std::fs::read_to_string(&dep_path).map_err(|source| Error::Read { path: dep_path.clone(), source })?;
+        let text = std::fs::read_to_string(&dep_path).map_err(|source| Error::Read {
+            path: dep_path.clone(),
+            source,
+        })?;
         let mut dep = Self::parse(&text, &dep_path)?;
         // modules.builtin is optional: a kernel with no built-in modules may lack it.
         if let Ok(text) = std::fs::read_to_string(dir.join("modules.builtin")) {
-            dep.builtin = text.lines().filter(|l| !l.is_empty()).map(module_name).collect();
+            dep.builtin = text
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(module_name)
+                .collect();
         }
         Ok(dep)
     }
@@ -179,21 +226,36 @@ impl ModulesDep {
             })?;
             let module = module.trim();
             if module.is_empty() || !module.contains(".ko") {
-                return Err(Error::DepSyntax { path: path.into(), line: i + 1, text: line.into() });
+                return Err(Error::DepSyntax {
+                    path: path.into(),
+                    line: i + 1,
+                    text: line.into(),
+                });
             }
             let deps = deps.split_whitespace().map(String::from).collect();
             modules.insert(module_name(module), (module.to_string(), deps));
         }
-        Ok(ModulesDep { modules, builtin: BTreeSet::new() })
+        Ok(ModulesDep {
+            modules,
+            builtin: BTreeSet::new(),
+        })
     }
 
     /// The closure of `wanted`: every module file needed, dependencies included, sorted by path.
     /// Built-in modules are satisfied without a file.
-    pub fn closure(&self, wanted: &[String], dep_path: &Path, release: &str) -> Result<Closure, Error> {
+    pub fn closure(
+        &self,
+        wanted: &[String],
+        dep_path: &Path,
+        release: &str,
+    ) -> Result<Closure, Error> {
         let mut files = BTreeSet::new();
         let mut builtin = BTreeSet::new();
-        let by_path: BTreeMap<&str, &Vec<String>> =
-            self.modules.values().map(|(p, d)| (p.as_str(), d)).collect();
+        let by_path: BTreeMap<&str, &Vec<String>> = self
+            .modules
+            .values()
+            .map(|(p, d)| (p.as_str(), d))
+            .collect();
         for name in wanted {
             let key = normalize(name);
             match self.modules.get(&key) {
@@ -211,19 +273,35 @@ impl ModulesDep {
                     builtin.insert(key);
                 }
                 None => {
-                    return Err(Error::UnknownModule { name: name.clone(), dep: dep_path.into(), release: release.into() })
+                    return Err(Error::UnknownModule {
+                        name: name.clone(),
+                        dep: dep_path.into(),
+                        release: release.into(),
+                    })
                 }
             }
         }
         let dep_lines = files
             .iter()
             .map(|p| {
-                let deps = by_path.get(p.as_str()).map(|d| d.iter().map(|d| uncompressed(d)).collect::<Vec<_>>());
-                format!("{}: {}", uncompressed(p), deps.unwrap_or_default().join(" ")).trim_end().to_string()
+                let deps = by_path
+                    .get(p.as_str())
+                    .map(|d| d.iter().map(|d| uncompressed(d)).collect::<Vec<_>>());
+                format!(
+                    "{}: {}",
+                    uncompressed(p),
+                    deps.unwrap_or_default().join(" ")
+                )
+                .trim_end()
+                .to_string()
             })
             .collect::<Vec<_>>()
             .join("\n");
-        Ok(Closure { files: files.into_iter().collect(), builtin: builtin.into_iter().collect(), modules_dep: dep_lines + "\n" })
+        Ok(Closure {
+            files: files.into_iter().collect(),
+            builtin: builtin.into_iter().collect(),
+            modules_dep: dep_lines + "\n",
+        })
     }
 }
 
@@ -268,39 +346,67 @@ kernel/lib/libcrc32c.ko:\n";
 
     #[test]
     fn closure_follows_dependencies() {
-        let c = dep().closure(&["nf_tables".into(), "8139too".into()], Path::new("m"), "r").unwrap();
-        assert_eq!(c.files, [
-            "kernel/drivers/net/ethernet/realtek/8139too.ko",
-            "kernel/drivers/net/mii.ko",
-            "kernel/lib/libcrc32c.ko",
-            "kernel/net/netfilter/nf_tables.ko",
-            "kernel/net/netfilter/nfnetlink.ko",
-        ]);
+        let c = dep()
+            .closure(&["nf_tables".into(), "8139too".into()], Path::new("m"), "r")
+            .unwrap();
+        assert_eq!(
+            c.files,
+            [
+                "kernel/drivers/net/ethernet/realtek/8139too.ko",
+                "kernel/drivers/net/mii.ko",
+                "kernel/lib/libcrc32c.ko",
+                "kernel/net/netfilter/nf_tables.ko",
+                "kernel/net/netfilter/nfnetlink.ko",
+            ]
+        );
         assert!(c.modules_dep.contains("kernel/net/netfilter/nf_tables.ko: kernel/net/netfilter/nfnetlink.ko kernel/lib/libcrc32c.ko\n"));
         assert!(c.modules_dep.contains("kernel/drivers/net/mii.ko:\n"));
     }
 
     #[test]
     fn dashes_and_compression_are_folded() {
-        let c = dep().closure(&["ne2k-pci".into()], Path::new("m"), "r").unwrap();
+        let c = dep()
+            .closure(&["ne2k-pci".into()], Path::new("m"), "r")
+            .unwrap();
         assert_eq!(c.files.len(), 2);
-        assert!(c.modules_dep.starts_with("kernel/drivers/net/ethernet/8390/8390.ko:\n"), "{}", c.modules_dep);
-        assert!(c.modules_dep.contains("ne2k-pci.ko: kernel/drivers/net/ethernet/8390/8390.ko\n"));
+        assert!(
+            c.modules_dep
+                .starts_with("kernel/drivers/net/ethernet/8390/8390.ko:\n"),
+            "{}",
+            c.modules_dep
+        );
+        assert!(c
+            .modules_dep
+            .contains("ne2k-pci.ko: kernel/drivers/net/ethernet/8390/8390.ko\n"));
     }
 
     #[test]
     fn builtin_and_unknown_modules() {
-        let c = dep().closure(&["af-packet".into()], Path::new("m"), "r").unwrap();
+        let c = dep()
+            .closure(&["af-packet".into()], Path::new("m"), "r")
+            .unwrap();
         assert!(c.files.is_empty());
         assert_eq!(c.builtin, ["af_packet"]);
-        let err = dep().closure(&["nosuch".into()], Path::new("/lib/modules/r/modules.dep"), "r").unwrap_err();
-        assert_eq!(err.to_string(), "module \"nosuch\" is neither in /lib/modules/r/modules.dep nor built into kernel r");
+        let err = dep()
+            .closure(
+                &["nosuch".into()],
+                Path::new("/lib/modules/r/modules.dep"),
+                "r",
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "module \"nosuch\" is neither in /lib/modules/r/modules.dep nor built into kernel r"
+        );
     }
 
     #[test]
     fn bad_dep_line_names_line() {
         let err = ModulesDep::parse("a.ko:\nbogus line\n", Path::new("x/modules.dep")).unwrap_err();
-        assert_eq!(err.to_string(), "x/modules.dep:2: malformed modules.dep line \"bogus line\"");
+        assert_eq!(
+            err.to_string(),
+            "x/modules.dep:2: malformed modules.dep line \"bogus line\""
+        );
     }
 
     #[test]
@@ -310,9 +416,14 @@ kernel/lib/libcrc32c.ko:\n";
             std::fs::write(dir.path().join(format!("vmlinuz-{v}")), b"").unwrap();
         }
         std::fs::write(dir.path().join("config-9.9"), b"").unwrap();
-        assert!(newest_in(dir.path()).unwrap().ends_with("vmlinuz-6.1.0-10-amd64"));
+        assert!(newest_in(dir.path())
+            .unwrap()
+            .ends_with("vmlinuz-6.1.0-10-amd64"));
         let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(newest_in(empty.path()), Err(Error::NoKernel { .. })));
+        assert!(matches!(
+            newest_in(empty.path()),
+            Err(Error::NoKernel { .. })
+        ));
     }
 
     #[test]
@@ -333,8 +444,21 @@ kernel/lib/libcrc32c.ko:\n";
     #[test]
     fn real_distro_kernel_if_present() {
         // The Makefile installs linux-image-amd64; on such a host check the real header and tree.
-        let Ok(image) = newest_in(Path::new("/boot")) else { return };
-        let k = resolve(Some(&image), None, Path::new("/boot"), Path::new("/lib/modules")).unwrap();
-        assert!(image.to_string_lossy().ends_with(&k.release), "{} vs {}", image.display(), k.release);
+        let Ok(image) = newest_in(Path::new("/boot")) else {
+            return;
+        };
+        let k = resolve(
+            Some(&image),
+            None,
+            Path::new("/boot"),
+            Path::new("/lib/modules"),
+        )
+        .unwrap();
+        assert!(
+            image.to_string_lossy().ends_with(&k.release),
+            "{} vs {}",
+            image.display(),
+            k.release
+        );
     }
 }

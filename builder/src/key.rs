@@ -9,9 +9,15 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read cluster key {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot create cluster key {path}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a drove cluster key (expected 64 hex digits)")]
     Malformed { path: PathBuf },
     #[error("no random source for a new cluster key")]
@@ -45,7 +51,10 @@ impl ClusterKey {
                 Ok((ClusterKey(hex.to_ascii_lowercase()), false))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Self::create(path)?, true)),
-            Err(source) => Err(Error::Read { path: path.into(), source }),
+            Err(source) => Err(Error::Read {
+                path: path.into(),
+                source,
+            }),
         }
     }
 
@@ -53,12 +62,20 @@ impl ClusterKey {
         let mut bytes = [0u8; 32];
         getrandom::getrandom(&mut bytes).map_err(Error::Random)?;
         let key = ClusterKey(hex::encode(bytes));
-        let werr = |source| Error::Write { path: path.into(), source };
+        let werr = |source| Error::Write {
+            path: path.into(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(werr)?;
         }
         // create_new: two builds racing never overwrite each other's key.
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(werr)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(werr)?;
         f.write_all(&key.file_bytes()).map_err(werr)?;
         f.sync_all().map_err(werr)?;
         Ok(key)
@@ -94,7 +111,10 @@ mod tests {
         let (b, created) = ClusterKey::load_or_create(&p).unwrap();
         assert!(!created);
         assert_eq!(a, b);
-        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(format!("{a:?}"), "ClusterKey(<redacted>)");
     }
 
@@ -109,6 +129,9 @@ mod tests {
 
     #[test]
     fn key_sits_beside_the_config() {
-        assert_eq!(default_path(Some(Path::new("/site/lab.toml")), "lab"), PathBuf::from("/site/lab.key"));
+        assert_eq!(
+            default_path(Some(Path::new("/site/lab.toml")), "lab"),
+            PathBuf::from("/site/lab.key")
+        );
     }
 }

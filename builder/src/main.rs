@@ -9,7 +9,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "drove", version, about = "Turn surplus PCs into a process-migration cluster")]
+#[command(
+    name = "drove",
+    version,
+    about = "Turn surplus PCs into a process-migration cluster"
+)]
 struct Cli {
     /// Only print errors.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
@@ -87,10 +91,22 @@ fn main() {
 
 fn init_logging(quiet: bool, verbose: bool) {
     // Step lines are the normal output; library logs show with -v (commands) or DROVE_LOG.
-    let level = if verbose { "debug" } else if quiet { "error" } else { "warn" };
+    let level = if verbose {
+        "debug"
+    } else if quiet {
+        "error"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("DROVE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("drove={level},warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).without_time().init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .init();
 }
 
 fn load(config: Option<&PathBuf>) -> Result<Loaded> {
@@ -102,7 +118,12 @@ fn load(config: Option<&PathBuf>) -> Result<Loaded> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Build { config, out, outputs, server } => {
+        Command::Build {
+            config,
+            out,
+            outputs,
+            server,
+        } => {
             let loaded = load(config.as_ref())?;
             let mut opts = Options::new(out);
             opts.quiet = cli.quiet;
@@ -112,10 +133,19 @@ fn run(cli: Cli) -> Result<()> {
             }
             build::build(&loaded, &opts).context("build failed")?;
         }
-        Command::Config { command: ConfigCommand::Default } => print!("{}", Config::default_cluster().to_toml()),
-        Command::Config { command: ConfigCommand::Check { file } } => {
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => print!("{}", Config::default_cluster().to_toml()),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => {
             let loaded = Loaded::from_file(&file)?;
-            println!("{}: ok (cluster {}, {} mapped nodes)", file.display(), loaded.config.cluster.name, loaded.map.nodes().len());
+            println!(
+                "{}: ok (cluster {}, {} mapped nodes)",
+                file.display(),
+                loaded.config.cluster.name,
+                loaded.map.nodes().len()
+            );
         }
         Command::Serve { dir, listen } => drove::serve::serve(&dir, listen)?,
         Command::Status { node, json, watch } => {

@@ -12,17 +12,29 @@ pub struct Steps {
 
 impl Steps {
     pub fn new(quiet: bool) -> Self {
-        Steps { quiet, started: Instant::now(), timings: Vec::new() }
+        Steps {
+            quiet,
+            started: Instant::now(),
+            timings: Vec::new(),
+        }
     }
 
     /// Runs `f` as the step `name`; on success prints the step, its time and what `f` reports.
-    pub fn run<T, E>(&mut self, name: &str, f: impl FnOnce() -> Result<(T, String), E>) -> Result<T, E> {
+    pub fn run<T, E>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce() -> Result<(T, String), E>,
+    ) -> Result<T, E> {
         tracing::debug!("step: {name}");
         let start = Instant::now();
         let (value, detail) = f()?;
         let took = start.elapsed();
         if !self.quiet {
-            let detail = if detail.is_empty() { String::new() } else { format!(" ({detail})") };
+            let detail = if detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({detail})")
+            };
             eprintln!("drove: [{:>6.2}s] {name}{detail}", took.as_secs_f64());
         }
         self.timings.push((name.to_string(), took));
