@@ -15,12 +15,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use axum::body::HttpBody as _;
 use axum::extract::{ConnectInfo, Request};
 use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::Router;
-use axum::body::HttpBody as _;
 use tower_http::services::ServeDir;
 
 /// The directory `drove serve` serves when `--dir` is not given (relative to the working directory).
@@ -40,13 +40,22 @@ pub enum Error {
     #[error("cannot serve {}: not a directory", .path.display())]
     NotADir { path: PathBuf },
     #[error("cannot serve {}", .path.display())]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot start the HTTP runtime")]
     Runtime { source: std::io::Error },
     #[error("HTTP server on {addr} failed")]
-    Serve { addr: SocketAddr, source: std::io::Error },
+    Serve {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A server bound to its address but not yet serving. Binding first lets callers ask for port 0
@@ -62,17 +71,38 @@ pub struct Server {
 pub fn bind(dir: &Path, listen: SocketAddr) -> Result<Server, Error> {
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(Error::NotADir { path: dir.to_owned() }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::MissingDir { path: dir.to_owned() })
+        Ok(_) => {
+            return Err(Error::NotADir {
+                path: dir.to_owned(),
+            })
         }
-        Err(source) => return Err(Error::Dir { path: dir.to_owned(), source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::MissingDir {
+                path: dir.to_owned(),
+            })
+        }
+        Err(source) => {
+            return Err(Error::Dir {
+                path: dir.to_owned(),
+                source,
+            })
+        }
     }
     let listener = std::net::TcpListener::bind(listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| Error::Bind { addr: listen, source })?;
-    let addr = listener.local_addr().map_err(|source| Error::Bind { addr: listen, source })?;
-    Ok(Server { dir: dir.to_owned(), listener, addr })
+        .map_err(|source| Error::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| Error::Bind {
+        addr: listen,
+        source,
+    })?;
+    Ok(Server {
+        dir: dir.to_owned(),
+        listener,
+        addr,
+    })
 }
 
 /// `drove serve`: binds, prints `drove: serving <dir> on http://<addr>/` on stdout and serves until
@@ -131,13 +161,24 @@ impl Server {
                 result.map_err(|source| Error::Serve { addr, source })
             })
             .map_err(|source| Error::Runtime { source })?;
-        Ok(Handle { addr, dir, stop: Some(stop_tx), thread: Some(thread) })
+        Ok(Handle {
+            addr,
+            dir,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
     }
 
-    async fn serve_until(self, stop: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    async fn serve_until(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
         let app = router(&self.dir);
-        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>());
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        );
         // Stop accepting at once when asked; the caller's runtime shutdown bounds in-flight
         // transfers (an iPXE client may keep a connection open forever).
         tokio::select! {
@@ -207,7 +248,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
 fn router(dir: &Path) -> Router {
     // No index.html magic and no directory listings: the directory holds boot files, nothing else.
     let files = ServeDir::new(dir).append_index_html_on_directories(false);
-    Router::new().fallback_service(files).layer(middleware::from_fn(log_access))
+    Router::new()
+        .fallback_service(files)
+        .layer(middleware::from_fn(log_access))
 }
 
 /// One access-log line per request: peer, method, path, status, body bytes announced.
@@ -218,7 +261,11 @@ async fn log_access(request: Request, next: Next) -> Response {
         .map_or_else(|| "-".to_owned(), |ConnectInfo(addr)| addr.to_string());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let range = request.headers().get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let range = request
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let response = next.run(request).await;
     let bytes = response
         .body()
@@ -281,13 +328,18 @@ mod tests {
 
     impl Reply {
         fn header(&self, name: &str) -> Option<&str> {
-            self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+            self.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
         }
     }
 
     fn request(addr: SocketAddr, method: &str, path: &str, extra: &[(&str, &str)]) -> Reply {
         let mut stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
         for (k, v) in extra {
             req.push_str(&format!("{k}: {v}\r\n"));
@@ -300,12 +352,23 @@ mod tests {
         let head = String::from_utf8(raw[..split].to_vec()).unwrap();
         let body = raw[split + 4..].to_vec();
         let mut lines = head.split("\r\n");
-        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let status = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         let headers = lines
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
             .collect();
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     fn fixture() -> (tempfile::TempDir, Vec<u8>) {
@@ -318,7 +381,10 @@ mod tests {
     }
 
     fn start(dir: &Path) -> Handle {
-        bind(dir, "127.0.0.1:0".parse().unwrap()).unwrap().spawn().unwrap()
+        bind(dir, "127.0.0.1:0".parse().unwrap())
+            .unwrap()
+            .spawn()
+            .unwrap()
     }
 
     #[test]
@@ -328,7 +394,10 @@ mod tests {
         assert_ne!(server.local_addr().port(), 0);
         let reply = request(server.local_addr(), "GET", "/vmlinuz", &[]);
         assert_eq!(reply.status, 200);
-        assert_eq!(reply.header("content-length"), Some(data.len().to_string().as_str()));
+        assert_eq!(
+            reply.header("content-length"),
+            Some(data.len().to_string().as_str())
+        );
         assert_eq!(reply.header("accept-ranges"), Some("bytes"));
         assert_eq!(reply.body, data);
         server.stop().unwrap();
@@ -340,7 +409,10 @@ mod tests {
         let server = start(&root.path().join("pxe"));
         let reply = request(server.local_addr(), "HEAD", "/vmlinuz", &[]);
         assert_eq!(reply.status, 200);
-        assert_eq!(reply.header("content-length"), Some(data.len().to_string().as_str()));
+        assert_eq!(
+            reply.header("content-length"),
+            Some(data.len().to_string().as_str())
+        );
         assert!(reply.body.is_empty());
     }
 
@@ -348,21 +420,44 @@ mod tests {
     fn range_request() {
         let (root, data) = fixture();
         let server = start(&root.path().join("pxe"));
-        let reply = request(server.local_addr(), "GET", "/vmlinuz", &[("Range", "bytes=1000-1999")]);
+        let reply = request(
+            server.local_addr(),
+            "GET",
+            "/vmlinuz",
+            &[("Range", "bytes=1000-1999")],
+        );
         assert_eq!(reply.status, 206);
-        assert_eq!(reply.header("content-range"), Some(format!("bytes 1000-1999/{}", data.len()).as_str()));
+        assert_eq!(
+            reply.header("content-range"),
+            Some(format!("bytes 1000-1999/{}", data.len()).as_str())
+        );
         assert_eq!(reply.header("content-length"), Some("1000"));
         assert_eq!(reply.body, &data[1000..2000]);
 
         // Open-ended and suffix ranges, as download tools send them.
-        let reply = request(server.local_addr(), "GET", "/vmlinuz", &[("Range", "bytes=99990-")]);
+        let reply = request(
+            server.local_addr(),
+            "GET",
+            "/vmlinuz",
+            &[("Range", "bytes=99990-")],
+        );
         assert_eq!(reply.status, 206);
         assert_eq!(reply.body, &data[99_990..]);
-        let reply = request(server.local_addr(), "GET", "/vmlinuz", &[("Range", "bytes=-10")]);
+        let reply = request(
+            server.local_addr(),
+            "GET",
+            "/vmlinuz",
+            &[("Range", "bytes=-10")],
+        );
         assert_eq!(reply.status, 206);
         assert_eq!(reply.body, &data[data.len() - 10..]);
 
-        let reply = request(server.local_addr(), "GET", "/vmlinuz", &[("Range", "bytes=200000-")]);
+        let reply = request(
+            server.local_addr(),
+            "GET",
+            "/vmlinuz",
+            &[("Range", "bytes=200000-")],
+        );
         assert_eq!(reply.status, 416);
     }
 
@@ -370,7 +465,10 @@ mod tests {
     fn missing_file_is_404() {
         let (root, _) = fixture();
         let server = start(&root.path().join("pxe"));
-        assert_eq!(request(server.local_addr(), "GET", "/nope.img", &[]).status, 404);
+        assert_eq!(
+            request(server.local_addr(), "GET", "/nope.img", &[]).status,
+            404
+        );
         // Directories are not listed.
         assert_eq!(request(server.local_addr(), "GET", "/", &[]).status, 404);
     }
@@ -379,7 +477,13 @@ mod tests {
     fn path_traversal_does_not_escape() {
         let (root, _) = fixture();
         let server = start(&root.path().join("pxe"));
-        for path in ["/../secret", "/%2e%2e/secret", "/..%2fsecret", "/../../../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd"] {
+        for path in [
+            "/../secret",
+            "/%2e%2e/secret",
+            "/..%2fsecret",
+            "/../../../../etc/passwd",
+            "/%2e%2e/%2e%2e/etc/passwd",
+        ] {
             let reply = request(server.local_addr(), "GET", path, &[]);
             assert_eq!(reply.status, 404, "{path}");
             assert!(!reply.body.windows(7).any(|w| w == b"outside"), "{path}");
@@ -393,7 +497,10 @@ mod tests {
         let dir = root.path().join("absent");
         let err = bind(&dir, "127.0.0.1:0".parse().unwrap()).unwrap_err();
         assert!(matches!(err, Error::MissingDir { .. }));
-        assert!(err.to_string().contains(&dir.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&dir.display().to_string()),
+            "{err}"
+        );
 
         let file = root.path().join("secret");
         let err = bind(&file, "127.0.0.1:0".parse().unwrap()).unwrap_err();
