@@ -478,6 +478,8 @@ impl Membership {
         for m in self.members.values_mut() {
             m.conflict = None;
         }
+        // A clash that ended and comes back is told again.
+        self.conflicts_told.retain(|(n, a)| by_number.get(n) == Some(a));
         for (number, addrs) in by_number {
             if addrs.len() < 2 {
                 continue;
@@ -798,6 +800,13 @@ mod tests {
         assert_eq!(events.iter().filter(|e| e.kind == EventKind::Conflict).count(), 1, "{events:?}");
         a.tick(100);
         assert!(a.take_events().iter().all(|e| e.kind != EventKind::Conflict), "told once");
+        // The other one goes down: the conflict is gone; it comes back: told again.
+        a.tick(10_000);
+        assert_eq!(a.self_conflict(), None);
+        assert!(a.table(10_000).iter().all(|r| r.conflict.is_none()));
+        let (_, m) = b.tick(10_000).into_iter().next().unwrap();
+        a.receive(10_005, addr(2), &m).unwrap();
+        assert_eq!(a.take_events().iter().filter(|e| e.kind == EventKind::Conflict).count(), 1);
     }
 
     #[test]
