@@ -33,6 +33,9 @@ pub const POLL: Duration = Duration::from_millis(100);
 /// One HTTP request to an agent gives up after this long (a stuck guest must not stall a poll).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// From a node's ready line to its API answering.
+pub const API_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The test cluster's name.
 pub const CLUSTER_NAME: &str = "t";
 
@@ -172,6 +175,9 @@ pub struct Node {
     pub api: SocketAddr,
     /// The ready line it printed.
     pub ready: String,
+    /// The node name from the ready line (`nodeN` for mapped nodes; outside the map the agent
+    /// derives a number from the MAC).
+    pub name: String,
     /// Power-on to the ready line.
     pub boot_time: Duration,
 }
@@ -182,6 +188,8 @@ pub struct Cluster {
     nodes: Vec<(u32, Option<Node>)>,
     images: Vec<(u32, Arc<ClusterImage>)>,
     boots: Vec<(u32, u32)>,
+    /// Nodes 1..=mapped were started by `start` and are in the map.
+    mapped: u32,
     switch: VdeSwitch,
     prefix: String,
 }
@@ -199,6 +207,7 @@ impl Cluster {
             nodes: Vec::new(),
             images: Vec::new(),
             boots: Vec::new(),
+            mapped: n,
             switch: VdeSwitch::start()?,
             prefix: prefix.to_owned(),
         };
@@ -208,7 +217,7 @@ impl Cluster {
             spawned.push(cluster.spawn(number, &image)?);
         }
         for node in spawned {
-            let node = Self::finish_boot(node)?;
+            let node = Self::finish_boot(node, true)?;
             cluster.put(node);
         }
         Ok(cluster)
@@ -246,29 +255,57 @@ impl Cluster {
             .nic(Nic::vde(&self.switch).mac(cluster_mac(number)))
             .nic(Nic::user().mac(format!("52:54:00:00:01:{number:02x}")).hostfwd(port, API_PORT))
             .spawn()?;
-        Ok(Node { number, vm, api: SocketAddr::from(([127, 0, 0, 1], port)), ready: String::new(), boot_time: Duration::ZERO })
+        Ok(Node { number, vm, api: SocketAddr::from(([127, 0, 0, 1], port)), ready: String::new(), name: String::new(), boot_time: Duration::ZERO })
     }
 
-    fn finish_boot(mut node: Node) -> Result<Node, Error> {
+    /// Waits for the ready line and checks the address in it (static, from the MAC) and, for a
+    /// node in the map (`mapped`), the name `nodeN`.
+    fn finish_boot(mut node: Node, mapped: bool) -> Result<Node, Error> {
         let line = node.vm.wait_ready(BOOT_TIMEOUT)?;
         node.boot_time = node.vm.uptime();
-        let expected = format!("drove: ready node=node{} addr={}", node.number, cluster_addr(node.number));
-        if !line.contains(&expected) {
-            return Err(Error::Cluster { what: format!("{}: ready line {line:?}, expected {expected:?}", node.vm.name()) });
+        let re = regex::Regex::new(r"drove: ready node=(\S+) addr=(\S+)").map_err(|e| Error::Cluster { what: e.to_string() })?;
+        let (name, addr) = re
+            .captures(&line)
+            .map(|c| (c[1].to_owned(), c[2].to_owned()))
+            .ok_or_else(|| Error::Cluster { what: format!("{}: malformed ready line {line:?}", node.vm.name()) })?;
+        let expected_name = format!("node{}", node.number);
+        if addr != cluster_addr(node.number).to_string() || (mapped && name != expected_name) {
+            return Err(Error::Cluster {
+                what: format!("{}: ready line {line:?}, expected addr={} (and node={expected_name} if mapped)", node.vm.name(), cluster_addr(node.number)),
+            });
         }
-        eprintln!("drove-qemu-tests: {} ready after {:.1}s; API http://{}/api/cluster", node.vm.name(), node.boot_time.as_secs_f64(), node.api);
+        node.name = name;
+        // The API may come up a moment after the ready line (DHCP on the forwarded NIC, the
+        // daemon starting): a node counts as booted once it answers.
+        let api = [(node.number, node.api.to_string())];
+        let answered = poll_until(&api, Instant::now(), API_TIMEOUT, |_, _| true).map_err(|pending| Error::Condition {
+            node: node.number,
+            what: "an answer from the API".into(),
+            timeout: API_TIMEOUT,
+            last: pending.into_iter().next().map(|(_, last)| last).unwrap_or_default(),
+            report: node.vm.report(),
+        })?;
+        let api_after = answered.first().map_or(Duration::ZERO, |o| o.after);
+        eprintln!(
+            "drove-qemu-tests: {} ready after {:.1}s, API answering {:.1}s later: http://{}/api/cluster",
+            node.vm.name(),
+            node.boot_time.as_secs_f64(),
+            api_after.as_secs_f64(),
+            node.api
+        );
         node.ready = line;
         Ok(node)
     }
 
     /// Boots one more node, `number`, from `image` (for instance one with another cluster key)
-    /// on the same switch, and waits for its ready line.
+    /// on the same switch, and waits for its ready line. `number` picks the MAC and so the static
+    /// address; a node outside the map may name itself differently (see [`Node::name`]).
     pub fn add(&mut self, number: u32, image: &ClusterImage) -> Result<&Node, Error> {
         if self.get(number).is_some() {
             return Err(Error::Cluster { what: format!("node {number} is running already") });
         }
         let node = self.spawn(number, &Arc::new(image.clone()))?;
-        let node = Self::finish_boot(node)?;
+        let node = Self::finish_boot(node, false)?;
         self.put(node);
         self.node(number)
     }
@@ -337,8 +374,9 @@ impl Cluster {
             .find(|(n, _)| *n == number)
             .map(|(_, image)| Arc::clone(image))
             .ok_or_else(|| Error::Cluster { what: format!("node {number} never ran") })?;
+        let mapped = number <= self.mapped;
         let node = self.spawn(number, &image)?;
-        let node = Self::finish_boot(node)?;
+        let node = Self::finish_boot(node, mapped)?;
         self.put(node);
         self.node(number)
     }

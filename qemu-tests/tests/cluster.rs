@@ -95,23 +95,40 @@ fn membership_failure_detection_and_wrong_key() -> Result<(), Error> {
 
     // (c) A fourth node with another cluster key on the same segment, with a static address the
     // config knows: it must never appear in the others' tables, and must believe none of them.
-    cluster.add(4, &images.other)?;
+    let intruder_name = cluster.add(4, &images.other)?.name.clone();
+    let intruder_number = cluster.table(4)?.self_number;
+    eprintln!("wrong-key node up as {intruder_name} (number {intruder_number}, {})", cluster_addr(4));
     let watch_start = Instant::now();
+    // A request that times out (TCG under load) is skipped, not a failure; every table must
+    // still have been checked many times.
+    let mut checked = [0u32; 4];
     let mut polls = 0u32;
     while watch_start.elapsed() < INTRUDER_WATCH {
         for observer in all {
-            let t = cluster.table(observer)?;
-            let intruder = t.nodes.iter().find(|n| n.number == 4 || n.addr == cluster_addr(4).to_string());
+            let t = match cluster.table(observer) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("poll skipped: {e:?}");
+                    continue;
+                }
+            };
+            let intruder = t.nodes.iter().find(|n| {
+                n.number == 4 || n.number == intruder_number || n.name == intruder_name || n.addr == cluster_addr(4).to_string()
+            });
             assert!(intruder.is_none(), "node {observer} lists the wrong-key node:\n{}", show(&cluster, observer, &t));
             assert_eq!(t.nodes.iter().map(|n| n.number).collect::<Vec<_>>(), all, "node {observer}:\n{}", show(&cluster, observer, &t));
+            checked[observer as usize - 1] += 1;
         }
-        let t = cluster.table(4)?;
-        let believed: Vec<u32> = t.nodes.iter().filter(|n| n.number != t.self_number && n.state == State::Up).map(|n| n.number).collect();
-        assert!(believed.is_empty(), "the wrong-key node believes nodes {believed:?} are up:\n{}", show(&cluster, 4, &t));
+        if let Ok(t) = cluster.table(4) {
+            let believed: Vec<u32> = t.nodes.iter().filter(|n| n.number != t.self_number && n.state == State::Up).map(|n| n.number).collect();
+            assert!(believed.is_empty(), "the wrong-key node believes nodes {believed:?} are up:\n{}", show(&cluster, 4, &t));
+            checked[3] += 1;
+        }
         polls += 1;
         std::thread::sleep(Duration::from_millis(250));
     }
-    eprintln!("wrong-key node 4 watched for {:.1}s ({polls} polls of every table): never listed", watch_start.elapsed().as_secs_f64());
+    assert!(checked.iter().all(|c| *c >= 10), "too few answers to judge: {checked:?} of {polls} polls");
+    eprintln!("wrong-key node 4 watched for {:.1}s ({polls} polls, answers per node {checked:?}): never listed", watch_start.elapsed().as_secs_f64());
     // The rightful members are unharmed.
     let seen = cluster.wait_all(&all, Instant::now(), Duration::from_secs(10), "all three still up", |observer, t| sane(t, observer, &all))?;
     for o in &seen {
