@@ -19,6 +19,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::broadcast;
 
+/// Starts the line the daemon logs once its sockets are bound (PID 1 waits for it).
+pub const LISTENING: &str = "cluster daemon listening:";
+
 /// How often the daemon wakes to age entries (gossip itself goes out once a `period`).
 const TICK: Duration = Duration::from_millis(100);
 
@@ -128,7 +131,7 @@ async fn serve(shared: Arc<Shared>, port: u16, gossip: bool) -> std::io::Result<
     let udp = Arc::new(UdpSocket::bind(any).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind udp {any}: {e}")))?);
     {
         let m = shared.membership();
-        info!("cluster daemon: {} (number {}) at {}; gossip udp/{port}, API http://{}:{port}/api/cluster", m.me().name, m.me().number, m.me().addr, m.me().addr);
+        info!("{LISTENING} {} (number {}) at {}; gossip udp/{port}, API http://{}:{port}/api/cluster", m.me().name, m.me().number, m.me().addr, m.me().addr);
     }
     let app = api::router(shared.clone());
     tokio::spawn(async move {

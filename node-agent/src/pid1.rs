@@ -32,6 +32,8 @@ pub const STATE_FILE: &str = "/run/drove/node.env";
 /// so kernel chatter does not split the agent's lines. `loglevel=` or `debug` on the kernel
 /// command line keeps the kernel's own choice.
 const CONSOLE_LOGLEVEL: i32 = 5;
+/// How long the ready line waits for the cluster daemon to listen.
+const DAEMON_READY_WAIT: Duration = Duration::from_secs(5);
 /// How long without any address before the console is told.
 const NO_ADDRESS_WARNING: Duration = Duration::from_secs(60);
 
@@ -359,9 +361,17 @@ fn network(agent: &Arc<Agent>, cfg: &NodeConfig) -> Result<(), Error> {
             }
             debug!("identity: {} (number {} from {:?}) via {interface}", id.name, id.number, id.source);
             write_state_file(&agent.state());
+            // The ready line waits for the daemon's API to listen, so that whoever reads it can
+            // use the API at once; a daemon that cannot start delays it by DAEMON_READY_WAIT.
+            let (listening_tx, listening) = mpsc::channel();
+            {
+                let agent = agent.clone();
+                spawn("daemon", move || supervise_daemon(&agent, listening_tx));
+            }
+            if listening.recv_timeout(DAEMON_READY_WAIT).is_err() {
+                warn!("cluster daemon not listening after {} s; node is ready without it", DAEMON_READY_WAIT.as_secs());
+            }
             console::line(&ready_line(&id.name, addr));
-            let agent = agent.clone();
-            spawn("daemon", move || supervise_daemon(&agent));
         }
         match received {
             Ok(_) => {}
@@ -440,7 +450,7 @@ fn start_nic(agent: &Arc<Agent>, network: &Network, nic: net::Nic, tx: &Sender<N
 /// Runs the cluster daemon (`/init daemon`) for ever: its output goes to the consoles, and when
 /// it ends (crash, panic = abort, or a bug) the exit is logged and it is started again after
 /// 1, 2, 4 … 30 s (back to 1 s after a run of a minute or more).
-fn supervise_daemon(agent: &Arc<Agent>) {
+fn supervise_daemon(agent: &Arc<Agent>, listening: Sender<()>) {
     let mut delay = 1u64;
     while !power::in_progress() {
         let started = Instant::now();
@@ -454,6 +464,9 @@ fn supervise_daemon(agent: &Arc<Agent>) {
                 if let Some(out) = spawned.output {
                     for line in std::io::BufReader::new(out).lines() {
                         let Ok(line) = line else { break };
+                        if line.contains(crate::daemon::LISTENING) {
+                            let _ = listening.send(());
+                        }
                         console::line(&line);
                     }
                 }
