@@ -9,6 +9,10 @@ set -eu
 PKGS="linux-image-amd64 criu syslinux syslinux-common systemd-boot-efi ipxe
       mtools gdisk fdisk cpio xz-utils zstd busybox-static
       qemu-system-x86 ovmf vde2 initramfs-tools kmod"
+# `install-deps.sh kernel` adds what compiling the kernel needs (kernel/packages.txt).
+if [ "${1:-}" = "kernel" ]; then
+    PKGS="$PKGS $(grep -v '^#' "$(dirname "$0")/../kernel/packages.txt")"
+fi
 [ -n "${DROVE_EXTRA_PKGS:-}" ] && PKGS="$PKGS $DROVE_EXTRA_PKGS"
 
 missing=""
