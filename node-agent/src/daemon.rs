@@ -143,8 +143,20 @@ async fn serve(shared: Arc<Shared>, port: u16, gossip: bool) -> std::io::Result<
         let (s, u) = (shared.clone(), udp.clone());
         tokio::spawn(async move { receive(s, u).await });
     }
-    let mut sampler = crate::load::Sampler::default();
-    let mut next_sample = Instant::now();
+    {
+        // Sampled from a plain thread that wakes on its own, away from the runtime's bursts of
+        // work (otherwise a busy tokio worker is counted in every sample).
+        let shared = shared.clone();
+        std::thread::Builder::new().name("load".into()).spawn(move || {
+            let mut sampler = crate::load::Sampler::default();
+            loop {
+                let speed = shared.membership().me().load.speed;
+                let load = sampler.sample_proc(speed);
+                shared.membership().set_load(load);
+                std::thread::sleep(Duration::from_millis(1000));
+            }
+        })?;
+    }
     let mut interval = tokio::time::interval(TICK);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -162,11 +174,6 @@ async fn serve(shared: Arc<Shared>, port: u16, gossip: bool) -> std::io::Result<
         let now = shared.now();
         let (out, events, lines) = {
             let mut m = shared.membership();
-            if Instant::now() >= next_sample {
-                next_sample += Duration::from_secs(1);
-                let speed = m.me().load.speed;
-                m.set_load(sampler.sample_proc(speed));
-            }
             let out = if gossip { m.tick(now) } else { Vec::new() };
             let events = m.take_events();
             let lines: Vec<String> = events
