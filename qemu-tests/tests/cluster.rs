@@ -63,7 +63,7 @@ fn membership_failure_detection_and_wrong_key() -> Result<(), Error> {
         sane(t, observer, &all)
     })?;
     for o in &seen {
-        eprintln!("node {} sees all three up {:.1}s after the last ready line:\n{}", o.node, o.after.as_secs_f64(), show(&cluster, o.node, &o.table));
+        eprintln!("node {} sees all three up {:.1}s after every API answered:\n{}", o.node, o.after.as_secs_f64(), show(&cluster, o.node, &o.table));
         assert_eq!(o.table.nodes.iter().map(|n| n.number).collect::<Vec<_>>(), all, "sorted by number, self included");
     }
     let node: serde_json::Value = cluster.get_json(1, "/api/node")?;

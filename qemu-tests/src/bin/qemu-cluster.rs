@@ -64,7 +64,7 @@ fn run(nodes: u32, dir: &std::path::Path) -> Result<(), Error> {
         all.iter().all(|n| t.node(*n).is_some_and(|node| node.state == State::Up))
     }) {
         Ok((table, after)) => {
-            println!("\n$ drove status --node {node1}      (all up {:.1}s after boot)", after.as_secs_f64());
+            println!("\n$ drove status --node {node1}      (all up {:.1}s after every API answered)", after.as_secs_f64());
             print!("{}", render(&table, &node1, Style::for_stdout()));
         }
         Err(e) => println!("\nnode 1 does not show every node up yet: {e:?}"),
