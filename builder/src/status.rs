@@ -31,19 +31,46 @@ pub enum Error {
     #[error("{addr:?} is not an agent address (expected HOST[:PORT])")]
     BadAddress { addr: String },
     #[error("cannot resolve agent address {addr}")]
-    Resolve { addr: String, source: std::io::Error },
+    Resolve {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot reach the agent at {addr}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("agent at {addr}: GET {path}: no answer within {timeout:?}")]
-    Timeout { addr: String, path: String, timeout: Duration },
+    Timeout {
+        addr: String,
+        path: String,
+        timeout: Duration,
+    },
     #[error("agent at {addr}: GET {path} failed")]
-    Io { addr: String, path: String, source: std::io::Error },
+    Io {
+        addr: String,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("agent at {addr}: GET {path}: malformed HTTP response ({detail})")]
-    Http { addr: String, path: String, detail: String },
+    Http {
+        addr: String,
+        path: String,
+        detail: String,
+    },
     #[error("agent at {addr}: GET {path} answered HTTP {status}{}", if .body.is_empty() { String::new() } else { format!(": {}", .body) })]
-    Status { addr: String, path: String, status: u16, body: String },
+    Status {
+        addr: String,
+        path: String,
+        status: u16,
+        body: String,
+    },
     #[error("agent at {addr}: GET {path}: not the expected JSON")]
-    Json { addr: String, path: String, source: serde_json::Error },
+    Json {
+        addr: String,
+        path: String,
+        source: serde_json::Error,
+    },
 }
 
 /// `GET /api/cluster`: the table as one agent sees it, itself included, sorted by number.
@@ -125,9 +152,14 @@ impl Cluster {
 
 /// `HOST`, `HOST:PORT`, `IP`, `IP:PORT` or `[IPv6]:PORT` → `host:port` with the default port 7030.
 pub fn normalize_addr(addr: &str) -> Result<String, Error> {
-    let bad = || Error::BadAddress { addr: addr.to_owned() };
+    let bad = || Error::BadAddress {
+        addr: addr.to_owned(),
+    };
     let addr = addr.trim();
-    let addr = addr.strip_prefix("http://").unwrap_or(addr).trim_end_matches('/');
+    let addr = addr
+        .strip_prefix("http://")
+        .unwrap_or(addr)
+        .trim_end_matches('/');
     if addr.is_empty() || addr.contains(['/', ' ']) {
         return Err(bad());
     }
@@ -149,10 +181,17 @@ pub fn normalize_addr(addr: &str) -> Result<String, Error> {
 
 /// `GET path` from the agent at `addr` (`host:port`); the body of a 200 answer.
 pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<Vec<u8>, Error> {
-    let io = |source| Error::Io { addr: addr.to_owned(), path: path.to_owned(), source };
+    let io = |source| Error::Io {
+        addr: addr.to_owned(),
+        path: path.to_owned(),
+        source,
+    };
     let targets: Vec<SocketAddr> = addr
         .to_socket_addrs()
-        .map_err(|source| Error::Resolve { addr: addr.to_owned(), source })?
+        .map_err(|source| Error::Resolve {
+            addr: addr.to_owned(),
+            source,
+        })?
         .collect();
     let mut last = None;
     let mut stream = None;
@@ -167,7 +206,8 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<Vec<u8>, Error> 
     }
     let mut stream = stream.ok_or_else(|| Error::Connect {
         addr: addr.to_owned(),
-        source: last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address")),
+        source: last
+            .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address")),
     })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
@@ -177,26 +217,47 @@ pub fn get(addr: &str, path: &str, timeout: Duration) -> Result<Vec<u8>, Error> 
     );
     stream.write_all(request.as_bytes()).map_err(io)?;
     let mut raw = Vec::new();
-    stream.take(MAX_RESPONSE).read_to_end(&mut raw).map_err(|source| match source.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            Error::Timeout { addr: addr.to_owned(), path: path.to_owned(), timeout }
-        }
-        _ => io(source),
+    stream
+        .take(MAX_RESPONSE)
+        .read_to_end(&mut raw)
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::Timeout {
+                addr: addr.to_owned(),
+                path: path.to_owned(),
+                timeout,
+            },
+            _ => io(source),
+        })?;
+    let (status, body) = parse_response(&raw).map_err(|detail| Error::Http {
+        addr: addr.to_owned(),
+        path: path.to_owned(),
+        detail,
     })?;
-    let (status, body) = parse_response(&raw)
-        .map_err(|detail| Error::Http { addr: addr.to_owned(), path: path.to_owned(), detail })?;
     if status != 200 {
         let text = String::from_utf8_lossy(&body);
         let body: String = text.trim().chars().take(200).collect();
-        return Err(Error::Status { addr: addr.to_owned(), path: path.to_owned(), status, body });
+        return Err(Error::Status {
+            addr: addr.to_owned(),
+            path: path.to_owned(),
+            status,
+            body,
+        });
     }
     Ok(body)
 }
 
 /// `GET path` parsed as JSON into `T`.
-pub fn get_json<T: serde::de::DeserializeOwned>(addr: &str, path: &str, timeout: Duration) -> Result<T, Error> {
+pub fn get_json<T: serde::de::DeserializeOwned>(
+    addr: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<T, Error> {
     let body = get(addr, path, timeout)?;
-    serde_json::from_slice(&body).map_err(|source| Error::Json { addr: addr.to_owned(), path: path.to_owned(), source })
+    serde_json::from_slice(&body).map_err(|source| Error::Json {
+        addr: addr.to_owned(),
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The cluster table from the agent at `addr` (`host:port`), and the JSON as sent.
@@ -208,8 +269,11 @@ pub fn fetch(addr: &str) -> Result<(Cluster, serde_json::Value), Error> {
 pub fn fetch_timeout(addr: &str, timeout: Duration) -> Result<(Cluster, serde_json::Value), Error> {
     let path = "/api/cluster";
     let raw: serde_json::Value = get_json(addr, path, timeout)?;
-    let cluster = Cluster::deserialize(&raw)
-        .map_err(|source| Error::Json { addr: addr.to_owned(), path: path.to_owned(), source })?;
+    let cluster = Cluster::deserialize(&raw).map_err(|source| Error::Json {
+        addr: addr.to_owned(),
+        path: path.to_owned(),
+        source,
+    })?;
     Ok((cluster, raw))
 }
 
@@ -218,7 +282,10 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
     if raw.is_empty() {
         return Err("empty response".into());
     }
-    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of headers")?;
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of headers")?;
     let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers are not text")?;
     let body = &raw[end + 4..];
     let mut lines = head.split("\r\n");
@@ -226,18 +293,32 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     if !version.starts_with("HTTP/1.") {
-        return Err(format!("status line {:?}", status_line.chars().take(60).collect::<String>()));
+        return Err(format!(
+            "status line {:?}",
+            status_line.chars().take(60).collect::<String>()
+        ));
     }
-    let status = parts.next().and_then(|s| s.parse::<u16>().ok()).ok_or_else(|| format!("status line {status_line:?}"))?;
+    let status = parts
+        .next()
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| format!("status line {status_line:?}"))?;
     let mut chunked = false;
     let mut length = None;
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
-        if name.eq_ignore_ascii_case("transfer-encoding") && value.to_ascii_lowercase().contains("chunked") {
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            && value.to_ascii_lowercase().contains("chunked")
+        {
             chunked = true;
         } else if name.eq_ignore_ascii_case("content-length") {
-            length = Some(value.parse::<usize>().map_err(|_| format!("Content-Length {value:?}"))?);
+            length = Some(
+                value
+                    .parse::<usize>()
+                    .map_err(|_| format!("Content-Length {value:?}"))?,
+            );
         }
     }
     if chunked {
@@ -253,7 +334,10 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
 fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
-        let eol = body.windows(2).position(|w| w == b"\r\n").ok_or("chunk size line cut short")?;
+        let eol = body
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("chunk size line cut short")?;
         let line = std::str::from_utf8(&body[..eol]).map_err(|_| "chunk size is not text")?;
         let size = line.split(';').next().unwrap_or_default().trim();
         let size = usize::from_str_radix(size, 16).map_err(|_| format!("chunk size {size:?}"))?;
@@ -280,7 +364,9 @@ impl Style {
     pub fn for_stdout() -> Self {
         use std::io::IsTerminal;
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
-        Style { colour: std::io::stdout().is_terminal() && !no_color }
+        Style {
+            colour: std::io::stdout().is_terminal() && !no_color,
+        }
     }
 }
 
@@ -326,22 +412,51 @@ fn heard(node: &Node, self_number: u32) -> String {
 /// The table as text: a title line, a header, one row per node (the answering node marked `*`),
 /// and a line per number conflict.
 pub fn render(cluster: &Cluster, seen_from: &str, style: Style) -> String {
-    let up = cluster.nodes.iter().filter(|n| n.state == State::Up).count();
-    let suspect = cluster.nodes.iter().filter(|n| n.state == State::Suspect).count();
-    let down = cluster.nodes.iter().filter(|n| n.state == State::Down).count();
+    let up = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.state == State::Up)
+        .count();
+    let suspect = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.state == State::Suspect)
+        .count();
+    let down = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.state == State::Down)
+        .count();
     let mut out = format!(
         "cluster {} seen from node {} ({seen_from}): {} nodes, {up} up, {suspect} suspect, {down} down\n",
         cluster.cluster,
         cluster.self_number,
         cluster.nodes.len()
     );
-    let header = ["", "#", "NAME", "ADDRESS", "STATE", "LOAD", "", "SPEED", "MEM FREE/TOTAL", "JOBS", "GUEST", "HEARD"];
+    let header = [
+        "",
+        "#",
+        "NAME",
+        "ADDRESS",
+        "STATE",
+        "LOAD",
+        "",
+        "SPEED",
+        "MEM FREE/TOTAL",
+        "JOBS",
+        "GUEST",
+        "HEARD",
+    ];
     let rows: Vec<[String; 12]> = cluster
         .nodes
         .iter()
         .map(|n| {
             [
-                if n.number == cluster.self_number { "*".into() } else { String::new() },
+                if n.number == cluster.self_number {
+                    "*".into()
+                } else {
+                    String::new()
+                },
                 n.number.to_string(),
                 n.name.clone(),
                 n.addr.clone(),
@@ -363,14 +478,20 @@ pub fn render(cluster: &Cluster, seen_from: &str, style: Style) -> String {
         }
     }
     // Numbers right-aligned, text left-aligned.
-    let right = [false, true, false, false, false, true, false, true, true, true, true, false];
+    let right = [
+        false, true, false, false, false, true, false, true, true, true, true, false,
+    ];
     let line = |cells: &[String], state: Option<State>| {
         let mut s = String::new();
         for (i, cell) in cells.iter().enumerate() {
             if i > 0 {
                 s.push_str("  ");
             }
-            let padded = if right[i] { format!("{cell:>w$}", w = widths[i]) } else { format!("{cell:<w$}", w = widths[i]) };
+            let padded = if right[i] {
+                format!("{cell:>w$}", w = widths[i])
+            } else {
+                format!("{cell:<w$}", w = widths[i])
+            };
             match (i, state.and_then(State::colour)) {
                 (4, Some(code)) if style.colour => {
                     let _ = write!(s, "\x1b[{code}m{padded}\x1b[0m");
@@ -386,13 +507,21 @@ pub fn render(cluster: &Cluster, seen_from: &str, style: Style) -> String {
     for (row, node) in rows.iter().zip(&cluster.nodes) {
         out.push_str(&line(row, Some(node.state)));
     }
-    for node in cluster.nodes.iter().filter(|n| n.conflict.as_ref().is_some_and(|c| !c.is_null())) {
+    for node in cluster
+        .nodes
+        .iter()
+        .filter(|n| n.conflict.as_ref().is_some_and(|c| !c.is_null()))
+    {
         let what = match &node.conflict {
             Some(serde_json::Value::String(s)) => s.clone(),
             Some(v) => v.to_string(),
             None => String::new(),
         };
-        let _ = writeln!(out, "conflict: node {} ({}): {what}", node.number, node.addr);
+        let _ = writeln!(
+            out,
+            "conflict: node {} ({}): {what}",
+            node.number, node.addr
+        );
     }
     out
 }
@@ -430,7 +559,11 @@ pub fn watch(node: &str, format: Format, style: Style, interval: Duration) -> Re
         };
         let clear = if style.colour { "\x1b[H\x1b[2J" } else { "" };
         let stamp = humantime_now();
-        let _ = write!(stdout, "{clear}{text}(every {:.0?}, {stamp}; Ctrl-C to stop)\n\n", interval);
+        let _ = write!(
+            stdout,
+            "{clear}{text}(every {:.0?}, {stamp}; Ctrl-C to stop)\n\n",
+            interval
+        );
         let _ = stdout.flush();
         std::thread::sleep(interval);
     }
@@ -448,7 +581,9 @@ fn source_chain(e: &dyn std::error::Error) -> String {
 
 /// UTC wall-clock time of day, `HH:MM:SS`.
 fn humantime_now() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let day = secs % 86_400;
     format!("{:02}:{:02}:{:02} UTC", day / 3600, day / 60 % 60, day % 60)
 }
@@ -512,11 +647,17 @@ conflict: node 3 (10.10.0.3): also claimed by 10.10.0.9
         assert_eq!(normalize_addr("10.10.0.1:8000").unwrap(), "10.10.0.1:8000");
         assert_eq!(normalize_addr("node1").unwrap(), "node1:7030");
         assert_eq!(normalize_addr("node1:99").unwrap(), "node1:99");
-        assert_eq!(normalize_addr("http://127.0.0.1:7030/").unwrap(), "127.0.0.1:7030");
+        assert_eq!(
+            normalize_addr("http://127.0.0.1:7030/").unwrap(),
+            "127.0.0.1:7030"
+        );
         assert_eq!(normalize_addr("::1").unwrap(), "[::1]:7030");
         assert_eq!(normalize_addr("[::1]:5").unwrap(), "[::1]:5");
         for bad in ["", "node1:x", "a b", "h:1/x", ":7030"] {
-            assert!(matches!(normalize_addr(bad), Err(Error::BadAddress { .. })), "{bad}");
+            assert!(
+                matches!(normalize_addr(bad), Err(Error::BadAddress { .. })),
+                "{bad}"
+            );
         }
     }
 
@@ -536,7 +677,11 @@ conflict: node 3 (10.10.0.3): also claimed by 10.10.0.9
                 }
                 req.extend_from_slice(&buf[..n]);
             }
-            assert!(req.starts_with(b"GET /api/cluster HTTP/1.1\r\n"), "{}", String::from_utf8_lossy(&req));
+            assert!(
+                req.starts_with(b"GET /api/cluster HTTP/1.1\r\n"),
+                "{}",
+                String::from_utf8_lossy(&req)
+            );
             if let Some(r) = response {
                 conn.write_all(&r).unwrap();
             }
@@ -552,7 +697,10 @@ conflict: node 3 (10.10.0.3): also claimed by 10.10.0.9
     fn fetches_from_a_fake_agent() {
         let addr = serve_once(ok(FIXTURE));
         let text = status_text(&addr, Format::Table, Style::default()).unwrap();
-        assert!(text.starts_with(&format!("cluster t seen from node 1 ({addr}): 3 nodes")), "{text}");
+        assert!(
+            text.starts_with(&format!("cluster t seen from node 1 ({addr}): 3 nodes")),
+            "{text}"
+        );
         let addr = serve_once(ok(FIXTURE));
         let json = status_text(&addr, Format::Json, Style::default()).unwrap();
         let back: Cluster = serde_json::from_str(&json).unwrap();
@@ -562,8 +710,14 @@ conflict: node 3 (10.10.0.3): also claimed by 10.10.0.9
     #[test]
     fn chunked_answers_are_understood() {
         let (a, b) = FIXTURE.split_at(100);
-        let body = format!("{:x}\r\n{a}\r\n{:X};ext=1\r\n{b}\r\n0\r\n\r\n", a.len(), b.len());
-        let addr = serve_once(Some(format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{body}").into_bytes()));
+        let body = format!(
+            "{:x}\r\n{a}\r\n{:X};ext=1\r\n{b}\r\n0\r\n\r\n",
+            a.len(),
+            b.len()
+        );
+        let addr = serve_once(Some(
+            format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{body}").into_bytes(),
+        ));
         let (cluster, _) = fetch(&addr).unwrap();
         assert_eq!(cluster, fixture());
     }
@@ -577,20 +731,33 @@ conflict: node 3 (10.10.0.3): also claimed by 10.10.0.9
 
         let addr = serve_once(None);
         let err = fetch(&addr).unwrap_err();
-        assert!(err.to_string().contains(&addr) && err.to_string().contains("empty response"), "{err}");
+        assert!(
+            err.to_string().contains(&addr) && err.to_string().contains("empty response"),
+            "{err}"
+        );
 
         let addr = serve_once(ok("{\"not\": \"a table\"}"));
         let err = fetch(&addr).unwrap_err();
-        assert!(matches!(err, Error::Json { .. }) && err.to_string().contains(&addr), "{err}");
+        assert!(
+            matches!(err, Error::Json { .. }) && err.to_string().contains(&addr),
+            "{err}"
+        );
 
         let addr = serve_once(ok("{\"cluster\": "));
         assert!(matches!(fetch(&addr).unwrap_err(), Error::Json { .. }));
 
-        let addr = serve_once(Some(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 8\r\n\r\nstarting".to_vec()));
+        let addr = serve_once(Some(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 8\r\n\r\nstarting".to_vec(),
+        ));
         let err = fetch(&addr).unwrap_err();
-        assert_eq!(err.to_string(), format!("agent at {addr}: GET /api/cluster answered HTTP 503: starting"));
+        assert_eq!(
+            err.to_string(),
+            format!("agent at {addr}: GET /api/cluster answered HTTP 503: starting")
+        );
 
-        let addr = serve_once(Some(b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n{}".to_vec()));
+        let addr = serve_once(Some(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 500\r\n\r\n{}".to_vec(),
+        ));
         assert!(fetch(&addr).unwrap_err().to_string().contains("cut short"));
     }
 
@@ -599,14 +766,21 @@ conflict: node 3 (10.10.0.3): also claimed by 10.10.0.9
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let err = fetch_timeout(&addr, Duration::from_millis(200)).unwrap_err();
-        assert_eq!(err.to_string(), format!("agent at {addr}: GET /api/cluster: no answer within 200ms"));
+        assert_eq!(
+            err.to_string(),
+            format!("agent at {addr}: GET /api/cluster: no answer within 200ms")
+        );
         drop(listener);
     }
 
     #[test]
     fn unreachable_agent_names_the_address() {
         // A port that was just free: nothing listens there.
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr = format!("127.0.0.1:{port}");
         let err = fetch(&addr).unwrap_err();
         assert!(matches!(err, Error::Connect { .. }), "{err}");
