@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod gossip;
 pub mod identity;
 pub mod input;
+pub mod jobs;
 pub mod load;
 pub mod map;
 pub mod modules;

@@ -1,0 +1,264 @@
+//! The job routes of the agent's API. Changes need the cluster key (the same bearer check as
+//! the rest of the API); reads do not. A request about a job that has moved on is forwarded to
+//! the node it went to, so a caller can keep talking to the job's home node.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /api/jobs` `{"cmd": [...]}` | key; 201 and the job |
+//! | `GET /api/jobs` | `{"node", "jobs": [...], "migrations": [...]}` of this node |
+//! | `GET /api/jobs/:id` | the job, from the node that runs it |
+//! | `GET /api/jobs/:id/output?stream=stdout&offset=N` | raw bytes of the output from byte N |
+//! | `POST /api/jobs/:id/migrate` `{"to": "2"\|"node2"\|"home"}` | key; the migration record |
+//! | `POST /api/jobs/:id/kill` | key; SIGKILL wherever the job runs |
+//! | `GET /api/migrations` | migrations this node sent |
+
+use super::engine::Engine;
+use super::table::{Job, State};
+use crate::api::Shared;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as Extract};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Largest body of one output read.
+const OUTPUT_MAX: usize = 1 << 20;
+
+#[derive(Clone)]
+pub struct Ctx {
+    pub shared: Arc<Shared>,
+    pub engine: Arc<Engine>,
+    /// The API port, the same on every node (used to forward).
+    pub api_port: u16,
+}
+
+pub fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/api/jobs", get(list).post(launch))
+        .route("/api/jobs/:id", get(one))
+        .route("/api/jobs/:id/output", get(output))
+        .route("/api/jobs/:id/migrate", post(migrate))
+        .route("/api/jobs/:id/kill", post(kill))
+        .route("/api/migrations", get(migrations))
+        .with_state(ctx)
+}
+
+fn error(status: StatusCode, text: impl std::fmt::Display) -> Response {
+    (status, Json(json!({ "error": text.to_string() }))).into_response()
+}
+
+fn unauthorized() -> Response {
+    error(StatusCode::UNAUTHORIZED, "this needs the cluster key: Authorization: Bearer <hex key>")
+}
+
+#[derive(serde::Deserialize)]
+struct LaunchBody {
+    cmd: Vec<String>,
+}
+
+async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
+    if !ctx.shared.authorized(&headers) {
+        return unauthorized();
+    }
+    let Ok(req) = serde_json::from_slice::<LaunchBody>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "body must be {\"cmd\": [\"program\", \"arg\", ...]}");
+    };
+    let engine = ctx.engine.clone();
+    match tokio::task::spawn_blocking(move || engine.launch(&req.cmd)).await {
+        Ok(Ok(job)) => (StatusCode::CREATED, Json(job)).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, crate::console::chain(&e)),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn list(Extract(ctx): Extract<Ctx>) -> Json<Value> {
+    let t = ctx.engine.table();
+    Json(json!({ "node": ctx.engine.me, "jobs": t.list(), "migrations": t.migrations }))
+}
+
+async fn migrations(Extract(ctx): Extract<Ctx>) -> Json<Value> {
+    Json(json!({ "node": ctx.engine.me, "migrations": ctx.engine.table().migrations }))
+}
+
+/// The job as this node knows it, or where to forward the request.
+enum Where {
+    Here(Job),
+    There(Ipv4Addr),
+    Missing(String),
+}
+
+fn locate(ctx: &Ctx, id: &str) -> Where {
+    let job = match ctx.engine.table().get(id) {
+        Ok(j) => j.clone(),
+        Err(e) => return Where::Missing(e.to_string()),
+    };
+    if job.state == State::Moved {
+        match resolve(&ctx.shared, &job.node.to_string(), job.home) {
+            Some((_, addr)) => Where::There(addr),
+            None => Where::Missing(format!("job {id} moved to node {}, which this node cannot reach", job.node)),
+        }
+    } else {
+        Where::Here(job)
+    }
+}
+
+/// A node by number, name or `home`: (number, address) from the cluster table.
+pub fn resolve(shared: &Shared, to: &str, home: u32) -> Option<(u32, Ipv4Addr)> {
+    let now = shared.now();
+    let rows = shared.membership().table(now);
+    let wanted = if to == "home" { Some(home) } else { to.parse::<u32>().ok() };
+    rows.iter()
+        .find(|r| Some(r.number) == wanted || r.name == to)
+        .and_then(|r| Some((r.number, r.addr.parse().ok()?)))
+}
+
+async fn one(Extract(ctx): Extract<Ctx>, Path(id): Path<String>, method: Method, headers: HeaderMap) -> Response {
+    match locate(&ctx, &id) {
+        Where::Here(job) => Json(job).into_response(),
+        Where::There(addr) => forward(&ctx, addr, method, &format!("/api/jobs/{id}"), &headers, Bytes::new()).await,
+        Where::Missing(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct OutputQuery {
+    stream: Option<String>,
+    offset: Option<u64>,
+}
+
+async fn output(Extract(ctx): Extract<Ctx>, Path(id): Path<String>, Query(q): Query<OutputQuery>, method: Method, headers: HeaderMap) -> Response {
+    let stream = q.stream.unwrap_or_else(|| "stdout".into());
+    let offset = q.offset.unwrap_or(0);
+    match locate(&ctx, &id) {
+        Where::Here(job) => match ctx.engine.output(&id, &stream, offset, OUTPUT_MAX) {
+            Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::HeaderName::from_static("x-drove-state"), serde_json::to_value(job.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())], bytes).into_response(),
+            Err(e) => error(StatusCode::NOT_FOUND, crate::console::chain(&e)),
+        },
+        Where::There(addr) => forward(&ctx, addr, method, &format!("/api/jobs/{id}/output?stream={stream}&offset={offset}"), &headers, Bytes::new()).await,
+        Where::Missing(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MigrateBody {
+    to: String,
+}
+
+async fn migrate(Extract(ctx): Extract<Ctx>, Path(id): Path<String>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
+    if !ctx.shared.authorized(&headers) {
+        return unauthorized();
+    }
+    let job = match locate(&ctx, &id) {
+        Where::Here(job) => job,
+        Where::There(addr) => return forward(&ctx, addr, method, &format!("/api/jobs/{id}/migrate"), &headers, body).await,
+        Where::Missing(e) => return error(StatusCode::NOT_FOUND, e),
+    };
+    let Ok(req) = serde_json::from_slice::<MigrateBody>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "body must be {\"to\": \"<node number or name, or home>\"}");
+    };
+    let Some((to, addr)) = resolve(&ctx.shared, &req.to, job.home) else {
+        return error(StatusCode::BAD_REQUEST, format!("no node {:?} in the cluster table", req.to));
+    };
+    if to == ctx.engine.me {
+        return error(StatusCode::BAD_REQUEST, format!("job {id} already runs on node {to}"));
+    }
+    let engine = ctx.engine.clone();
+    match tokio::task::spawn_blocking(move || engine.migrate(&id, to, addr, "manual")).await {
+        Ok(rec) => {
+            let status = if rec.outcome == super::table::Outcome::Moved { StatusCode::OK } else { StatusCode::CONFLICT };
+            (status, Json(rec)).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn kill(Extract(ctx): Extract<Ctx>, Path(id): Path<String>, method: Method, headers: HeaderMap) -> Response {
+    if !ctx.shared.authorized(&headers) {
+        return unauthorized();
+    }
+    match locate(&ctx, &id) {
+        Where::Here(_) => match ctx.engine.kill(&id) {
+            Ok(job) => Json(job).into_response(),
+            Err(e) => error(StatusCode::CONFLICT, crate::console::chain(&e)),
+        },
+        Where::There(addr) => forward(&ctx, addr, method, &format!("/api/jobs/{id}/kill"), &headers, Bytes::new()).await,
+        Where::Missing(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+/// Sends the same request to `addr`'s API (HTTP/1.0, one request per connection) and returns
+/// its answer as is.
+async fn forward(ctx: &Ctx, addr: Ipv4Addr, method: Method, path: &str, headers: &HeaderMap, body: Bytes) -> Response {
+    match forward_raw(addr, ctx.api_port, method.as_str(), path, headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()), &body).await {
+        Ok((status, content_type, extra, bytes)) => {
+            let mut resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), bytes).into_response();
+            if let Some(ct) = content_type.and_then(|c| c.parse().ok()) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            if let Some(v) = extra.and_then(|c| c.parse().ok()) {
+                resp.headers_mut().insert(header::HeaderName::from_static("x-drove-state"), v);
+            }
+            resp
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("forwarding to {addr}: {e}")),
+    }
+}
+
+type Forwarded = (u16, Option<String>, Option<String>, Vec<u8>);
+
+async fn forward_raw(addr: Ipv4Addr, port: u16, method: &str, path: &str, auth: Option<&str>, body: &[u8]) -> std::io::Result<Forwarded> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect((addr, port)).await?;
+        let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}:{port}\r\nContent-Length: {}\r\nContent-Type: application/json\r\n", body.len());
+        if let Some(a) = auth {
+            req.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await?;
+        s.write_all(body).await?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await?;
+        parse_response(&resp).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP answer"))
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(180), fut)
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 180 s")))
+}
+
+/// Status, content type, `x-drove-state` and body of a complete HTTP/1.x answer.
+pub fn parse_response(resp: &[u8]) -> Option<Forwarded> {
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&resp[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let mut ct = None;
+    let mut state = None;
+    for l in lines {
+        if let Some((k, v)) = l.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-type" => ct = Some(v.trim().to_string()),
+                "x-drove-state" => state = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    Some((status, ct, state, resp[end + 4..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_answers_parse() {
+        let r = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nX-Drove-State: running\r\n\r\nabc";
+        assert_eq!(parse_response(r), Some((200, Some("application/octet-stream".into()), Some("running".into()), b"abc".to_vec())));
+        assert_eq!(parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n").map(|r| r.0), Some(404));
+        assert_eq!(parse_response(b"garbage"), None);
+    }
+}

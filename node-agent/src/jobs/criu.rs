@@ -1,0 +1,106 @@
+//! CRIU, the migration engine: the command lines drove runs and one wrapper that runs them
+//! through the child registry, logs them and explains a failure with CRIU's own error lines.
+
+use crate::children::{shell_line, Children, Exit};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub const CRIU: &str = "/usr/sbin/criu";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot run {line}")]
+    Run { line: String, source: crate::children::Error },
+    #[error("`{line}` failed ({exit}): {explanation}")]
+    Failed { line: String, exit: Exit, explanation: String },
+}
+
+/// `criu dump` of the job whose root (the init of its PID namespace) is `pid`: the tasks are
+/// left stopped so the source can resume them if anything later fails.
+pub fn dump_args(pid: i32, images: &Path, log: &Path) -> Vec<String> {
+    vec![
+        "dump".into(),
+        "-t".into(),
+        pid.to_string(),
+        "-D".into(),
+        images.display().to_string(),
+        "--leave-stopped".into(),
+        "-v2".into(),
+        "-o".into(),
+        log.display().to_string(),
+    ]
+}
+
+/// `criu restore` detached, into a new PID namespace (CRIU recreates the one it dumped), left
+/// stopped until the source has killed its copy; `pidfile` gets the root's pid.
+pub fn restore_args(images: &Path, pidfile: &Path, log: &Path) -> Vec<String> {
+    vec![
+        "restore".into(),
+        "-D".into(),
+        images.display().to_string(),
+        "-d".into(),
+        "--leave-stopped".into(),
+        "--pidfile".into(),
+        pidfile.display().to_string(),
+        "-v2".into(),
+        "-o".into(),
+        log.display().to_string(),
+    ]
+}
+
+/// CRIU's own explanation from its log: the `Error` lines (last few), else the log's tail.
+pub fn explain(log: &str, output: &str) -> String {
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error") || l.contains("error")).collect();
+    let pick: Vec<&str> = if errors.is_empty() {
+        let all: Vec<&str> = log.lines().chain(output.lines()).filter(|l| !l.trim().is_empty()).collect();
+        all[all.len().saturating_sub(3)..].to_vec()
+    } else {
+        errors[errors.len().saturating_sub(4)..].to_vec()
+    };
+    if pick.is_empty() {
+        "no log".into()
+    } else {
+        pick.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" | ")
+    }
+}
+
+/// Runs criu with `args`; on failure the error carries the command line and CRIU's error lines
+/// from `log`. Returns how long it took.
+pub fn run(children: &Children, args: &[String], log: &Path, timeout: Duration) -> Result<Duration, Error> {
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let line = shell_line(CRIU, &argv);
+    crate::info!("jobs: run {line}");
+    let t0 = Instant::now();
+    let (exit, output) = children.run(CRIU, &argv, timeout).map_err(|source| Error::Run { line: line.clone(), source })?;
+    if exit.success() {
+        return Ok(t0.elapsed());
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    Err(Error::Failed { line, exit, explanation: explain(&text, &output) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines() {
+        let d = dump_args(431, Path::new("/run/drove/jobs/1.1/img"), Path::new("/run/drove/jobs/1.1/dump.log"));
+        let argv: Vec<&str> = d.iter().map(String::as_str).collect();
+        assert_eq!(shell_line(CRIU, &argv), "/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img --leave-stopped -v2 -o /run/drove/jobs/1.1/dump.log");
+        let r = restore_args(Path::new("/run/drove/jobs/1.1/img"), Path::new("/run/drove/jobs/1.1/pid"), Path::new("/run/drove/jobs/1.1/restore.log"));
+        let argv: Vec<&str> = r.iter().map(String::as_str).collect();
+        assert_eq!(
+            shell_line(CRIU, &argv),
+            "/usr/sbin/criu restore -D /run/drove/jobs/1.1/img -d --leave-stopped --pidfile /run/drove/jobs/1.1/pid -v2 -o /run/drove/jobs/1.1/restore.log"
+        );
+    }
+
+    #[test]
+    fn explanations_prefer_error_lines() {
+        let log = "(00.1) Dumping\n(00.2) Error (criu/files-reg.c:1998): File /x has bad size 3 (expect 5)\n(00.3) Error (criu/cr-restore.c:2447): Restoring FAILED.\n";
+        assert_eq!(explain(log, ""), "(00.2) Error (criu/files-reg.c:1998): File /x has bad size 3 (expect 5) | (00.3) Error (criu/cr-restore.c:2447): Restoring FAILED.");
+        assert_eq!(explain("a\nb\nc\nd\n", ""), "b | c | d");
+        assert_eq!(explain("", ""), "no log");
+    }
+}

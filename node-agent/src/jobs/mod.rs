@@ -1,0 +1,14 @@
+//! Jobs: launch in a PID namespace of their own, the job table, and migration with CRIU over a
+//! Noise channel keyed by the cluster key (see `docs/migration.md`).
+//!
+//! - [`table`]: jobs, their states and the migration records (pure);
+//! - [`proto`]: the transfer protocol (handshake, frames);
+//! - [`criu`]: CRIU command lines and the one wrapper that runs them;
+//! - [`engine`]: launch, reaping, the source and target sides of a migration;
+//! - [`api`]: the `/api/jobs` routes.
+
+pub mod api;
+pub mod criu;
+pub mod engine;
+pub mod proto;
+pub mod table;

@@ -1,0 +1,302 @@
+//! The job table of one node: every job started here or received by migration, and every
+//! migration this node took part in. Pure data and state transitions; the engine does the I/O.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Where a job stands, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Running here.
+    Running,
+    /// Being dumped and sent; its processes are stopped.
+    Migrating,
+    /// Received and restored here, stopped until the source commits.
+    Arriving,
+    /// Now runs on `node` (this node keeps the record to forward requests).
+    Moved,
+    /// Ended here with `exit_code` or `signal`.
+    Exited,
+}
+
+impl State {
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Moved | State::Exited)
+    }
+}
+
+/// One job as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// `<home number>.<sequence>`, unique in the cluster.
+    pub id: String,
+    pub cmd: Vec<String>,
+    pub home: u32,
+    /// The node running it; for `moved`, the node it went to.
+    pub node: u32,
+    pub state: State,
+    /// Pid of the job's root process in this node's initial PID namespace.
+    pub pid: Option<i32>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<String>,
+    pub started_ms: u64,
+    pub migrations: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("no job {0}")]
+    NoSuchJob(String),
+    #[error("job {id} is {state:?}; it can only be {wanted} when running")]
+    WrongState { id: String, state: State, wanted: &'static str },
+    #[error("job {0} is already known here")]
+    Exists(String),
+}
+
+/// Outcome of one migration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Moved,
+    /// Failed before the target confirmed; the job went on where it was.
+    Resumed,
+    /// Failed and the job could not be resumed either (its process was gone).
+    Lost,
+}
+
+/// One migration, as recorded by its source (and by its target, from the other side).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Migration {
+    pub job: String,
+    pub from: u32,
+    pub to: u32,
+    pub reason: String,
+    /// From the start of the dump until the job ran again (on either node).
+    pub freeze_ms: u64,
+    pub bytes: u64,
+    pub total_ms: u64,
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    pub at_ms: u64,
+}
+
+/// The jobs and migrations of this node.
+#[derive(Debug, Default)]
+pub struct Table {
+    jobs: BTreeMap<String, Job>,
+    pub migrations: Vec<Migration>,
+    next: u32,
+}
+
+impl Table {
+    /// A new id for a job whose home is `home`; `taken` says whether an id is in use on disk.
+    pub fn next_id(&mut self, home: u32, taken: impl Fn(&str) -> bool) -> String {
+        loop {
+            self.next += 1;
+            let id = format!("{home}.{}", self.next);
+            if !self.jobs.contains_key(&id) && !taken(&id) {
+                return id;
+            }
+        }
+    }
+
+    pub fn insert(&mut self, job: Job) -> Result<(), Error> {
+        match self.jobs.get(&job.id) {
+            Some(old) if !old.state.is_final() => Err(Error::Exists(job.id)),
+            _ => {
+                self.jobs.insert(job.id.clone(), job);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<&Job, Error> {
+        self.jobs.get(id).ok_or_else(|| Error::NoSuchJob(id.into()))
+    }
+
+    fn get_mut(&mut self, id: &str) -> Result<&mut Job, Error> {
+        self.jobs.get_mut(id).ok_or_else(|| Error::NoSuchJob(id.into()))
+    }
+
+    pub fn list(&self) -> Vec<Job> {
+        self.jobs.values().cloned().collect()
+    }
+
+    /// Jobs with a live process here (running, migrating, arriving).
+    pub fn local_count(&self) -> usize {
+        self.jobs.values().filter(|j| !j.state.is_final()).count()
+    }
+
+    /// Running → migrating; returns the pid to dump.
+    pub fn begin_migration(&mut self, id: &str) -> Result<i32, Error> {
+        let job = self.get_mut(id)?;
+        match (job.state, job.pid) {
+            (State::Running, Some(pid)) => {
+                job.state = State::Migrating;
+                Ok(pid)
+            }
+            (state, _) => Err(Error::WrongState { id: id.into(), state, wanted: "migrated" }),
+        }
+    }
+
+    /// Migrating → running again (the dump or transfer failed and the stopped copy was resumed).
+    pub fn abort_migration(&mut self, id: &str) -> Result<(), Error> {
+        let job = self.get_mut(id)?;
+        if job.state == State::Migrating {
+            job.state = State::Running;
+        }
+        Ok(())
+    }
+
+    /// Migrating → moved to `to`.
+    pub fn finish_migration(&mut self, id: &str, to: u32) -> Result<(), Error> {
+        let job = self.get_mut(id)?;
+        job.state = State::Moved;
+        job.node = to;
+        job.pid = None;
+        job.migrations += 1;
+        Ok(())
+    }
+
+    /// Arriving → running (the source committed).
+    pub fn arrived(&mut self, id: &str) -> Result<(), Error> {
+        let job = self.get_mut(id)?;
+        job.state = State::Running;
+        Ok(())
+    }
+
+    /// Drops a job that never arrived (the target side of a failed migration).
+    pub fn forget(&mut self, id: &str) {
+        self.jobs.remove(id);
+    }
+
+    /// A process ended: the job whose root it was becomes exited. Returns that job's id.
+    /// The exit of a job being migrated (its stopped copy killed after the commit) is ignored.
+    pub fn exited(&mut self, pid: i32, code: Option<i32>, signal: Option<String>) -> Option<String> {
+        let job = self.jobs.values_mut().find(|j| j.pid == Some(pid) && !j.state.is_final())?;
+        if job.state == State::Migrating {
+            return None;
+        }
+        job.state = State::Exited;
+        job.exit_code = code;
+        job.signal = signal;
+        Some(job.id.clone())
+    }
+}
+
+/// Output offsets sent with the image: the byte length of each output file at the dump. The
+/// target checks that it received exactly that many bytes, so the caller's stream (which reads
+/// by offset from whichever node holds the job) has no gap and no duplicate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offsets {
+    pub stdout: u64,
+    pub stderr: u64,
+}
+
+impl Offsets {
+    /// Which of the received files disagree with the offsets (empty when all agree).
+    pub fn mismatches(&self, stdout_len: u64, stderr_len: u64) -> Vec<String> {
+        let mut bad = Vec::new();
+        if stdout_len != self.stdout {
+            bad.push(format!("stdout has {stdout_len} bytes, the source had {}", self.stdout));
+        }
+        if stderr_len != self.stderr {
+            bad.push(format!("stderr has {stderr_len} bytes, the source had {}", self.stderr));
+        }
+        bad
+    }
+}
+
+/// The bytes of an output file from `offset` on, at most `max`: what one read of the stream gets.
+/// An offset past the end gives nothing (the caller asked too early), never an error.
+pub fn slice_from(data: &[u8], offset: u64, max: usize) -> &[u8] {
+    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+    let end = start.saturating_add(max).min(data.len());
+    &data[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, pid: i32) -> Job {
+        Job { id: id.into(), cmd: vec!["awk".into()], home: 1, node: 1, state: State::Running, pid: Some(pid), exit_code: None, signal: None, started_ms: 0, migrations: 0 }
+    }
+
+    #[test]
+    fn ids_skip_what_is_taken() {
+        let mut t = Table::default();
+        assert_eq!(t.next_id(1, |_| false), "1.1");
+        assert_eq!(t.next_id(1, |id| id == "1.2"), "1.3");
+    }
+
+    #[test]
+    fn migration_moves_or_resumes() {
+        let mut t = Table::default();
+        t.insert(job("1.1", 50)).unwrap();
+        assert_eq!(t.begin_migration("1.1"), Ok(50));
+        // A second migration while the first runs is refused.
+        assert!(matches!(t.begin_migration("1.1"), Err(Error::WrongState { state: State::Migrating, .. })));
+        t.abort_migration("1.1").unwrap();
+        assert_eq!(t.get("1.1").unwrap().state, State::Running);
+        t.begin_migration("1.1").unwrap();
+        // The killed stopped copy is not the job's end.
+        assert_eq!(t.exited(50, None, Some("SIGKILL".into())), None);
+        t.finish_migration("1.1", 2).unwrap();
+        let j = t.get("1.1").unwrap();
+        assert_eq!((j.state, j.node, j.pid, j.migrations), (State::Moved, 2, None, 1));
+        assert!(t.begin_migration("1.1").is_err());
+        assert_eq!(t.local_count(), 0);
+        assert_eq!(t.begin_migration("9.9"), Err(Error::NoSuchJob("9.9".into())));
+    }
+
+    #[test]
+    fn exit_is_recorded_once() {
+        let mut t = Table::default();
+        t.insert(job("1.1", 50)).unwrap();
+        assert_eq!(t.exited(51, Some(0), None), None);
+        assert_eq!(t.exited(50, Some(3), None), Some("1.1".into()));
+        assert_eq!(t.exited(50, Some(4), None), None);
+        let j = t.get("1.1").unwrap();
+        assert_eq!((j.state, j.exit_code), (State::Exited, Some(3)));
+    }
+
+    #[test]
+    fn a_job_may_come_back_to_a_node_it_left() {
+        let mut t = Table::default();
+        t.insert(job("1.1", 50)).unwrap();
+        assert_eq!(t.insert(job("1.1", 60)), Err(Error::Exists("1.1".into())));
+        t.begin_migration("1.1").unwrap();
+        t.finish_migration("1.1", 2).unwrap();
+        let mut back = job("1.1", 70);
+        back.state = State::Arriving;
+        t.insert(back).unwrap();
+        t.arrived("1.1").unwrap();
+        assert_eq!(t.get("1.1").unwrap().pid, Some(70));
+    }
+
+    #[test]
+    fn output_offsets() {
+        let o = Offsets { stdout: 10, stderr: 0 };
+        assert!(o.mismatches(10, 0).is_empty());
+        assert_eq!(o.mismatches(9, 0), vec!["stdout has 9 bytes, the source had 10".to_string()]);
+        let data = b"0123456789";
+        assert_eq!(slice_from(data, 0, 4), b"0123");
+        assert_eq!(slice_from(data, 8, 4), b"89");
+        assert_eq!(slice_from(data, 10, 4), b"");
+        assert_eq!(slice_from(data, 99, 4), b"");
+        // Reads at successive offsets reassemble the file exactly: no gap, no duplicate.
+        let mut got = Vec::new();
+        let mut off = 0u64;
+        loop {
+            let s = slice_from(data, off, 3);
+            if s.is_empty() {
+                break;
+            }
+            got.extend_from_slice(s);
+            off += s.len() as u64;
+        }
+        assert_eq!(got, data);
+    }
+}
