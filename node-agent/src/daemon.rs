@@ -133,7 +133,7 @@ async fn serve(shared: Arc<Shared>, port: u16, gossip: bool) -> std::io::Result<
         let m = shared.membership();
         info!("{LISTENING} {} (number {}) at {}; gossip udp/{port}, API http://{}:{port}/api/cluster", m.me().name, m.me().number, m.me().addr, m.me().addr);
     }
-    let app = api::router(shared.clone());
+    let app = api::router(shared.clone()).merge(crate::jobs::api::start(shared.clone(), port));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(tcp, app).await {
             error!("API server ended: {e}");

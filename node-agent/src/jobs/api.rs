@@ -48,6 +48,18 @@ pub fn router(ctx: Ctx) -> Router {
         .with_state(ctx)
 }
 
+/// Starts this node's job engine (migration listener on `api_port + 1`) and returns its routes,
+/// to be merged into the agent's router. A failure to start is logged; the routes still answer.
+pub fn start(shared: Arc<Shared>, api_port: u16) -> Router {
+    let me = shared.membership().me().number;
+    let key = shared.key_hex.as_deref().and_then(|k| hex::decode(k).ok());
+    let engine = Arc::new(Engine::new(me, key, super::engine::JOBS_DIR.into(), api_port.wrapping_add(1)));
+    if let Err(e) = engine.start() {
+        crate::error!("jobs: cannot start the job engine: {e}");
+    }
+    router(Ctx { shared, engine, api_port })
+}
+
 fn error(status: StatusCode, text: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": text.to_string() }))).into_response()
 }
