@@ -216,6 +216,12 @@ impl Index {
                 text.push_str(&format!(
                     "; has no prompt: set only when selected (by {by})"
                 ));
+            } else if !def.selected_by.is_empty() {
+                // A prompt does not stop a `select`: name who forces it on.
+                let on: Vec<&str> = def.selected_by.iter().map(String::as_str).filter(|s| is_on(s)).collect();
+                if !on.is_empty() {
+                    text.push_str(&format!("; forced on by select from {}", on.join(", ")));
+                }
             }
             parts.push(text);
         }

@@ -580,19 +580,28 @@ fn info_json(info: &KernelInfo) -> Vec<u8> {
 /// Fails naming every option the fragments asked for that the final `.config` does not have,
 /// with the fragment line that asked and what Kconfig says it depends on.
 pub fn check(merged: &Merged, final_config: &Fragment, tree: &Path) -> Result<(), Error> {
-    let dropped = merged.dropped(final_config);
+    let index = kconfig::Index::scan(tree, ARCH_DIR);
+    check_with(merged, final_config, &index)
+}
+
+/// [`check`] against an already scanned Kconfig index. Also fails on options this kernel's
+/// Kconfig does not define at all: a misspelt `# CONFIG_X is not set` would otherwise pass.
+pub fn check_with(merged: &Merged, final_config: &Fragment, index: &kconfig::Index) -> Result<(), Error> {
+    let mut dropped = merged.dropped(final_config);
+    for entry in merged.entries.values() {
+        let bare = entry.name.strip_prefix("CONFIG_").unwrap_or(&entry.name);
+        let listed = dropped.iter().any(|d| d.wanted.name == entry.name);
+        if !listed && !index.defs.contains_key(bare) {
+            let got = final_config.values().get(entry.name.as_str()).map(|v| (*v).clone());
+            dropped.push(fragment::Dropped { wanted: entry.clone(), got });
+        }
+    }
     if dropped.is_empty() {
         return Ok(());
     }
-    let index = kconfig::Index::scan(tree, ARCH_DIR);
     let lines = dropped
         .iter()
-        .map(|d| {
-            format!(
-                "  {d}\n      {}",
-                index.explain(&d.wanted.name, final_config)
-            )
-        })
+        .map(|d| format!("  {d}\n      {}", index.explain(&d.wanted.name, final_config)))
         .collect();
     Err(Error::Dropped { lines })
 }
@@ -778,6 +787,10 @@ mod tests {
         let merged =
             fragment::merge(&[Fragment::parse("CONFIG_UNIX_DIAG=y\n", Path::new("f")).unwrap()]);
         check(&merged, &ok, &tree).unwrap();
+        // A misspelt option is caught even when it asks for "not set".
+        let typo = fragment::merge(&[Fragment::parse("# CONFIG_UNIX_DAIG is not set\n", Path::new("f")).unwrap()]);
+        let err = check(&typo, &ok, &tree).unwrap_err().to_string();
+        assert!(err.contains("f:1: # CONFIG_UNIX_DAIG is not set → absent") && err.contains("no such option"), "{err}");
     }
 
     #[test]
