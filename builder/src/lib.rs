@@ -7,6 +7,7 @@ pub mod config;
 pub mod cpio;
 pub mod elf;
 pub mod initramfs;
+pub mod jobs_client;
 pub mod kernel;
 pub mod kernel_build;
 pub mod key;
