@@ -34,6 +34,10 @@ qemu-test: image
 	DROVE_OUT=$(CURDIR)/$(OUT) DROVE_BIN=$(CURDIR)/$(BIN)/drove \
 		$(CARGO) test $(CARGO_FLAGS) -p drove-qemu-tests -- --test-threads=2
 
+# A live 3-node cluster on a private vde segment; prints `drove status` and the API addresses.
+qemu-cluster: build
+	DROVE_BIN=$(CURDIR)/$(BIN)/drove $(CARGO) run $(CARGO_FLAGS) -p drove-qemu-tests --bin qemu-cluster
+
 bench: image
 	./scripts/bench.sh
 

@@ -79,4 +79,6 @@ with the QEMU calibration overlay and one user overlay (\`site\`).
 | disk.img | $disk_bytes | |
 | floppy.img | $floppy_bytes | (limit 1474560) |
 MD
+# Boot to ready against a bare busybox init (issue 3's benchmark).
+./scripts/bench-boot.sh >> docs/benchmarks.md
 cat docs/benchmarks.md
