@@ -172,9 +172,9 @@ pub fn ps_table(jobs: &Value) -> String {
             "{:<8} {:<9} {:>4} {:>4} {:>5} {:>5}  {}\n",
             j["id"].as_str().unwrap_or("?"),
             j["state"].as_str().unwrap_or("?"),
-            j["home"],
-            j["node"],
-            j["migrations"],
+            j["home"].to_string(),
+            j["node"].to_string(),
+            j["migrations"].to_string(),
             exit,
             cmd.join(" ")
         ));
