@@ -38,6 +38,13 @@ qemu-test: image
 qemu-cluster: build
 	DROVE_BIN=$(CURDIR)/$(BIN)/drove $(CARGO) run $(CARGO_FLAGS) -p drove-qemu-tests --bin qemu-cluster
 
+# The compiled migration kernel (issue 6): cached in ~/.cache/drove/kernel, output in out/kernel.
+# Use it with `[kernel] compiled = "out/kernel"` in a cluster config.
+kernel: deps
+	@./scripts/install-deps.sh kernel
+	$(CARGO) build $(CARGO_FLAGS) -p drove
+	$(BIN)/drove kernel build --out $(OUT)/kernel
+
 bench: image
 	./scripts/bench.sh
 

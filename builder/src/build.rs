@@ -25,6 +25,8 @@ pub enum Error {
     #[error(transparent)]
     Elf(#[from] elf::Error),
     #[error(transparent)]
+    KernelBuild(#[from] crate::kernel_build::Error),
+    #[error(transparent)]
     Initramfs(#[from] initramfs::Error),
     #[error(transparent)]
     Overlay(#[from] overlay::Error),
@@ -146,12 +148,15 @@ pub fn build(loaded: &Loaded, opts: &Options) -> Result<Report, Error> {
 
     let payload = if needs_payload {
         let kernel = steps.run("resolve kernel", || -> Result<_, Error> {
-            let k = kernel::resolve(
-                cfg.kernel.image.as_deref(),
-                cfg.kernel.modules.as_deref(),
-                &opts.boot_dir,
-                &opts.modules_root,
-            )?;
+            let k = match &cfg.kernel.compiled {
+                Some(dir) => crate::kernel_build::kernel_input(dir)?,
+                None => kernel::resolve(
+                    cfg.kernel.image.as_deref(),
+                    cfg.kernel.modules.as_deref(),
+                    &opts.boot_dir,
+                    &opts.modules_root,
+                )?,
+            };
             let detail = format!("{} {}", k.image.display(), k.release);
             Ok((k, detail))
         })?;
@@ -327,7 +332,15 @@ fn plan_base(
 ) -> Result<Plan, Error> {
     let cfg = &loaded.config;
     let closure = steps.run("resolve modules", || -> Result<_, Error> {
-        let dir = kernel.modules_dir.clone().unwrap_or_default();
+        let Some(dir) = kernel.modules_dir.clone() else {
+            // A compiled kernel has every driver built in: nothing to ship or load.
+            let closure = kernel::Closure {
+                files: Vec::new(),
+                builtin: cfg.kernel.drivers.iter().map(|d| kernel::normalize(d)).collect(),
+                modules_dep: String::new(),
+            };
+            return Ok((closure, "compiled kernel: all drivers built in".to_string()));
+        };
         let dep = ModulesDep::load(&dir)?;
         let closure = dep.closure(
             &cfg.kernel.drivers,

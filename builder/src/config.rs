@@ -97,6 +97,10 @@ pub struct KernelSection {
     /// A bzImage; default: the newest `vmlinuz-*` in `/boot`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<PathBuf>,
+    /// Output directory of `drove kernel build` (holding `bzImage` and `kernel.json`): boot the
+    /// compiled kernel, which has every driver built in, so the image carries no modules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compiled: Option<PathBuf>,
     /// The kernel's modules tree; default: `/lib/modules/<release>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modules: Option<PathBuf>,
@@ -109,6 +113,7 @@ impl Default for KernelSection {
     fn default() -> Self {
         KernelSection {
             image: None,
+            compiled: None,
             modules: None,
             cmdline: DEFAULT_CMDLINE.into(),
             drivers: DEFAULT_DRIVERS.iter().map(|s| s.to_string()).collect(),
@@ -276,6 +281,7 @@ impl Loaded {
         for p in [
             &mut config.kernel.image,
             &mut config.kernel.modules,
+            &mut config.kernel.compiled,
             &mut config.initramfs.agent,
             &mut config.cluster.map_file,
             &mut config.cluster.key_file,
