@@ -182,6 +182,114 @@ pub fn ps_table(jobs: &Value) -> String {
     out
 }
 
+/// Where to reach an agent and the key that lets you change things.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// The agent to talk to, HOST[:PORT] (port 7030 by default); usually the job's home node.
+    #[arg(long, default_value = crate::status::DEFAULT_NODE, value_name = "ADDR[:PORT]")]
+    pub node: String,
+    /// File holding the cluster key (64 hex digits), needed to start, move or kill jobs;
+    /// default: $DROVE_KEY_FILE.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl AgentArgs {
+    pub fn agent(&self) -> anyhow::Result<Agent> {
+        use anyhow::Context as _;
+        let addr = crate::status::normalize_addr(&self.node)?;
+        let key_file = self.key.clone().or_else(|| std::env::var_os("DROVE_KEY_FILE").map(Into::into));
+        let key = match &key_file {
+            Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read the cluster key {}", p.display()))?.trim().to_owned()),
+            None => None,
+        };
+        Ok(Agent::new(&addr, key))
+    }
+}
+
+/// The job commands of `drove`.
+#[derive(clap::Subcommand, Debug)]
+pub enum JobCommand {
+    /// Run a command as a cluster job (the modern `mosrun`): its output streams back here and
+    /// `drove` exits with the job's exit code.
+    Run {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// List the jobs one node knows: id, state, home, node, migrations, exit, command.
+    Ps {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Print the agent's JSON (jobs and migrations) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a running job to another node (number or name) or `home`.
+    Migrate {
+        #[command(flatten)]
+        agent: AgentArgs,
+        job: String,
+        to: String,
+    },
+    /// Kill a job wherever it runs.
+    Kill {
+        #[command(flatten)]
+        agent: AgentArgs,
+        job: String,
+    },
+}
+
+/// Runs one job command; returns the process exit code.
+pub fn run_command(cmd: &JobCommand) -> anyhow::Result<i32> {
+    match cmd {
+        JobCommand::Run { agent, cmd } => {
+            let agent = agent.agent()?;
+            let job = agent.launch(cmd)?;
+            let id = job["id"].as_str().unwrap_or_default().to_owned();
+            eprintln!("drove: job {id} started on node {}", job["node"]);
+            let done = agent.follow(&id, &mut std::io::stdout(), &mut std::io::stderr(), Duration::from_millis(300))?;
+            Ok(match (done["exit_code"].as_i64(), done["signal"].as_str()) {
+                (Some(c), _) => c as i32,
+                (None, Some(sig)) => {
+                    eprintln!("drove: job {id} killed by {sig}");
+                    137
+                }
+                _ => 1,
+            })
+        }
+        JobCommand::Ps { agent, json } => {
+            let v = agent.agent()?.jobs()?;
+            if *json {
+                println!("{v:#}");
+            } else {
+                print!("{}", ps_table(&v));
+            }
+            Ok(0)
+        }
+        JobCommand::Migrate { agent, job, to } => {
+            let rec = agent.agent()?.migrate(job, to)?;
+            println!(
+                "job {job}: node {} -> node {}: {} (freeze {} ms, {} bytes, total {} ms){}",
+                rec["from"],
+                rec["to"],
+                rec["outcome"].as_str().unwrap_or("?"),
+                rec["freeze_ms"],
+                rec["bytes"],
+                rec["total_ms"],
+                rec["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+            );
+            Ok(if rec["outcome"] == "moved" { 0 } else { 1 })
+        }
+        JobCommand::Kill { agent, job } => {
+            agent.agent()?.kill(job)?;
+            Ok(0)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

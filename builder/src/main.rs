@@ -66,6 +66,8 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    #[command(flatten)]
+    Jobs(drove::jobs_client::JobCommand),
 }
 
 #[derive(Subcommand)]
@@ -158,6 +160,7 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{}", drove::status::status_text(&node, format, style)?);
             }
         }
+        Command::Jobs(cmd) => std::process::exit(drove::jobs_client::run_command(&cmd)?),
     }
     Ok(())
 }
