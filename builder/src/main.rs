@@ -54,6 +54,11 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
     },
+    /// Compile the migration-enabled kernel (cached; see docs/kernel.md).
+    Kernel {
+        #[command(subcommand)]
+        command: KernelCommand,
+    },
     /// Show the cluster as one agent sees it: number, name, address, up/down, load, speed, memory.
     Status {
         /// The agent to ask, HOST[:PORT] (port 7030 by default).
@@ -68,6 +73,31 @@ enum Command {
     },
     #[command(flatten)]
     Jobs(drove::jobs_client::JobCommand),
+}
+
+#[derive(Subcommand)]
+enum KernelCommand {
+    /// Build bzImage from source with drove's config fragments (kernel/*.config).
+    Build {
+        /// Kernel source: a tarball or an unpacked tree (default: Debian's linux-source-6.1).
+        #[arg(long)]
+        source: Option<PathBuf>,
+        /// Config fragment (repeatable); given fragments replace the defaults.
+        #[arg(long = "fragment", value_name = "FILE")]
+        fragments: Vec<PathBuf>,
+        /// Base config: tinyconfig or defconfig.
+        #[arg(long, default_value = "tinyconfig")]
+        base: String,
+        /// Parallel compile jobs (default: the number of CPUs).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Where bzImage, kernel.json and kernel.config go.
+        #[arg(long, default_value = "out/kernel")]
+        out: PathBuf,
+        /// Build cache (default: ~/.cache/drove/kernel or $DROVE_KERNEL_CACHE).
+        #[arg(long)]
+        cache: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -150,6 +180,34 @@ fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Serve { dir, listen } => drove::serve::serve(&dir, listen)?,
+        Command::Kernel {
+            command:
+                KernelCommand::Build {
+                    source,
+                    fragments,
+                    base,
+                    jobs,
+                    out,
+                    cache,
+                },
+        } => {
+            let mut o = drove::kernel_build::Options::new(out);
+            if let Some(s) = source {
+                o.source = s;
+            }
+            if !fragments.is_empty() {
+                o.fragments = fragments;
+            }
+            o.base = base.parse()?;
+            if let Some(j) = jobs {
+                o.jobs = j;
+            }
+            if let Some(c) = cache {
+                o.cache = c;
+            }
+            o.quiet = cli.quiet;
+            drove::kernel_build::build(&o).context("kernel build failed")?;
+        }
         Command::Status { node, json, watch } => {
             use drove::status::{Format, Style};
             let format = if json { Format::Json } else { Format::Table };
