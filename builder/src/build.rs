@@ -336,7 +336,12 @@ fn plan_base(
             // A compiled kernel has every driver built in: nothing to ship or load.
             let closure = kernel::Closure {
                 files: Vec::new(),
-                builtin: cfg.kernel.drivers.iter().map(|d| kernel::normalize(d)).collect(),
+                builtin: cfg
+                    .kernel
+                    .drivers
+                    .iter()
+                    .map(|d| kernel::normalize(d))
+                    .collect(),
                 modules_dep: String::new(),
             };
             return Ok((closure, "compiled kernel: all drivers built in".to_string()));

@@ -14,13 +14,31 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot reach the agent at {addr}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{method} {path} on {addr}")]
-    Io { method: String, path: String, addr: String, source: std::io::Error },
+    Io {
+        method: String,
+        path: String,
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("{method} {path} on {addr}: malformed answer")]
-    Malformed { method: String, path: String, addr: String },
+    Malformed {
+        method: String,
+        path: String,
+        addr: String,
+    },
     #[error("{method} {path} on {addr}: HTTP {status}: {message}")]
-    Status { method: String, path: String, addr: String, status: u16, message: String },
+    Status {
+        method: String,
+        path: String,
+        addr: String,
+        status: u16,
+        message: String,
+    },
 }
 
 /// One answer: status, the `x-drove-state` header and the body.
@@ -41,13 +59,25 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(addr: &str, key: Option<String>) -> Self {
-        Agent { addr: addr.to_owned(), key, timeout: Duration::from_secs(300) }
+        Agent {
+            addr: addr.to_owned(),
+            key,
+            timeout: Duration::from_secs(300),
+        }
     }
 
     /// One request; any status is returned (see [`Agent::ok`] for a 2xx-only form).
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, Error> {
-        let io = |source| Error::Io { method: method.into(), path: path.into(), addr: self.addr.clone(), source };
-        let mut s = TcpStream::connect(&self.addr).map_err(|source| Error::Connect { addr: self.addr.clone(), source })?;
+        let io = |source| Error::Io {
+            method: method.into(),
+            path: path.into(),
+            addr: self.addr.clone(),
+            source,
+        };
+        let mut s = TcpStream::connect(&self.addr).map_err(|source| Error::Connect {
+            addr: self.addr.clone(),
+            source,
+        })?;
         s.set_read_timeout(Some(self.timeout)).map_err(io)?;
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", self.addr, body.len());
@@ -59,7 +89,11 @@ impl Agent {
         s.write_all(req.as_bytes()).map_err(io)?;
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).map_err(io)?;
-        parse(&raw).ok_or_else(|| Error::Malformed { method: method.into(), path: path.into(), addr: self.addr.clone() })
+        parse(&raw).ok_or_else(|| Error::Malformed {
+            method: method.into(),
+            path: path.into(),
+            addr: self.addr.clone(),
+        })
     }
 
     /// A request whose answer must be 2xx; its body as JSON (`null` when empty).
@@ -67,8 +101,20 @@ impl Agent {
         let a = self.request(method, path, body)?;
         let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
         if !(200..300).contains(&a.status) {
-            let message = v["error"].as_str().map(str::to_owned).unwrap_or_else(|| if v.is_null() { String::from_utf8_lossy(&a.body).into_owned() } else { v.to_string() });
-            return Err(Error::Status { method: method.into(), path: path.into(), addr: self.addr.clone(), status: a.status, message });
+            let message = v["error"].as_str().map(str::to_owned).unwrap_or_else(|| {
+                if v.is_null() {
+                    String::from_utf8_lossy(&a.body).into_owned()
+                } else {
+                    v.to_string()
+                }
+            });
+            return Err(Error::Status {
+                method: method.into(),
+                path: path.into(),
+                addr: self.addr.clone(),
+                status: a.status,
+                message,
+            });
         }
         Ok(v)
     }
@@ -94,7 +140,13 @@ impl Agent {
         if a.status == 200 || (a.status == 409 && v.get("outcome").is_some()) {
             return Ok(v);
         }
-        Err(Error::Status { method: "POST".into(), path, addr: self.addr.clone(), status: a.status, message: v["error"].as_str().unwrap_or("").to_owned() })
+        Err(Error::Status {
+            method: "POST".into(),
+            path,
+            addr: self.addr.clone(),
+            status: a.status,
+            message: v["error"].as_str().unwrap_or("").to_owned(),
+        })
     }
 
     pub fn kill(&self, id: &str) -> Result<Value, Error> {
@@ -106,14 +158,26 @@ impl Agent {
         let path = format!("/api/jobs/{id}/output?stream={stream}&offset={offset}");
         let a = self.request("GET", &path, None)?;
         if a.status != 200 {
-            return Err(Error::Status { method: "GET".into(), path, addr: self.addr.clone(), status: a.status, message: String::from_utf8_lossy(&a.body).into_owned() });
+            return Err(Error::Status {
+                method: "GET".into(),
+                path,
+                addr: self.addr.clone(),
+                status: a.status,
+                message: String::from_utf8_lossy(&a.body).into_owned(),
+            });
         }
         Ok(a.body)
     }
 
     /// Streams a job's stdout and stderr to `out`/`err` until it ends; returns the final job
     /// record. Output is read by offset, so a migration in between changes nothing for the reader.
-    pub fn follow(&self, id: &str, out: &mut dyn Write, err: &mut dyn Write, poll: Duration) -> Result<Value, Error> {
+    pub fn follow(
+        &self,
+        id: &str,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+        poll: Duration,
+    ) -> Result<Value, Error> {
         let mut offsets = [0u64; 2];
         loop {
             let got = self.drain(id, &mut offsets, out, err)?;
@@ -130,11 +194,19 @@ impl Agent {
         }
     }
 
-    fn drain(&self, id: &str, offsets: &mut [u64; 2], out: &mut dyn Write, err: &mut dyn Write) -> Result<usize, Error> {
+    fn drain(
+        &self,
+        id: &str,
+        offsets: &mut [u64; 2],
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+    ) -> Result<usize, Error> {
         let mut total = 0;
         for (i, stream) in ["stdout", "stderr"].into_iter().enumerate() {
             // A job mid-migration may be briefly unreadable (409/404 from the forwarder): retry later.
-            let Ok(bytes) = self.output(id, stream, offsets[i]) else { continue };
+            let Ok(bytes) = self.output(id, stream, offsets[i]) else {
+                continue;
+            };
             offsets[i] += bytes.len() as u64;
             total += bytes.len();
             let w: &mut dyn Write = if i == 0 { &mut *out } else { &mut *err };
@@ -155,19 +227,31 @@ pub fn parse(raw: &[u8]) -> Option<Answer> {
         .filter_map(|l| l.split_once(':'))
         .find(|(k, _)| k.trim().eq_ignore_ascii_case("x-drove-state"))
         .map(|(_, v)| v.trim().to_owned());
-    Some(Answer { status, state, body: raw[end + 4..].to_vec() })
+    Some(Answer {
+        status,
+        state,
+        body: raw[end + 4..].to_vec(),
+    })
 }
 
 /// `drove ps`: one line per job.
 pub fn ps_table(jobs: &Value) -> String {
-    let mut out = format!("{:<8} {:<9} {:>4} {:>4} {:>5} {:>5}  {}\n", "JOB", "STATE", "HOME", "NODE", "MIGR", "EXIT", "COMMAND");
+    let mut out = format!(
+        "{:<8} {:<9} {:>4} {:>4} {:>5} {:>5}  {}\n",
+        "JOB", "STATE", "HOME", "NODE", "MIGR", "EXIT", "COMMAND"
+    );
     for j in jobs["jobs"].as_array().into_iter().flatten() {
         let exit = match (j["exit_code"].as_i64(), j["signal"].as_str()) {
             (Some(c), _) => c.to_string(),
             (None, Some(s)) => s.to_owned(),
             _ => "-".into(),
         };
-        let cmd: Vec<&str> = j["cmd"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let cmd: Vec<&str> = j["cmd"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         out.push_str(&format!(
             "{:<8} {:<9} {:>4} {:>4} {:>5} {:>5}  {}\n",
             j["id"].as_str().unwrap_or("?"),
@@ -198,9 +282,17 @@ impl AgentArgs {
     pub fn agent(&self) -> anyhow::Result<Agent> {
         use anyhow::Context as _;
         let addr = crate::status::normalize_addr(&self.node)?;
-        let key_file = self.key.clone().or_else(|| std::env::var_os("DROVE_KEY_FILE").map(Into::into));
+        let key_file = self
+            .key
+            .clone()
+            .or_else(|| std::env::var_os("DROVE_KEY_FILE").map(Into::into));
         let key = match &key_file {
-            Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read the cluster key {}", p.display()))?.trim().to_owned()),
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read the cluster key {}", p.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
             None => None,
         };
         Ok(Agent::new(&addr, key))
@@ -250,15 +342,22 @@ pub fn run_command(cmd: &JobCommand) -> anyhow::Result<i32> {
             let job = agent.launch(cmd)?;
             let id = job["id"].as_str().unwrap_or_default().to_owned();
             eprintln!("drove: job {id} started on node {}", job["node"]);
-            let done = agent.follow(&id, &mut std::io::stdout(), &mut std::io::stderr(), Duration::from_millis(300))?;
-            Ok(match (done["exit_code"].as_i64(), done["signal"].as_str()) {
-                (Some(c), _) => c as i32,
-                (None, Some(sig)) => {
-                    eprintln!("drove: job {id} killed by {sig}");
-                    137
-                }
-                _ => 1,
-            })
+            let done = agent.follow(
+                &id,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+                Duration::from_millis(300),
+            )?;
+            Ok(
+                match (done["exit_code"].as_i64(), done["signal"].as_str()) {
+                    (Some(c), _) => c as i32,
+                    (None, Some(sig)) => {
+                        eprintln!("drove: job {id} killed by {sig}");
+                        137
+                    }
+                    _ => 1,
+                },
+            )
         }
         JobCommand::Ps { agent, json } => {
             let v = agent.agent()?.jobs()?;
@@ -279,7 +378,10 @@ pub fn run_command(cmd: &JobCommand) -> anyhow::Result<i32> {
                 rec["freeze_ms"],
                 rec["bytes"],
                 rec["total_ms"],
-                rec["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+                rec["error"]
+                    .as_str()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
             );
             Ok(if rec["outcome"] == "moved" { 0 } else { 1 })
         }
@@ -296,8 +398,12 @@ mod tests {
 
     #[test]
     fn answers_parse() {
-        let a = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-drove-state: running\r\n\r\nabc").unwrap();
-        assert_eq!((a.status, a.state.as_deref(), a.body.as_slice()), (200, Some("running"), &b"abc"[..]));
+        let a = parse(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nx-drove-state: running\r\n\r\nabc")
+            .unwrap();
+        assert_eq!(
+            (a.status, a.state.as_deref(), a.body.as_slice()),
+            (200, Some("running"), &b"abc"[..])
+        );
         assert!(parse(b"HTTP/1.1 200").is_none());
     }
 
@@ -306,6 +412,10 @@ mod tests {
         let v = json!({"jobs": [{"id": "1.1", "state": "moved", "home": 1, "node": 2, "migrations": 1, "exit_code": null, "signal": null, "cmd": ["awk", "BEGIN {}"]}]});
         let t = ps_table(&v);
         let row: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
-        assert_eq!(row, ["1.1", "moved", "1", "2", "1", "-", "awk", "BEGIN", "{}"], "{t}");
+        assert_eq!(
+            row,
+            ["1.1", "moved", "1", "2", "1", "-", "awk", "BEGIN", "{}"],
+            "{t}"
+        );
     }
 }

@@ -62,7 +62,9 @@ impl Shared {
 
     /// Whether `headers` carry the cluster key.
     pub fn authorized(&self, headers: &HeaderMap) -> bool {
-        let Some(key) = &self.key_hex else { return false };
+        let Some(key) = &self.key_hex else {
+            return false;
+        };
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -70,7 +72,12 @@ impl Shared {
             .map(|v| v.trim().to_ascii_lowercase())
             .unwrap_or_default();
         // Constant time in the key's length.
-        given.len() == key.len() && given.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        given.len() == key.len()
+            && given
+                .bytes()
+                .zip(key.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 }
 
@@ -106,7 +113,10 @@ pub fn node_json(shared: &Shared) -> Value {
         .map(|r| serde_json::to_value(r).unwrap_or_default())
         .unwrap_or_else(|| json!({}));
     if let Value::Object(o) = &mut row {
-        o.insert("uptime_s".into(), json!((shared.uptime_at_start + now as f64 / 1000.0).floor() as u64));
+        o.insert(
+            "uptime_s".into(),
+            json!((shared.uptime_at_start + now as f64 / 1000.0).floor() as u64),
+        );
         o.insert("kernel".into(), json!(shared.kernel));
         o.insert("version".into(), json!(crate::pid1::VERSION));
         o.insert("calibration".into(), json!(shared.calibration));
@@ -124,13 +134,17 @@ pub fn event_data(shared: &Shared, e: &Event) -> String {
         .to_string()
 }
 
-async fn events(Extract(shared): Extract<Arc<Shared>>) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+async fn events(
+    Extract(shared): Extract<Arc<Shared>>,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = shared.events.subscribe();
     let stream = futures_util::stream::unfold((rx, shared), |(mut rx, shared)| async move {
         loop {
             match rx.recv().await {
                 Ok(e) => {
-                    let ev = SseEvent::default().event(e.kind.as_str()).data(event_data(&shared, &e));
+                    let ev = SseEvent::default()
+                        .event(e.kind.as_str())
+                        .data(event_data(&shared, &e));
                     return Some((Ok(ev), (rx, shared)));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
@@ -147,39 +161,117 @@ pub fn metrics_text(shared: &Shared) -> String {
     let m = shared.membership();
     let rows = m.table(now);
     let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = String>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for v in values {
-            let _ = writeln!(out, "{v}");
-        }
-    };
+    let mut family =
+        |name: &str, kind: &str, help: &str, values: &mut dyn Iterator<Item = String>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for v in values {
+                let _ = writeln!(out, "{v}");
+            }
+        };
     let label = |r: &crate::gossip::Row| {
-        let name = if r.name.is_empty() { r.addr.clone() } else { r.name.clone() };
-        format!("{{node=\"{}\",number=\"{}\",addr=\"{}\"}}", escape(&name), r.number, r.addr)
+        let name = if r.name.is_empty() {
+            r.addr.clone()
+        } else {
+            r.name.clone()
+        };
+        format!(
+            "{{node=\"{}\",number=\"{}\",addr=\"{}\"}}",
+            escape(&name),
+            r.number,
+            r.addr
+        )
     };
-    family("drove_node_up", "gauge", "1 when the node is up, 0 when suspect or down", &mut rows.iter().map(|r| format!("drove_node_up{} {}", label(r), u8::from(r.state == State::Up))));
-    family("drove_node_load", "gauge", "run-queue load normalised by speed", &mut rows.iter().map(|r| format!("drove_node_load{} {}", label(r), r.load)));
-    family("drove_node_speed", "gauge", "calibrated CPU speed", &mut rows.iter().map(|r| format!("drove_node_speed{} {}", label(r), r.speed)));
-    family("drove_node_mem_free_bytes", "gauge", "available memory", &mut rows.iter().map(|r| format!("drove_node_mem_free_bytes{} {}", label(r), r.mem_free)));
+    family(
+        "drove_node_up",
+        "gauge",
+        "1 when the node is up, 0 when suspect or down",
+        &mut rows.iter().map(|r| {
+            format!(
+                "drove_node_up{} {}",
+                label(r),
+                u8::from(r.state == State::Up)
+            )
+        }),
+    );
+    family(
+        "drove_node_load",
+        "gauge",
+        "run-queue load normalised by speed",
+        &mut rows
+            .iter()
+            .map(|r| format!("drove_node_load{} {}", label(r), r.load)),
+    );
+    family(
+        "drove_node_speed",
+        "gauge",
+        "calibrated CPU speed",
+        &mut rows
+            .iter()
+            .map(|r| format!("drove_node_speed{} {}", label(r), r.speed)),
+    );
+    family(
+        "drove_node_mem_free_bytes",
+        "gauge",
+        "available memory",
+        &mut rows
+            .iter()
+            .map(|r| format!("drove_node_mem_free_bytes{} {}", label(r), r.mem_free)),
+    );
     let up = rows.iter().filter(|r| r.state == State::Up).count();
-    family("drove_cluster_nodes_up", "gauge", "nodes this node sees up, itself included", &mut std::iter::once(format!("drove_cluster_nodes_up {up}")));
-    family("drove_gossip_messages_sent_total", "counter", "gossip datagrams sent", &mut std::iter::once(format!("drove_gossip_messages_sent_total {}", m.stats.sent)));
-    family("drove_gossip_messages_received_total", "counter", "gossip datagrams accepted", &mut std::iter::once(format!("drove_gossip_messages_received_total {}", m.stats.received)));
-    family("drove_gossip_messages_rejected_total", "counter", "gossip datagrams dropped (bad key, garbage, replay, stranger)", &mut std::iter::once(format!("drove_gossip_messages_rejected_total {}", m.stats.rejected)));
+    family(
+        "drove_cluster_nodes_up",
+        "gauge",
+        "nodes this node sees up, itself included",
+        &mut std::iter::once(format!("drove_cluster_nodes_up {up}")),
+    );
+    family(
+        "drove_gossip_messages_sent_total",
+        "counter",
+        "gossip datagrams sent",
+        &mut std::iter::once(format!("drove_gossip_messages_sent_total {}", m.stats.sent)),
+    );
+    family(
+        "drove_gossip_messages_received_total",
+        "counter",
+        "gossip datagrams accepted",
+        &mut std::iter::once(format!(
+            "drove_gossip_messages_received_total {}",
+            m.stats.received
+        )),
+    );
+    family(
+        "drove_gossip_messages_rejected_total",
+        "counter",
+        "gossip datagrams dropped (bad key, garbage, replay, stranger)",
+        &mut std::iter::once(format!(
+            "drove_gossip_messages_rejected_total {}",
+            m.stats.rejected
+        )),
+    );
     out
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 async fn metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics_text(&shared)).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics_text(&shared),
+    )
+        .into_response()
 }
 
 async fn poweroff(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
     if !shared.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, Json(json!({"error": "this needs the cluster key: Authorization: Bearer <hex key>"}))).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "this needs the cluster key: Authorization: Bearer <hex key>"})),
+        )
+            .into_response();
     }
     crate::info!("API: poweroff requested");
     (shared.poweroff)();
@@ -206,17 +298,31 @@ mod tests {
             incarnation: 1,
             heartbeat: 0,
             age_ms: 0,
-            load: Load { load: 0.25, speed: 1000.0, mem_free: 100, mem_total: 200, jobs: 0, guest_jobs: 0 },
+            load: Load {
+                load: 0.25,
+                speed: 1000.0,
+                mem_free: 100,
+                mem_total: 200,
+                jobs: 0,
+                guest_jobs: 0,
+            },
             leaving: false,
         };
-        let map = vec![(1, "10.10.0.1".parse().unwrap()), (2, "10.10.0.2".parse().unwrap())];
+        let map = vec![
+            (1, "10.10.0.1".parse().unwrap()),
+            (2, "10.10.0.2".parse().unwrap()),
+        ];
         let key = hex::decode(KEY).unwrap();
         Arc::new(Shared {
             membership: Mutex::new(Membership::new(Config::new("t", false), &key, me, map, 0)),
             events: broadcast::channel(16).0,
             key_hex: Some(KEY.into()),
             kernel: "6.1.0".into(),
-            calibration: CalibrationInfo { cpu: "qemu".into(), measured: Some(900.0), speed: 1000.0 },
+            calibration: CalibrationInfo {
+                cpu: "qemu".into(),
+                measured: Some(900.0),
+                speed: 1000.0,
+            },
             started: Instant::now(),
             wall_start_ms: 1_000_000,
             uptime_at_start: 5.0,
@@ -248,11 +354,34 @@ mod tests {
         let nodes = v["nodes"].as_array().unwrap();
         assert_eq!(nodes.len(), 2);
         let me = &nodes[0];
-        for k in ["number", "name", "addr", "state", "load", "speed", "mem_free", "mem_total", "jobs", "guest_jobs", "last_heard_ms", "conflict"] {
+        for k in [
+            "number",
+            "name",
+            "addr",
+            "state",
+            "load",
+            "speed",
+            "mem_free",
+            "mem_total",
+            "jobs",
+            "guest_jobs",
+            "last_heard_ms",
+            "conflict",
+        ] {
             assert!(me.get(k).is_some(), "missing {k} in {me}");
         }
-        assert_eq!((me["state"].as_str(), me["load"].as_f64(), me["addr"].as_str()), (Some("up"), Some(0.25), Some("10.10.0.1")));
-        assert_eq!((nodes[1]["state"].as_str(), nodes[1]["number"].as_u64()), (Some("down"), Some(2)));
+        assert_eq!(
+            (
+                me["state"].as_str(),
+                me["load"].as_f64(),
+                me["addr"].as_str()
+            ),
+            (Some("up"), Some(0.25), Some("10.10.0.1"))
+        );
+        assert_eq!(
+            (nodes[1]["state"].as_str(), nodes[1]["number"].as_u64()),
+            (Some("down"), Some(2))
+        );
         assert!(nodes[1]["last_heard_ms"].is_null());
 
         let (_, body) = call(&s, get("/api/node")).await;
@@ -276,13 +405,29 @@ mod tests {
             r.body(Body::empty()).unwrap()
         };
         assert_eq!(call(&s, post(None)).await.0, StatusCode::UNAUTHORIZED);
-        assert_eq!(call(&s, post(Some("Bearer 00"))).await.0, StatusCode::UNAUTHORIZED);
-        assert_eq!(call(&s, post(Some(&format!("Bearer {}", KEY.replace('0', "1"))))).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            call(&s, post(Some("Bearer 00"))).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&s, post(Some(&format!("Bearer {}", KEY.replace('0', "1")))))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 0);
-        assert_eq!(call(&s, post(Some(&format!("Bearer {}", KEY.to_uppercase())))).await.0, StatusCode::ACCEPTED);
+        assert_eq!(
+            call(&s, post(Some(&format!("Bearer {}", KEY.to_uppercase()))))
+                .await
+                .0,
+            StatusCode::ACCEPTED
+        );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         // Reads need nothing; a GET on the changing route is not a change.
-        assert_eq!(call(&s, get("/api/node/poweroff")).await.0, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(
+            call(&s, get("/api/node/poweroff")).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
     }
 
     #[tokio::test]
@@ -290,9 +435,22 @@ mod tests {
         let s = shared(Arc::default());
         let (st, body) = call(&s, get("/metrics")).await;
         assert_eq!(st, StatusCode::OK);
-        assert!(body.contains("drove_node_up{node=\"node1\",number=\"1\",addr=\"10.10.0.1\"} 1\n"), "{body}");
-        assert!(body.contains("drove_node_up{node=\"10.10.0.2\",number=\"2\",addr=\"10.10.0.2\"} 0\n"), "{body}");
-        for name in ["drove_node_load{", "drove_node_speed{", "drove_node_mem_free_bytes{", "drove_cluster_nodes_up 1\n", "drove_gossip_messages_sent_total 0\n", "drove_gossip_messages_rejected_total 0\n"] {
+        assert!(
+            body.contains("drove_node_up{node=\"node1\",number=\"1\",addr=\"10.10.0.1\"} 1\n"),
+            "{body}"
+        );
+        assert!(
+            body.contains("drove_node_up{node=\"10.10.0.2\",number=\"2\",addr=\"10.10.0.2\"} 0\n"),
+            "{body}"
+        );
+        for name in [
+            "drove_node_load{",
+            "drove_node_speed{",
+            "drove_node_mem_free_bytes{",
+            "drove_cluster_nodes_up 1\n",
+            "drove_gossip_messages_sent_total 0\n",
+            "drove_gossip_messages_rejected_total 0\n",
+        ] {
             assert!(body.contains(name), "missing {name} in {body}");
         }
     }
@@ -304,7 +462,13 @@ mod tests {
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "text/event-stream");
         let mut body = resp.into_body();
         s.events
-            .send(Event { kind: crate::gossip::EventKind::Down, number: 2, name: "node2".into(), addr: "10.10.0.2".parse().unwrap(), at_ms: 5 })
+            .send(Event {
+                kind: crate::gossip::EventKind::Down,
+                number: 2,
+                name: "node2".into(),
+                addr: "10.10.0.2".parse().unwrap(),
+                at_ms: 5,
+            })
             .unwrap();
         let frame = body.frame().await.unwrap().unwrap().into_data().unwrap();
         let text = String::from_utf8_lossy(&frame);

@@ -8,12 +8,12 @@
 
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
-use std::os::unix::process::CommandExt;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Mutex, MutexGuard};
@@ -46,11 +46,17 @@ impl std::fmt::Display for Exit {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot run {program}")]
-    Spawn { program: String, source: std::io::Error },
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("cannot create a pipe for {program}")]
     Pipe { program: String, source: Errno },
     #[error("cannot read the output of {program}")]
-    Output { program: String, source: std::io::Error },
+    Output {
+        program: String,
+        source: std::io::Error,
+    },
     #[error("{program} did not finish within {secs} s")]
     Timeout { program: String, secs: u64 },
     #[error("lost track of {program}")]
@@ -76,7 +82,9 @@ impl Children {
     }
 
     fn table(&self) -> MutexGuard<'_, HashMap<Pid, Sender<Exit>>> {
-        self.waiting.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Spawns `cmd`; with `capture`, its stdout and stderr go to one pipe returned as `output`.
@@ -85,10 +93,15 @@ impl Children {
         let program = cmd.get_program().to_string_lossy().into_owned();
         let mut output = None;
         if capture {
-            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map_err(|source| Error::Pipe { program: program.clone(), source })?;
-            let write2: OwnedFd =
-                write.try_clone().map_err(|source| Error::Spawn { program: program.clone(), source })?;
+            let (read, write) =
+                nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|source| Error::Pipe {
+                    program: program.clone(),
+                    source,
+                })?;
+            let write2: OwnedFd = write.try_clone().map_err(|source| Error::Spawn {
+                program: program.clone(),
+                source,
+            })?;
             cmd.stdout(Stdio::from(write)).stderr(Stdio::from(write2));
             output = Some(std::fs::File::from(read));
         }
@@ -98,12 +111,19 @@ impl Children {
         // SAFETY: runs in the child between fork and exec; it only calls sigemptyset and
         // pthread_sigmask on a stack value, both async-signal-safe, and allocates nothing.
         unsafe {
-            cmd.pre_exec(|| SigSet::empty().thread_set_mask().map_err(std::io::Error::from));
+            cmd.pre_exec(|| {
+                SigSet::empty()
+                    .thread_set_mask()
+                    .map_err(std::io::Error::from)
+            });
         }
         let (tx, rx) = mpsc::channel();
         // Held across spawn and insert: the reaper cannot collect this pid before it is known.
         let mut table = self.table();
-        let child = cmd.spawn().map_err(|source| Error::Spawn { program: program.clone(), source });
+        let child = cmd.spawn().map_err(|source| Error::Spawn {
+            program: program.clone(),
+            source,
+        });
         // Drop our copies of the pipe's write end (held by `cmd`) so EOF arrives when the child ends.
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         let child = child?;
@@ -111,7 +131,11 @@ impl Children {
         table.insert(pid, tx);
         // Dropping `Child` neither waits nor kills; the reaper owns the status from here on.
         drop(child);
-        Ok(Spawned { pid, output, exit: rx })
+        Ok(Spawned {
+            pid,
+            output,
+            exit: rx,
+        })
     }
 
     /// Collects every child that has ended: statuses go to their spawners; orphans are returned.
@@ -137,7 +161,12 @@ impl Children {
 
     /// Runs a command to completion with merged output, as `drove-agent` runs `ip` and friends.
     /// The command line is logged at debug level in a form that can be pasted into a shell.
-    pub fn run(&self, program: &str, args: &[&str], timeout: Duration) -> Result<(Exit, String), Error> {
+    pub fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<(Exit, String), Error> {
         crate::debug!("run: {}", shell_line(program, args));
         let mut cmd = Command::new(program);
         cmd.args(args);
@@ -146,13 +175,21 @@ impl Children {
         if let Some(mut out) = spawned.output {
             let mut bytes = Vec::new();
             out.read_to_end(&mut bytes)
-                .map_err(|source| Error::Output { program: program.into(), source })?;
+                .map_err(|source| Error::Output {
+                    program: program.into(),
+                    source,
+                })?;
             text = String::from_utf8_lossy(&bytes).trim_end().to_string();
         }
         match spawned.exit.recv_timeout(timeout) {
             Ok(exit) => Ok((exit, text)),
-            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout { program: program.into(), secs: timeout.as_secs() }),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Lost { program: program.into() }),
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout {
+                program: program.into(),
+                secs: timeout.as_secs(),
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Lost {
+                program: program.into(),
+            }),
         }
     }
 }
@@ -160,13 +197,20 @@ impl Children {
 /// A command line that can be pasted into a shell (arguments quoted where needed).
 pub fn shell_line(program: &str, args: &[&str]) -> String {
     let quote = |s: &str| {
-        if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c)) {
+        if !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c))
+        {
             s.to_string()
         } else {
             format!("'{}'", s.replace('\'', r"'\''"))
         }
     };
-    std::iter::once(program).chain(args.iter().copied()).map(quote).collect::<Vec<_>>().join(" ")
+    std::iter::once(program)
+        .chain(args.iter().copied())
+        .map(quote)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -175,15 +219,29 @@ mod tests {
 
     #[test]
     fn shell_line_quotes_what_needs_it() {
-        assert_eq!(shell_line("/bin/busybox", &["ip", "addr", "add", "10.0.0.1/24", "dev", "eth0"]),
-            "/bin/busybox ip addr add 10.0.0.1/24 dev eth0");
-        assert_eq!(shell_line("sh", &["-c", "echo it's"]), r"sh -c 'echo it'\''s'");
+        assert_eq!(
+            shell_line(
+                "/bin/busybox",
+                &["ip", "addr", "add", "10.0.0.1/24", "dev", "eth0"]
+            ),
+            "/bin/busybox ip addr add 10.0.0.1/24 dev eth0"
+        );
+        assert_eq!(
+            shell_line("sh", &["-c", "echo it's"]),
+            r"sh -c 'echo it'\''s'"
+        );
     }
 
     #[test]
     fn exit_explains_127() {
-        assert_eq!(Exit::Code(127).to_string(), "exit status 127 (command not found)");
-        assert_eq!(Exit::Signal(Signal::SIGKILL).to_string(), "killed by SIGKILL");
+        assert_eq!(
+            Exit::Code(127).to_string(),
+            "exit status 127 (command not found)"
+        );
+        assert_eq!(
+            Exit::Signal(Signal::SIGKILL).to_string(),
+            "killed by SIGKILL"
+        );
     }
 
     #[test]
@@ -195,7 +253,12 @@ mod tests {
         let out = std::thread::scope(|s| {
             s.spawn(|| {
                 blocked.thread_block().unwrap();
-                let spawned = children.spawn(Command::new("grep").args(["^SigBlk", "/proc/self/status"]), true).unwrap();
+                let spawned = children
+                    .spawn(
+                        Command::new("grep").args(["^SigBlk", "/proc/self/status"]),
+                        true,
+                    )
+                    .unwrap();
                 let mut text = String::new();
                 spawned.output.unwrap().read_to_string(&mut text).unwrap();
                 text
@@ -218,10 +281,18 @@ mod tests {
                 }
             })
         };
-        let (exit, out) = children.run("sh", &["-c", "echo out; echo err >&2; exit 3"], Duration::from_secs(5)).unwrap();
+        let (exit, out) = children
+            .run(
+                "sh",
+                &["-c", "echo out; echo err >&2; exit 3"],
+                Duration::from_secs(5),
+            )
+            .unwrap();
         assert_eq!(exit, Exit::Code(3));
         assert_eq!(out, "out\nerr");
-        let err = children.run("/nonexistent/x", &[], Duration::from_secs(1)).unwrap_err();
+        let err = children
+            .run("/nonexistent/x", &[], Duration::from_secs(1))
+            .unwrap_err();
         assert!(matches!(err, Error::Spawn { .. }), "{err}");
         drop(reaper);
     }

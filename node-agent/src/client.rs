@@ -43,7 +43,10 @@ pub fn main(args: &[String]) -> i32 {
                 0
             }
             Err(e) => {
-                eprintln!("drove-agent: cannot read {}: {e} (is the node ready?)", crate::pid1::STATE_FILE);
+                eprintln!(
+                    "drove-agent: cannot read {}: {e} (is the node ready?)",
+                    crate::pid1::STATE_FILE
+                );
                 1
             }
         },
@@ -95,7 +98,11 @@ mod tests {
 
     #[test]
     fn client_signals_mean_what_pid1_thinks() {
-        for a in [PowerAction::Poweroff, PowerAction::Reboot, PowerAction::Halt] {
+        for a in [
+            PowerAction::Poweroff,
+            PowerAction::Reboot,
+            PowerAction::Halt,
+        ] {
             assert_eq!(action_for(signal_for(a)), SignalAction::Power(a));
         }
     }

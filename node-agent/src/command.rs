@@ -50,9 +50,18 @@ mod tests {
 
     #[test]
     fn commands_parse() {
-        assert_eq!(parse("poweroff\r\n"), Parsed::Command(Command::Power(PowerAction::Poweroff)));
-        assert_eq!(parse("  Reboot "), Parsed::Command(Command::Power(PowerAction::Reboot)));
-        assert_eq!(parse("halt"), Parsed::Command(Command::Power(PowerAction::Halt)));
+        assert_eq!(
+            parse("poweroff\r\n"),
+            Parsed::Command(Command::Power(PowerAction::Poweroff))
+        );
+        assert_eq!(
+            parse("  Reboot "),
+            Parsed::Command(Command::Power(PowerAction::Reboot))
+        );
+        assert_eq!(
+            parse("halt"),
+            Parsed::Command(Command::Power(PowerAction::Halt))
+        );
         assert_eq!(parse("status"), Parsed::Command(Command::Status));
         assert_eq!(parse("help"), Parsed::Command(Command::Help));
         assert_eq!(parse("   \r"), Parsed::Empty);

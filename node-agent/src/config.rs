@@ -75,22 +75,34 @@ fn unit() -> f64 {
 
 impl Default for Calibration {
     fn default() -> Self {
-        Calibration { cpu: "unknown".into(), speed: None, scale: 1.0 }
+        Calibration {
+            cpu: "unknown".into(),
+            speed: None,
+            scale: 1.0,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
 }
 
 fn parse_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| Error::Read { path: path.into(), source })?;
-    toml::from_str(&text).map_err(|e| Error::Parse { path: path.into(), message: toml_message(&text, &e) })
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.into(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| Error::Parse {
+        path: path.into(),
+        message: toml_message(&text, &e),
+    })
 }
 
 /// Formats a TOML error as `line N: message`, so callers can say `file:line`.
@@ -138,8 +150,13 @@ impl Calibration {
             return Ok(Self::default());
         }
         let cal: Calibration = parse_toml(path)?;
-        if !(cal.scale.is_finite() && cal.scale > 0.0) || cal.speed.is_some_and(|s| !(s.is_finite() && s > 0.0)) {
-            return Err(Error::Parse { path: path.into(), message: "speed and scale must be positive numbers".into() });
+        if !(cal.scale.is_finite() && cal.scale > 0.0)
+            || cal.speed.is_some_and(|s| !(s.is_finite() && s > 0.0))
+        {
+            return Err(Error::Parse {
+                path: path.into(),
+                message: "speed and scale must be positive numbers".into(),
+            });
         }
         Ok(cal)
     }
@@ -185,6 +202,9 @@ mod tests {
         std::fs::write(&p, "cpu = \"x\"\nbogus = 1\n").unwrap();
         let err = Calibration::load(&p).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
-        assert_eq!(Calibration::load(&dir.path().join("none")).unwrap(), Calibration::default());
+        assert_eq!(
+            Calibration::load(&dir.path().join("none")).unwrap(),
+            Calibration::default()
+        );
     }
 }

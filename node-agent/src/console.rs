@@ -37,7 +37,9 @@ static OUTPUTS: Mutex<Vec<File>> = Mutex::new(Vec::new());
 static DEBUG: AtomicBool = AtomicBool::new(false);
 
 fn outputs() -> MutexGuard<'static, Vec<File>> {
-    OUTPUTS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    OUTPUTS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Shows or hides `debug` lines.
@@ -107,7 +109,11 @@ pub fn console_paths(proc_consoles: Option<&str>) -> Vec<PathBuf> {
 /// Opens a console device for reading and writing without making it our controlling tty (a
 /// Ctrl-C typed there must not reach PID 1 as SIGINT, which means "reboot").
 pub fn open_device(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().read(true).write(true).custom_flags(libc::O_NOCTTY).open(path)
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)
 }
 
 /// Sends log output to `files` from now on (replacing stderr).
@@ -152,18 +158,27 @@ mod tests {
     fn proc_consoles_lists_devices_in_order() {
         let text = "ttyS0                -W- (EC p a)    4:64\ntty0                 -WU (E  p  )    4:1\nttyS0 -W- (E) 4:64\n";
         assert_eq!(parse_proc_consoles(text), vec!["ttyS0", "tty0"]);
-        assert_eq!(console_paths(Some(text)), vec![PathBuf::from("/dev/ttyS0"), PathBuf::from("/dev/tty0")]);
+        assert_eq!(
+            console_paths(Some(text)),
+            vec![PathBuf::from("/dev/ttyS0"), PathBuf::from("/dev/tty0")]
+        );
     }
 
     #[test]
     fn no_consoles_fall_back_to_dev_console() {
         assert_eq!(console_paths(None), vec![PathBuf::from("/dev/console")]);
-        assert_eq!(console_paths(Some("\n../x y\n")), vec![PathBuf::from("/dev/console")]);
+        assert_eq!(
+            console_paths(Some("\n../x y\n")),
+            vec![PathBuf::from("/dev/console")]
+        );
     }
 
     #[test]
     fn lines_have_prefix_and_level() {
-        assert_eq!(format_line(Level::Warn, format_args!("eth1: {}", "down")), "drove-agent: warn: eth1: down");
+        assert_eq!(
+            format_line(Level::Warn, format_args!("eth1: {}", "down")),
+            "drove-agent: warn: eth1: down"
+        );
     }
 
     #[test]

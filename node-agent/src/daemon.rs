@@ -27,7 +27,10 @@ const TICK: Duration = Duration::from_millis(100);
 
 /// `KEY=value` lines (node.env) → map.
 pub fn parse_env(text: &str) -> BTreeMap<String, String> {
-    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect()
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
 }
 
 /// The map's (number, address) pairs; hostnames cannot be resolved in the initramfs and are
@@ -45,25 +48,36 @@ pub fn map_peers(cfg: &NodeConfig) -> (Vec<(u32, Ipv4Addr)>, Vec<String>) {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `drove-agent daemon`: returns the exit code.
 pub fn main() -> i32 {
-    console::set_debug(crate::pid1::wants_debug(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default()));
+    console::set_debug(crate::pid1::wants_debug(
+        &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+    ));
     let cfg = NodeConfig::load(Path::new(NODE_CONFIG_PATH)).unwrap_or_else(|e| {
         error!("{}; cluster daemon uses defaults", console::chain(&e));
         NodeConfig::fallback("")
     });
     let env = parse_env(&std::fs::read_to_string(crate::pid1::STATE_FILE).unwrap_or_default());
     let (Some(addr), Some(number)) = (
-        env.get("NODE_ADDR").and_then(|a| a.parse::<Ipv4Addr>().ok()),
+        env.get("NODE_ADDR")
+            .and_then(|a| a.parse::<Ipv4Addr>().ok()),
         env.get("NODE_NUMBER").and_then(|n| n.parse::<u32>().ok()),
     ) else {
-        error!("cluster daemon: {} has no NODE_ADDR/NODE_NUMBER yet", crate::pid1::STATE_FILE);
+        error!(
+            "cluster daemon: {} has no NODE_ADDR/NODE_NUMBER yet",
+            crate::pid1::STATE_FILE
+        );
         return 1;
     };
-    let name = env.get("NODE_NAME").cloned().unwrap_or_else(|| cfg.name_for(number));
+    let name = env
+        .get("NODE_NAME")
+        .cloned()
+        .unwrap_or_else(|| cfg.name_for(number));
     let speed: f64 = env.get("SPEED").and_then(|s| s.parse().ok()).unwrap_or(0.0);
     let calibration = CalibrationInfo {
         cpu: env.get("CPU").cloned().unwrap_or_else(|| "unknown".into()),
@@ -73,7 +87,9 @@ pub fn main() -> i32 {
     let key_text = std::fs::read_to_string(CLUSTER_KEY_PATH).ok();
     let key = key_text.as_deref().and_then(crate::wire::parse_key);
     if key.is_none() {
-        error!("no usable cluster key at {CLUSTER_KEY_PATH}: this node cannot join; API is read-only");
+        error!(
+            "no usable cluster key at {CLUSTER_KEY_PATH}: this node cannot join; API is read-only"
+        );
     }
     let (peers, skipped) = map_peers(&cfg);
     for host in skipped {
@@ -88,16 +104,27 @@ pub fn main() -> i32 {
         incarnation: wall.max(1),
         heartbeat: 0,
         age_ms: 0,
-        load: crate::gossip::Load { speed, ..Default::default() },
+        load: crate::gossip::Load {
+            speed,
+            ..Default::default()
+        },
         leaving: false,
     };
     let uptime_at_start = std::fs::read_to_string("/proc/uptime")
         .ok()
         .and_then(|t| t.split_whitespace().next().and_then(|s| s.parse().ok()))
         .unwrap_or(0.0);
-    let kernel = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let kernel = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
     let shared = Arc::new(Shared {
-        membership: Mutex::new(Membership::new(Config::new(&cfg.cluster, cfg.discovery), key.as_deref().unwrap_or(&[]), me, peers, 0)),
+        membership: Mutex::new(Membership::new(
+            Config::new(&cfg.cluster, cfg.discovery),
+            key.as_deref().unwrap_or(&[]),
+            me,
+            peers,
+            0,
+        )),
         events: broadcast::channel(256).0,
         key_hex: key.as_ref().map(hex::encode),
         kernel,
@@ -106,10 +133,17 @@ pub fn main() -> i32 {
         wall_start_ms: wall,
         uptime_at_start,
         poweroff: Box::new(|| {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(1), crate::client::signal_for(crate::power::PowerAction::Poweroff));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(1),
+                crate::client::signal_for(crate::power::PowerAction::Poweroff),
+            );
         }),
     });
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             error!("cluster daemon: cannot start the runtime: {e}");
@@ -127,11 +161,23 @@ pub fn main() -> i32 {
 
 async fn serve(shared: Arc<Shared>, port: u16, gossip: bool) -> std::io::Result<()> {
     let any = SocketAddr::from(([0, 0, 0, 0], port));
-    let tcp = TcpListener::bind(any).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on tcp {any}: {e}")))?;
-    let udp = Arc::new(UdpSocket::bind(any).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind udp {any}: {e}")))?);
+    let tcp = TcpListener::bind(any)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on tcp {any}: {e}")))?;
+    let udp = Arc::new(
+        UdpSocket::bind(any)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind udp {any}: {e}")))?,
+    );
     {
         let m = shared.membership();
-        info!("{LISTENING} {} (number {}) at {}; gossip udp/{port}, API http://{}:{port}/api/cluster", m.me().name, m.me().number, m.me().addr, m.me().addr);
+        info!(
+            "{LISTENING} {} (number {}) at {}; gossip udp/{port}, API http://{}:{port}/api/cluster",
+            m.me().name,
+            m.me().number,
+            m.me().addr,
+            m.me().addr
+        );
     }
     let app = api::router(shared.clone()).merge(crate::jobs::api::start(shared.clone(), port));
     tokio::spawn(async move {
@@ -147,15 +193,17 @@ async fn serve(shared: Arc<Shared>, port: u16, gossip: bool) -> std::io::Result<
         // Sampled from a plain thread that wakes on its own, away from the runtime's bursts of
         // work (otherwise a busy tokio worker is counted in every sample).
         let shared = shared.clone();
-        std::thread::Builder::new().name("load".into()).spawn(move || {
-            let mut sampler = crate::load::Sampler::default();
-            loop {
-                let speed = shared.membership().me().load.speed;
-                let load = sampler.sample_proc(speed);
-                shared.membership().set_load(load);
-                std::thread::sleep(Duration::from_millis(1000));
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("load".into())
+            .spawn(move || {
+                let mut sampler = crate::load::Sampler::default();
+                loop {
+                    let speed = shared.membership().me().load.speed;
+                    let load = sampler.sample_proc(speed);
+                    shared.membership().set_load(load);
+                    std::thread::sleep(Duration::from_millis(1000));
+                }
+            })?;
     }
     let mut interval = tokio::time::interval(TICK);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -194,7 +242,13 @@ async fn serve(shared: Arc<Shared>, port: u16, gossip: bool) -> std::io::Result<
         for e in events {
             match e.kind {
                 EventKind::Conflict => {}
-                kind => info!("cluster: {} {} (number {}, {})", e.name, kind.as_str(), e.number, e.addr),
+                kind => info!(
+                    "cluster: {} {} (number {}, {})",
+                    e.name,
+                    kind.as_str(),
+                    e.number,
+                    e.addr
+                ),
             }
             let _ = shared.events.send(e);
         }
@@ -205,8 +259,15 @@ async fn serve(shared: Arc<Shared>, port: u16, gossip: bool) -> std::io::Result<
 /// with ` self=<addr>` when this node is one of them.
 pub fn conflict_line(number: u32, addrs: &[Ipv4Addr], me: Ipv4Addr) -> String {
     let list: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-    let mine = if addrs.contains(&me) { format!(" self={me}") } else { String::new() };
-    format!("drove: conflict number={number} addrs={}{mine}", list.join(","))
+    let mine = if addrs.contains(&me) {
+        format!(" self={me}")
+    } else {
+        String::new()
+    };
+    format!(
+        "drove: conflict number={number} addrs={}{mine}",
+        list.join(",")
+    )
 }
 
 async fn receive(shared: Arc<Shared>, udp: Arc<UdpSocket>) {
@@ -236,8 +297,14 @@ mod tests {
     #[test]
     fn conflict_lines() {
         let a = |d| Ipv4Addr::new(10, 10, 0, d);
-        assert_eq!(conflict_line(3, &[a(3), a(4)], a(3)), "drove: conflict number=3 addrs=10.10.0.3,10.10.0.4 self=10.10.0.3");
-        assert_eq!(conflict_line(3, &[a(3), a(4)], a(1)), "drove: conflict number=3 addrs=10.10.0.3,10.10.0.4");
+        assert_eq!(
+            conflict_line(3, &[a(3), a(4)], a(3)),
+            "drove: conflict number=3 addrs=10.10.0.3,10.10.0.4 self=10.10.0.3"
+        );
+        assert_eq!(
+            conflict_line(3, &[a(3), a(4)], a(1)),
+            "drove: conflict number=3 addrs=10.10.0.3,10.10.0.4"
+        );
     }
 
     #[test]
@@ -245,9 +312,16 @@ mod tests {
         let env = parse_env("NODE_NAME=node1\nNODE_NUMBER=1\nNODE_ADDR=10.10.0.1\nSPEED=12.5\n");
         assert_eq!(env["NODE_ADDR"], "10.10.0.1");
         let mut cfg = NodeConfig::fallback("6.1");
-        cfg.map = crate::map::ClusterMap::parse_mosix("1 10.10.0.1 2\n5 headnode 1\n", "m").unwrap();
+        cfg.map =
+            crate::map::ClusterMap::parse_mosix("1 10.10.0.1 2\n5 headnode 1\n", "m").unwrap();
         let (peers, skipped) = map_peers(&cfg);
-        assert_eq!(peers, vec![(1, Ipv4Addr::new(10, 10, 0, 1)), (2, Ipv4Addr::new(10, 10, 0, 2))]);
+        assert_eq!(
+            peers,
+            vec![
+                (1, Ipv4Addr::new(10, 10, 0, 1)),
+                (2, Ipv4Addr::new(10, 10, 0, 2))
+            ]
+        );
         assert_eq!(skipped, vec!["headnode".to_string()]);
     }
 }

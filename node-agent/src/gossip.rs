@@ -201,7 +201,8 @@ pub const REJECT_LOG_EVERY_MS: Ms = 60_000;
 
 impl Membership {
     pub fn new(cfg: Config, key: &[u8], me: Entry, map: Vec<(u32, Ipv4Addr)>, now: Ms) -> Self {
-        let seed = me.incarnation ^ u64::from(u32::from(me.addr)).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
+        let seed =
+            me.incarnation ^ u64::from(u32::from(me.addr)).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
         Membership {
             cfg,
             key: key.to_vec(),
@@ -236,9 +237,19 @@ impl Membership {
         self.me.leaving = true;
         self.me.heartbeat += 1;
         self.seq += 1;
-        let msg = Message { cluster: self.cfg.cluster.clone(), incarnation: self.me.incarnation, seq: self.seq, entries: vec![self.me.clone()] };
+        let msg = Message {
+            cluster: self.cfg.cluster.clone(),
+            incarnation: self.me.incarnation,
+            seq: self.seq,
+            entries: vec![self.me.clone()],
+        };
         let bytes = wire::seal(&self.key, &msg);
-        let live: Vec<Ipv4Addr> = self.members.iter().filter(|(_, m)| m.state != State::Down).map(|(a, _)| *a).collect();
+        let live: Vec<Ipv4Addr> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state != State::Down)
+            .map(|(a, _)| *a)
+            .collect();
         self.stats.sent += live.len() as u64;
         live.into_iter().map(|a| (a, bytes.clone())).collect()
     }
@@ -275,7 +286,10 @@ impl Membership {
         let n = (self.members.len() + 1).max(self.map.len()).max(2) as u64;
         let rounds = 64 - u64::from((n - 1).leading_zeros()); // ceil(log2 n)
         let down = self.cfg.down_ms.max(self.cfg.period_ms * (rounds + 1));
-        let suspect = self.cfg.suspect_ms.max(down.saturating_sub(self.cfg.down_ms - self.cfg.suspect_ms));
+        let suspect = self
+            .cfg
+            .suspect_ms
+            .max(down.saturating_sub(self.cfg.down_ms - self.cfg.suspect_ms));
         (suspect, down)
     }
 
@@ -289,19 +303,32 @@ impl Membership {
         self.me.heartbeat += 1;
         self.seq += 1;
 
-        let live: Vec<Ipv4Addr> =
-            self.members.iter().filter(|(_, m)| m.state != State::Down).map(|(a, _)| *a).collect();
+        let live: Vec<Ipv4Addr> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state != State::Down)
+            .map(|(a, _)| *a)
+            .collect();
         let mut others: Vec<Ipv4Addr> = self
             .map
             .iter()
             .map(|(_, a)| *a)
-            .chain(self.members.iter().filter(|(_, m)| m.state == State::Down && !m.left).map(|(a, _)| *a))
+            .chain(
+                self.members
+                    .iter()
+                    .filter(|(_, m)| m.state == State::Down && !m.left)
+                    .map(|(a, _)| *a),
+            )
             .filter(|a| *a != self.me.addr && !live.contains(a))
             .collect();
         others.sort();
         others.dedup();
         let mut targets = self.pick(&live, self.cfg.fanout);
-        let probes = if targets.len() < self.cfg.fanout { self.cfg.fanout - targets.len() } else { 1 };
+        let probes = if targets.len() < self.cfg.fanout {
+            self.cfg.fanout - targets.len()
+        } else {
+            1
+        };
         targets.extend(self.pick(&others, probes));
 
         let (_, down) = self.thresholds();
@@ -310,7 +337,10 @@ impl Membership {
             .members
             .values()
             .filter(|m| now.saturating_sub(m.fresh_at) < down && !m.left)
-            .map(|m| Entry { age_ms: now.saturating_sub(m.fresh_at), ..m.entry.clone() })
+            .map(|m| Entry {
+                age_ms: now.saturating_sub(m.fresh_at),
+                ..m.entry.clone()
+            })
             .collect();
         if known.len() > self.cfg.max_entries {
             let idx: Vec<usize> = (0..known.len()).collect();
@@ -320,7 +350,12 @@ impl Membership {
         } else {
             entries.extend(known);
         }
-        let msg = Message { cluster: self.cfg.cluster.clone(), incarnation: self.me.incarnation, seq: self.seq, entries };
+        let msg = Message {
+            cluster: self.cfg.cluster.clone(),
+            incarnation: self.me.incarnation,
+            seq: self.seq,
+            entries,
+        };
         let bytes = wire::seal(&self.key, &msg);
         self.stats.sent += targets.len() as u64;
         targets.into_iter().map(|t| (t, bytes.clone())).collect()
@@ -357,9 +392,14 @@ impl Membership {
         if msg.cluster != self.cfg.cluster {
             return Err(Reject::Cluster(msg.cluster));
         }
-        let Some(sender) = msg.entries.first() else { return Err(Reject::Malformed("no entries".into())) };
+        let Some(sender) = msg.entries.first() else {
+            return Err(Reject::Malformed("no entries".into()));
+        };
         if sender.addr != src || sender.incarnation != msg.incarnation {
-            return Err(Reject::Malformed(format!("sender entry says {} but the datagram came from {src}", sender.addr)));
+            return Err(Reject::Malformed(format!(
+                "sender entry says {} but the datagram came from {src}",
+                sender.addr
+            )));
         }
         if !self.cfg.discovery && !self.in_map(src) {
             return Err(Reject::NotInMap);
@@ -370,7 +410,10 @@ impl Membership {
             }
         }
         for e in &msg.entries {
-            if !(e.load.load.is_finite() && e.load.speed.is_finite() && e.load.load >= 0.0 && e.load.speed >= 0.0)
+            if !(e.load.load.is_finite()
+                && e.load.speed.is_finite()
+                && e.load.load >= 0.0
+                && e.load.speed >= 0.0)
                 || e.name.len() > 64
             {
                 return Err(Reject::Malformed(format!("bad entry for {}", e.addr)));
@@ -423,7 +466,13 @@ impl Membership {
     }
 
     fn event(&mut self, kind: EventKind, e: &Entry, now: Ms) {
-        self.events.push(Event { kind, number: e.number, name: e.name.clone(), addr: e.addr, at_ms: now });
+        self.events.push(Event {
+            kind,
+            number: e.number,
+            name: e.name.clone(),
+            addr: e.addr,
+            at_ms: now,
+        });
     }
 
     fn update_states(&mut self, now: Ms) {
@@ -441,9 +490,15 @@ impl Membership {
             };
             let kind = match (m.state, new) {
                 _ if leaving && m.state != State::Down => Some(EventKind::Left),
-                (State::Down, State::Up | State::Suspect) if m.heard_at.is_some() || m.entry.heartbeat > 0 => {
+                (State::Down, State::Up | State::Suspect)
+                    if m.heard_at.is_some() || m.entry.heartbeat > 0 =>
+                {
                     // First time up: joined; up again after being down: up.
-                    Some(if m.ever_up { EventKind::Up } else { EventKind::Joined })
+                    Some(if m.ever_up {
+                        EventKind::Up
+                    } else {
+                        EventKind::Joined
+                    })
                 }
                 (State::Up | State::Suspect, State::Down) => Some(EventKind::Down),
                 _ => None,
@@ -469,7 +524,10 @@ impl Membership {
     /// per distinct clash.
     fn find_conflicts(&mut self, now: Ms) {
         let mut by_number: BTreeMap<u32, Vec<Ipv4Addr>> = BTreeMap::new();
-        by_number.entry(self.me.number).or_default().push(self.me.addr);
+        by_number
+            .entry(self.me.number)
+            .or_default()
+            .push(self.me.addr);
         for (a, m) in &self.members {
             if m.state != State::Down {
                 by_number.entry(m.entry.number).or_default().push(*a);
@@ -479,7 +537,8 @@ impl Membership {
             m.conflict = None;
         }
         // A clash that ended and comes back is told again.
-        self.conflicts_told.retain(|(n, a)| by_number.get(n) == Some(a));
+        self.conflicts_told
+            .retain(|(n, a)| by_number.get(n) == Some(a));
         for (number, addrs) in by_number {
             if addrs.len() < 2 {
                 continue;
@@ -492,8 +551,18 @@ impl Membership {
             let key = (number, addrs.clone());
             if !self.conflicts_told.contains(&key) {
                 self.conflicts_told.insert(key);
-                let e = self.members.get(&addrs[0]).map_or_else(|| self.me.clone(), |m| m.entry.clone());
-                let e = Entry { addr: if addrs.contains(&self.me.addr) { self.me.addr } else { e.addr }, ..e };
+                let e = self
+                    .members
+                    .get(&addrs[0])
+                    .map_or_else(|| self.me.clone(), |m| m.entry.clone());
+                let e = Entry {
+                    addr: if addrs.contains(&self.me.addr) {
+                        self.me.addr
+                    } else {
+                        e.addr
+                    },
+                    ..e
+                };
                 self.event(EventKind::Conflict, &e, now);
             }
         }
@@ -501,8 +570,12 @@ impl Membership {
 
     /// Every live address (this node's included) that claims `number`, sorted.
     pub fn claimants(&self, number: u32) -> Vec<Ipv4Addr> {
-        let mut all: Vec<Ipv4Addr> =
-            self.members.iter().filter(|(_, m)| m.state != State::Down && m.entry.number == number).map(|(a, _)| *a).collect();
+        let mut all: Vec<Ipv4Addr> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state != State::Down && m.entry.number == number)
+            .map(|(a, _)| *a)
+            .collect();
         if self.me.number == number {
             all.push(self.me.addr);
         }
@@ -531,7 +604,12 @@ impl Membership {
     pub fn table(&self, now: Ms) -> Vec<Row> {
         let mut rows = vec![row(&self.me, State::Up, Some(0), self.self_conflict())];
         for m in self.members.values() {
-            rows.push(row(&m.entry, m.state, Some(now.saturating_sub(m.fresh_at)), m.conflict.clone()));
+            rows.push(row(
+                &m.entry,
+                m.state,
+                Some(now.saturating_sub(m.fresh_at)),
+                m.conflict.clone(),
+            ));
         }
         for (number, addr) in &self.map {
             if *addr != self.me.addr && !self.members.contains_key(addr) {
@@ -556,12 +634,20 @@ impl Membership {
     }
 
     pub fn up_count(&self) -> usize {
-        1 + self.members.values().filter(|m| m.state == State::Up).count()
+        1 + self
+            .members
+            .values()
+            .filter(|m| m.state == State::Up)
+            .count()
     }
 }
 
 fn conflict_text(number: u32, me: &Ipv4Addr, all: &[Ipv4Addr]) -> String {
-    let others: Vec<String> = all.iter().filter(|a| *a != me).map(|a| a.to_string()).collect();
+    let others: Vec<String> = all
+        .iter()
+        .filter(|a| *a != me)
+        .map(|a| a.to_string())
+        .collect();
     format!("number {number} also claimed by {}", others.join(","))
 }
 
@@ -600,7 +686,12 @@ mod tests {
             incarnation: inc,
             heartbeat: 0,
             age_ms: 0,
-            load: Load { speed: 100.0, mem_total: 1 << 30, mem_free: 1 << 29, ..Load::default() },
+            load: Load {
+                speed: 100.0,
+                mem_total: 1 << 30,
+                mem_free: 1 << 29,
+                ..Load::default()
+            },
             leaving: false,
         }
     }
@@ -619,7 +710,15 @@ mod tests {
     impl Sim {
         fn new(n: u32) -> Self {
             let map: Vec<(u32, Ipv4Addr)> = (1..=n).map(|i| (i, addr(i))).collect();
-            let mut sim = Sim { nodes: BTreeMap::new(), queue: Vec::new(), now: 0, delay: 20, map, sent: 0, step: 10 };
+            let mut sim = Sim {
+                nodes: BTreeMap::new(),
+                queue: Vec::new(),
+                now: 0,
+                delay: 20,
+                map,
+                sent: 0,
+                step: 10,
+            };
             for i in 1..=n {
                 sim.boot(i);
             }
@@ -627,7 +726,13 @@ mod tests {
         }
 
         fn boot(&mut self, i: u32) {
-            let node = Membership::new(Config::new("t", false), KEY, entry(i, 1000 + self.now), self.map.clone(), self.now + u64::from(i) * 37 % 1000);
+            let node = Membership::new(
+                Config::new("t", false),
+                KEY,
+                entry(i, 1000 + self.now),
+                self.map.clone(),
+                self.now + u64::from(i) * 37 % 1000,
+            );
             self.nodes.insert(i, node);
         }
 
@@ -641,7 +746,9 @@ mod tests {
             while self.now < end {
                 self.now += self.step;
                 let now = self.now;
-                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue).into_iter().partition(|m| m.0 <= now);
+                let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.queue)
+                    .into_iter()
+                    .partition(|m| m.0 <= now);
                 self.queue = later;
                 for (_, from, to, bytes) in due {
                     let i = u32::from(to) - u32::from(addr(0));
@@ -660,11 +767,17 @@ mod tests {
         }
 
         fn state(&self, at: u32, of: u32) -> State {
-            self.nodes[&at].members().get(&addr(of)).map_or(State::Down, |m| m.state)
+            self.nodes[&at]
+                .members()
+                .get(&addr(of))
+                .map_or(State::Down, |m| m.state)
         }
 
         fn all_see(&self, of: u32, state: State) -> bool {
-            self.nodes.keys().filter(|i| **i != of).all(|i| self.state(*i, of) == state)
+            self.nodes
+                .keys()
+                .filter(|i| **i != of)
+                .all(|i| self.state(*i, of) == state)
         }
     }
 
@@ -676,10 +789,26 @@ mod tests {
             assert!(sim.all_see(i, State::Up), "node {i} not up everywhere");
         }
         let rows = sim.nodes[&1].table(sim.now);
-        assert_eq!(rows.iter().map(|r| r.number).collect::<Vec<_>>(), vec![1, 2, 3]);
-        assert!(rows.iter().all(|r| r.state == State::Up && r.speed == 100.0));
-        let events = sim.nodes.get_mut(&1).map(|n| n.take_events()).unwrap_or_default();
-        assert_eq!(events.iter().filter(|e| e.kind == EventKind::Joined).count(), 2, "{events:?}");
+        assert_eq!(
+            rows.iter().map(|r| r.number).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert!(rows
+            .iter()
+            .all(|r| r.state == State::Up && r.speed == 100.0));
+        let events = sim
+            .nodes
+            .get_mut(&1)
+            .map(|n| n.take_events())
+            .unwrap_or_default();
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.kind == EventKind::Joined)
+                .count(),
+            2,
+            "{events:?}"
+        );
 
         // Node 3 dies: down on 1 and 2 within 5 s, never before 2 s.
         sim.kill(3);
@@ -696,16 +825,37 @@ mod tests {
         }
         let down_at = down_at.expect("node 3 never seen down");
         assert!(down_at <= 5000, "down after {down_at} ms");
-        let events = sim.nodes.get_mut(&2).map(|n| n.take_events()).unwrap_or_default();
-        assert!(events.iter().any(|e| e.kind == EventKind::Down && e.number == 3), "{events:?}");
+        let events = sim
+            .nodes
+            .get_mut(&2)
+            .map(|n| n.take_events())
+            .unwrap_or_default();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == EventKind::Down && e.number == 3),
+            "{events:?}"
+        );
 
         // It boots again (new incarnation): up everywhere within two periods.
         sim.boot(3);
         sim.run(2500);
         assert!(sim.all_see(3, State::Up));
-        assert!(sim.nodes[&3].members().values().all(|m| m.state == State::Up));
-        let events = sim.nodes.get_mut(&1).map(|n| n.take_events()).unwrap_or_default();
-        assert!(events.iter().any(|e| e.kind == EventKind::Up && e.number == 3), "{events:?}");
+        assert!(sim.nodes[&3]
+            .members()
+            .values()
+            .all(|m| m.state == State::Up));
+        let events = sim
+            .nodes
+            .get_mut(&1)
+            .map(|n| n.take_events())
+            .unwrap_or_default();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == EventKind::Up && e.number == 3),
+            "{events:?}"
+        );
     }
 
     #[test]
@@ -715,12 +865,18 @@ mod tests {
             sim.step = 50;
             sim.run(12_000);
             for i in 1..=n {
-                assert!(sim.all_see(i, State::Up), "n={n}: node {i} not up everywhere");
+                assert!(
+                    sim.all_see(i, State::Up),
+                    "n={n}: node {i} not up everywhere"
+                );
             }
             let before = sim.sent;
             sim.run(5_000);
             let rate = (sim.sent - before) as f64 / f64::from(n) / 5.0;
-            assert!(rate <= 4.0 + 1e-9, "n={n}: {rate} messages per node per second");
+            assert!(
+                rate <= 4.0 + 1e-9,
+                "n={n}: {rate} messages per node per second"
+            );
             assert!(rate >= 1.0, "n={n}: {rate}");
             // A death is still seen everywhere, within the size-scaled threshold.
             sim.kill(n / 2);
@@ -751,35 +907,84 @@ mod tests {
         let mut sim = Sim::new(3);
         for _ in 0..100 {
             sim.run(100);
-            sim.queue.retain(|(_, from, to, _)| !(*from == addr(3) && *to == addr(1)));
+            sim.queue
+                .retain(|(_, from, to, _)| !(*from == addr(3) && *to == addr(1)));
         }
         assert_eq!(sim.state(1, 3), State::Up);
     }
 
     #[test]
     fn wrong_key_garbage_replay_and_strangers_are_dropped() {
-        let mut a = Membership::new(Config::new("t", false), KEY, entry(1, 5), vec![(1, addr(1)), (2, addr(2))], 0);
-        let mut b = Membership::new(Config::new("t", false), KEY, entry(2, 5), vec![(1, addr(1)), (2, addr(2))], 0);
-        let mut evil = Membership::new(Config::new("t", false), b"another key, another cluster!!!!", entry(2, 9), vec![(1, addr(1))], 0);
+        let mut a = Membership::new(
+            Config::new("t", false),
+            KEY,
+            entry(1, 5),
+            vec![(1, addr(1)), (2, addr(2))],
+            0,
+        );
+        let mut b = Membership::new(
+            Config::new("t", false),
+            KEY,
+            entry(2, 5),
+            vec![(1, addr(1)), (2, addr(2))],
+            0,
+        );
+        let mut evil = Membership::new(
+            Config::new("t", false),
+            b"another key, another cluster!!!!",
+            entry(2, 9),
+            vec![(1, addr(1))],
+            0,
+        );
         let (_, good) = b.tick(0).into_iter().next().unwrap();
         let (_, bad) = evil.tick(0).into_iter().next().unwrap();
-        assert!(matches!(a.receive(10, addr(2), &bad), Err((Reject::Tag, true))));
-        assert!(matches!(a.receive(11, addr(2), b"garbage"), Err((Reject::Malformed(_), false))), "logged once per address");
+        assert!(matches!(
+            a.receive(10, addr(2), &bad),
+            Err((Reject::Tag, true))
+        ));
+        assert!(
+            matches!(
+                a.receive(11, addr(2), b"garbage"),
+                Err((Reject::Malformed(_), false))
+            ),
+            "logged once per address"
+        );
         assert!(a.members().is_empty());
         a.receive(20, addr(2), &good).unwrap();
-        assert!(matches!(a.receive(30, addr(2), &good), Err((Reject::Replay, false))));
+        assert!(matches!(
+            a.receive(30, addr(2), &good),
+            Err((Reject::Replay, false))
+        ));
         // Right key, wrong source address for the sender entry.
         let (_, good2) = b.tick(1000).into_iter().next().unwrap();
-        assert!(matches!(a.receive(1010, addr(7), &good2), Err((Reject::Malformed(_), true))));
+        assert!(matches!(
+            a.receive(1010, addr(7), &good2),
+            Err((Reject::Malformed(_), true))
+        ));
         // Not in the map, discovery off.
-        let mut stranger = Membership::new(Config::new("t", false), KEY, entry(9, 5), vec![(1, addr(1))], 0);
+        let mut stranger = Membership::new(
+            Config::new("t", false),
+            KEY,
+            entry(9, 5),
+            vec![(1, addr(1))],
+            0,
+        );
         let (_, s) = stranger.tick(0).into_iter().next().unwrap();
-        assert!(matches!(a.receive(1020, addr(9), &s), Err((Reject::NotInMap, true))));
+        assert!(matches!(
+            a.receive(1020, addr(9), &s),
+            Err((Reject::NotInMap, true))
+        ));
         assert_eq!(a.members().len(), 1);
         assert_eq!(a.stats.rejected, 5);
         assert_eq!(a.stats.received, 1);
         // With discovery on, the stranger joins.
-        let mut d = Membership::new(Config::new("t", true), KEY, entry(1, 5), vec![(1, addr(1))], 0);
+        let mut d = Membership::new(
+            Config::new("t", true),
+            KEY,
+            entry(1, 5),
+            vec![(1, addr(1))],
+            0,
+        );
         d.receive(10, addr(9), &s).unwrap();
         d.tick(20);
         assert_eq!(d.members()[&addr(9)].state, State::Up);
@@ -789,29 +994,68 @@ mod tests {
     fn duplicate_numbers_are_reported() {
         let map = vec![(1, addr(1)), (2, addr(2)), (3, addr(3))];
         let mut a = Membership::new(Config::new("t", false), KEY, entry(1, 5), map.clone(), 0);
-        let mut b = Membership::new(Config::new("t", false), KEY, Entry { number: 1, ..entry(2, 5) }, map, 0);
+        let mut b = Membership::new(
+            Config::new("t", false),
+            KEY,
+            Entry {
+                number: 1,
+                ..entry(2, 5)
+            },
+            map,
+            0,
+        );
         let (_, m) = b.tick(0).into_iter().next().unwrap();
         a.receive(5, addr(2), &m).unwrap();
-        assert_eq!(a.self_conflict().as_deref(), Some("number 1 also claimed by 10.10.0.2"));
+        assert_eq!(
+            a.self_conflict().as_deref(),
+            Some("number 1 also claimed by 10.10.0.2")
+        );
         let rows = a.table(10);
         let row2 = rows.iter().find(|r| r.addr == "10.10.0.2").unwrap();
-        assert_eq!(row2.conflict.as_deref(), Some("number 1 also claimed by 10.10.0.1"));
+        assert_eq!(
+            row2.conflict.as_deref(),
+            Some("number 1 also claimed by 10.10.0.1")
+        );
         let events = a.take_events();
-        assert_eq!(events.iter().filter(|e| e.kind == EventKind::Conflict).count(), 1, "{events:?}");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| e.kind == EventKind::Conflict)
+                .count(),
+            1,
+            "{events:?}"
+        );
         a.tick(100);
-        assert!(a.take_events().iter().all(|e| e.kind != EventKind::Conflict), "told once");
+        assert!(
+            a.take_events()
+                .iter()
+                .all(|e| e.kind != EventKind::Conflict),
+            "told once"
+        );
         // The other one goes down: the conflict is gone; it comes back: told again.
         a.tick(10_000);
         assert_eq!(a.self_conflict(), None);
         assert!(a.table(10_000).iter().all(|r| r.conflict.is_none()));
         let (_, m) = b.tick(10_000).into_iter().next().unwrap();
         a.receive(10_005, addr(2), &m).unwrap();
-        assert_eq!(a.take_events().iter().filter(|e| e.kind == EventKind::Conflict).count(), 1);
+        assert_eq!(
+            a.take_events()
+                .iter()
+                .filter(|e| e.kind == EventKind::Conflict)
+                .count(),
+            1
+        );
     }
 
     #[test]
     fn unreachable_map_nodes_are_just_down() {
-        let mut a = Membership::new(Config::new("t", false), KEY, entry(1, 5), vec![(1, addr(1)), (2, addr(2)), (3, addr(3))], 0);
+        let mut a = Membership::new(
+            Config::new("t", false),
+            KEY,
+            entry(1, 5),
+            vec![(1, addr(1)), (2, addr(2)), (3, addr(3))],
+            0,
+        );
         let mut total = 0;
         for s in 0..10 {
             total += a.tick(s * 1000).len();
@@ -835,7 +1079,13 @@ mod tests {
         sim.run(100);
         assert_eq!(sim.state(1, 2), State::Down);
         let events = sim.nodes.get_mut(&1).unwrap().take_events();
-        assert!(events.iter().any(|e| e.kind == EventKind::Left), "{events:?}");
-        assert!(!events.iter().any(|e| e.kind == EventKind::Down), "{events:?}");
+        assert!(
+            events.iter().any(|e| e.kind == EventKind::Left),
+            "{events:?}"
+        );
+        assert!(
+            !events.iter().any(|e| e.kind == EventKind::Down),
+            "{events:?}"
+        );
     }
 }

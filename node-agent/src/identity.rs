@@ -47,11 +47,16 @@ pub fn parse_mac(text: &str) -> Option<Mac> {
 }
 
 pub fn format_mac(mac: &Mac) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 pub fn fnv1a32(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x0100_0193))
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 /// The stable number for a MAC (see the module docs).
@@ -65,9 +70,16 @@ pub fn choose(cfg: &NodeConfig, addr: Ipv4Addr, macs: &[Mac]) -> Identity {
     let (number, source) = match (cfg.map.number_for(addr), usable) {
         (Some(n), _) => (n, Source::Map),
         (None, Some(mac)) => (mac_number(mac), Source::Mac),
-        (None, None) => (MAC_NUMBER_BASE + fnv1a32(&addr.octets()) % MAC_NUMBER_SPAN, Source::Address),
+        (None, None) => (
+            MAC_NUMBER_BASE + fnv1a32(&addr.octets()) % MAC_NUMBER_SPAN,
+            Source::Address,
+        ),
     };
-    Identity { number, name: cfg.name_for(number), source }
+    Identity {
+        number,
+        name: cfg.name_for(number),
+        source,
+    }
 }
 
 #[cfg(test)]
@@ -93,8 +105,19 @@ mod tests {
     #[test]
     fn map_wins_over_mac() {
         let mac = parse_mac("52:54:00:12:34:56").unwrap();
-        let id = choose(&cfg("1 10.0.2.10 8\n"), "10.0.2.15".parse().unwrap(), &[mac]);
-        assert_eq!(id, Identity { number: 6, name: "node6".into(), source: Source::Map });
+        let id = choose(
+            &cfg("1 10.0.2.10 8\n"),
+            "10.0.2.15".parse().unwrap(),
+            &[mac],
+        );
+        assert_eq!(
+            id,
+            Identity {
+                number: 6,
+                name: "node6".into(),
+                source: Source::Map
+            }
+        );
     }
 
     #[test]
@@ -104,10 +127,16 @@ mod tests {
         let id = choose(&cfg(""), "192.168.1.7".parse().unwrap(), &[a, b]);
         assert_eq!(id.source, Source::Mac);
         assert_eq!(id.number, mac_number(&b));
-        assert_eq!(id, choose(&cfg(""), "192.168.1.8".parse().unwrap(), &[b, a]));
+        assert_eq!(
+            id,
+            choose(&cfg(""), "192.168.1.8".parse().unwrap(), &[b, a])
+        );
         // Pinned values: changing the scheme renames every MAC-named node, so it must be deliberate.
         assert_eq!(fnv1a32(b"a"), 0xe40c292c);
-        assert_eq!(mac_number(&a), MAC_NUMBER_BASE + fnv1a32(&a) % MAC_NUMBER_SPAN);
+        assert_eq!(
+            mac_number(&a),
+            MAC_NUMBER_BASE + fnv1a32(&a) % MAC_NUMBER_SPAN
+        );
         assert!((100_000..=999_999).contains(&mac_number(&a)));
     }
 
@@ -120,10 +149,16 @@ mod tests {
 
     #[test]
     fn macs_parse_and_format() {
-        assert_eq!(parse_mac("52:54:00:AB:cd:0f"), Some([0x52, 0x54, 0, 0xab, 0xcd, 0x0f]));
+        assert_eq!(
+            parse_mac("52:54:00:AB:cd:0f"),
+            Some([0x52, 0x54, 0, 0xab, 0xcd, 0x0f])
+        );
         assert_eq!(parse_mac("52:54:00:ab:cd"), None);
         assert_eq!(parse_mac("52:54:00:ab:cd:0f:00"), None);
         assert_eq!(parse_mac("5:54:00:ab:cd:0f"), None);
-        assert_eq!(format_mac(&[0x52, 0x54, 0, 0xab, 0xcd, 0x0f]), "52:54:00:ab:cd:0f");
+        assert_eq!(
+            format_mac(&[0x52, 0x54, 0, 0xab, 0xcd, 0x0f]),
+            "52:54:00:ab:cd:0f"
+        );
     }
 }

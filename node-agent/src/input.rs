@@ -21,12 +21,15 @@ pub fn is_power_press(ev: &[u8]) -> bool {
 
 /// `/dev/input/eventN` of every input device under `sys_class_input` named "... Power Button".
 pub fn power_buttons(sys_class_input: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(sys_class_input) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(sys_class_input) else {
+        return Vec::new();
+    };
     let mut found: Vec<PathBuf> = entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("event"))
         .filter(|e| {
-            std::fs::read_to_string(e.path().join("device/name")).is_ok_and(|n| n.trim().ends_with("Power Button"))
+            std::fs::read_to_string(e.path().join("device/name"))
+                .is_ok_and(|n| n.trim().ends_with("Power Button"))
         })
         .map(|e| Path::new("/dev/input").join(e.file_name()))
         .collect();
@@ -70,10 +73,17 @@ mod tests {
     #[test]
     fn finds_power_buttons_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        for (ev, name) in [("event0", "Power Button"), ("event1", "AT Translated Set 2 keyboard"), ("event2", "Sleep Button")] {
+        for (ev, name) in [
+            ("event0", "Power Button"),
+            ("event1", "AT Translated Set 2 keyboard"),
+            ("event2", "Sleep Button"),
+        ] {
             std::fs::create_dir_all(dir.path().join(ev).join("device")).unwrap();
             std::fs::write(dir.path().join(ev).join("device/name"), format!("{name}\n")).unwrap();
         }
-        assert_eq!(power_buttons(dir.path()), vec![PathBuf::from("/dev/input/event0")]);
+        assert_eq!(
+            power_buttons(dir.path()),
+            vec![PathBuf::from("/dev/input/event0")]
+        );
     }
 }

@@ -7,12 +7,12 @@
 //! all together.
 
 pub mod api;
-pub mod console;
 pub mod bench;
 pub mod children;
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod gossip;
 pub mod identity;

@@ -16,12 +16,17 @@ const ALPHA: f64 = 0.5;
 
 /// `procs_running` from `/proc/stat` text.
 pub fn procs_running(stat: &str) -> Option<u32> {
-    stat.lines().find_map(|l| l.strip_prefix("procs_running ")).and_then(|v| v.trim().parse().ok())
+    stat.lines()
+        .find_map(|l| l.strip_prefix("procs_running "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Number of CPUs in `/proc/stat` (`cpuN` lines), at least 1.
 pub fn cpus(stat: &str) -> u32 {
-    let n = stat.lines().filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)).count();
+    let n = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .count();
     (n as u32).max(1)
 }
 
@@ -35,7 +40,9 @@ pub fn memory(meminfo: &str) -> (u64, u64) {
         })
     };
     let total = field("MemTotal").unwrap_or(0);
-    let free = field("MemAvailable").or_else(|| field("MemFree")).unwrap_or(0);
+    let free = field("MemAvailable")
+        .or_else(|| field("MemFree"))
+        .unwrap_or(0);
     (free, total)
 }
 
@@ -56,8 +63,19 @@ impl Sampler {
         };
         self.avg = Some(avg);
         let (mem_free, mem_total) = memory(meminfo);
-        let load = if speed > 0.0 { avg * REFERENCE_SPEED / speed } else { avg };
-        Load { load, speed, mem_free, mem_total, jobs: 0, guest_jobs: 0 }
+        let load = if speed > 0.0 {
+            avg * REFERENCE_SPEED / speed
+        } else {
+            avg
+        };
+        Load {
+            load,
+            speed,
+            mem_free,
+            mem_total,
+            jobs: 0,
+            guest_jobs: 0,
+        }
     }
 
     /// Reads the real `/proc` files.
@@ -72,8 +90,10 @@ impl Sampler {
 mod tests {
     use super::*;
 
-    const STAT: &str = "cpu  1 2 3\ncpu0 1 2 3\ncpu1 1 2 3\nintr 5\nprocs_running 3\nprocs_blocked 0\n";
-    const MEM: &str = "MemTotal:        2028144 kB\nMemFree:         1000000 kB\nMemAvailable:    1500000 kB\n";
+    const STAT: &str =
+        "cpu  1 2 3\ncpu0 1 2 3\ncpu1 1 2 3\nintr 5\nprocs_running 3\nprocs_blocked 0\n";
+    const MEM: &str =
+        "MemTotal:        2028144 kB\nMemFree:         1000000 kB\nMemAvailable:    1500000 kB\n";
 
     #[test]
     fn parses_proc_files() {

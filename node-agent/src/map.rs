@@ -24,13 +24,35 @@ fn one() -> u32 {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("{file}:{line}: expected `first-node-number IP-or-hostname count`, found {found:?}")]
-    Syntax { file: String, line: usize, found: String },
+    Syntax {
+        file: String,
+        line: usize,
+        found: String,
+    },
     #[error("{file}:{line}: {what} {value:?} is not a positive number")]
-    Number { file: String, line: usize, what: &'static str, value: String },
-    #[error("{file}:{line}: nodes {first}..={last} overlap nodes already mapped at line {other_line}")]
-    Overlap { file: String, line: usize, first: u32, last: u32, other_line: usize },
+    Number {
+        file: String,
+        line: usize,
+        what: &'static str,
+        value: String,
+    },
+    #[error(
+        "{file}:{line}: nodes {first}..={last} overlap nodes already mapped at line {other_line}"
+    )]
+    Overlap {
+        file: String,
+        line: usize,
+        first: u32,
+        last: u32,
+        other_line: usize,
+    },
     #[error("{file}:{line}: {count} addresses from {host} run past 255.255.255.255")]
-    AddressOverflow { file: String, line: usize, host: String, count: u32 },
+    AddressOverflow {
+        file: String,
+        line: usize,
+        host: String,
+        count: u32,
+    },
 }
 
 /// A parsed map: entries plus the line each came from, for error messages.
@@ -52,19 +74,31 @@ impl ClusterMap {
             }
             let fields: Vec<&str> = content.split_whitespace().collect();
             if fields.len() != 3 {
-                return Err(Error::Syntax { file: file.into(), line, found: raw.trim().into() });
-            }
-            let number = |what, value: &str| {
-                value.parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| Error::Number {
+                return Err(Error::Syntax {
                     file: file.into(),
                     line,
-                    what,
-                    value: value.into(),
-                })
+                    found: raw.trim().into(),
+                });
+            }
+            let number = |what, value: &str| {
+                value
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| Error::Number {
+                        file: file.into(),
+                        line,
+                        what,
+                        value: value.into(),
+                    })
             };
             let first = number("node number", fields[0])?;
             let count = number("count", fields[2])?;
-            entries.push(MapEntry { first, host: fields[1].to_string(), count });
+            entries.push(MapEntry {
+                first,
+                host: fields[1].to_string(),
+                count,
+            });
             lines.push(line);
         }
         let map = ClusterMap { entries };
@@ -80,7 +114,11 @@ impl ClusterMap {
                 return Err(Error::Number {
                     file: file.into(),
                     line: *line,
-                    what: if entry.first == 0 { "node number" } else { "count" },
+                    what: if entry.first == 0 {
+                        "node number"
+                    } else {
+                        "count"
+                    },
                     value: "0".into(),
                 });
             }
@@ -171,9 +209,22 @@ mod tests {
     #[test]
     fn bad_lines_name_file_and_line() {
         let err = ClusterMap::parse_mosix("1 10.0.0.1 1\n\n2 10.0.0.2\n", "site.map").unwrap_err();
-        assert_eq!(err.to_string(), "site.map:3: expected `first-node-number IP-or-hostname count`, found \"2 10.0.0.2\"");
+        assert_eq!(
+            err.to_string(),
+            "site.map:3: expected `first-node-number IP-or-hostname count`, found \"2 10.0.0.2\""
+        );
         let err = ClusterMap::parse_mosix("x 10.0.0.1 1\n", "m").unwrap_err();
-        assert!(matches!(err, Error::Number { line: 1, what: "node number", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                Error::Number {
+                    line: 1,
+                    what: "node number",
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = ClusterMap::parse_mosix("1 10.0.0.1 0\n", "m").unwrap_err();
         assert!(matches!(err, Error::Number { what: "count", .. }), "{err}");
     }
@@ -181,7 +232,16 @@ mod tests {
     #[test]
     fn overlapping_numbers_are_rejected() {
         let err = ClusterMap::parse_mosix("1 10.0.0.1 4\n# gap\n3 10.0.1.1 1\n", "m").unwrap_err();
-        assert_eq!(err, Error::Overlap { file: "m".into(), line: 3, first: 3, last: 3, other_line: 1 });
+        assert_eq!(
+            err,
+            Error::Overlap {
+                file: "m".into(),
+                line: 3,
+                first: 3,
+                last: 3,
+                other_line: 1
+            }
+        );
     }
 
     #[test]

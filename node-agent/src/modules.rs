@@ -8,11 +8,18 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot read {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: expected `path.ko: dependency.ko ...`")]
     Syntax { path: PathBuf, line: usize },
     #[error("module {name}: cannot load {path}")]
-    Load { name: String, path: PathBuf, source: std::io::Error },
+    Load {
+        name: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("module {name}: not in {dep_file}")]
     Unknown { name: String, dep_file: PathBuf },
     #[error("module {name}: dependency cycle in modules.dep")]
@@ -37,7 +44,10 @@ pub struct ModulesDep {
 /// (the kernel treats both the same).
 pub fn module_name(path: &str) -> String {
     let file = path.rsplit('/').next().unwrap_or(path);
-    let stem = [".ko.xz", ".ko.gz", ".ko.zst", ".ko"].iter().find_map(|ext| file.strip_suffix(ext)).unwrap_or(file);
+    let stem = [".ko.xz", ".ko.gz", ".ko.zst", ".ko"]
+        .iter()
+        .find_map(|ext| file.strip_suffix(ext))
+        .unwrap_or(file);
     normalise(stem)
 }
 
@@ -54,31 +64,52 @@ impl ModulesDep {
                 continue;
             }
             let Some((path, deps)) = line.split_once(':') else {
-                return Err(Error::Syntax { path: file.into(), line: idx + 1 });
+                return Err(Error::Syntax {
+                    path: file.into(),
+                    line: idx + 1,
+                });
             };
             let path = path.trim();
             if path.is_empty() {
-                return Err(Error::Syntax { path: file.into(), line: idx + 1 });
+                return Err(Error::Syntax {
+                    path: file.into(),
+                    line: idx + 1,
+                });
             }
             let name = module_name(path);
             let deps: Vec<&str> = deps.split_whitespace().collect();
             for d in &deps {
-                dep.paths.entry(module_name(d)).or_insert_with(|| PathBuf::from(d));
+                dep.paths
+                    .entry(module_name(d))
+                    .or_insert_with(|| PathBuf::from(d));
             }
             dep.paths.insert(name.clone(), PathBuf::from(path));
-            dep.entries.insert(name, Entry { path: PathBuf::from(path), deps: deps.iter().map(|d| module_name(d)).collect() });
+            dep.entries.insert(
+                name,
+                Entry {
+                    path: PathBuf::from(path),
+                    deps: deps.iter().map(|d| module_name(d)).collect(),
+                },
+            );
         }
         Ok(dep)
     }
 
     pub fn load(file: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(file).map_err(|source| Error::Read { path: file.into(), source })?;
+        let text = std::fs::read_to_string(file).map_err(|source| Error::Read {
+            path: file.into(),
+            source,
+        })?;
         Self::parse(&text, file)
     }
 
     /// The modules to load for `wanted`, dependencies first, each once, as (name, relative path);
     /// plus the names that could not be placed. `dep_file` names modules.dep in errors.
-    pub fn load_order(&self, wanted: &[String], dep_file: &Path) -> (Vec<(String, PathBuf)>, Vec<Error>) {
+    pub fn load_order(
+        &self,
+        wanted: &[String],
+        dep_file: &Path,
+    ) -> (Vec<(String, PathBuf)>, Vec<Error>) {
         let mut order = Vec::new();
         let mut problems = Vec::new();
         let mut done = BTreeSet::new();
@@ -88,7 +119,10 @@ impl ModulesDep {
                 continue;
             }
             if !self.paths.contains_key(&name) {
-                problems.push(Error::Unknown { name, dep_file: dep_file.into() });
+                problems.push(Error::Unknown {
+                    name,
+                    dep_file: dep_file.into(),
+                });
                 continue;
             }
             let mut visiting = BTreeSet::new();
@@ -109,7 +143,9 @@ impl ModulesDep {
             return;
         }
         if !visiting.insert(name.to_string()) {
-            problems.push(Error::Cycle { name: name.to_string() });
+            problems.push(Error::Cycle {
+                name: name.to_string(),
+            });
             return;
         }
         if let Some(entry) = self.entries.get(name) {
@@ -189,14 +225,37 @@ kernel/net/ipv4/inet_diag.ko:
     #[test]
     fn dependencies_come_first_and_once() {
         let dep = ModulesDep::parse(DEP, Path::new("modules.dep")).unwrap();
-        let wanted: Vec<String> = ["virtio_net", "crc32c-generic", "nf_tables", "tcp_diag", "virtio"].map(String::from).into();
+        let wanted: Vec<String> = [
+            "virtio_net",
+            "crc32c-generic",
+            "nf_tables",
+            "tcp_diag",
+            "virtio",
+        ]
+        .map(String::from)
+        .into();
         let (order, problems) = dep.load_order(&wanted, Path::new("modules.dep"));
         assert!(problems.is_empty());
         assert_eq!(
             names(&order),
-            vec!["virtio_ring", "virtio", "failover", "net_failover", "virtio_net", "crc32c_generic", "libcrc32c", "nfnetlink", "nf_tables", "inet_diag", "tcp_diag"]
+            vec![
+                "virtio_ring",
+                "virtio",
+                "failover",
+                "net_failover",
+                "virtio_net",
+                "crc32c_generic",
+                "libcrc32c",
+                "nfnetlink",
+                "nf_tables",
+                "inet_diag",
+                "tcp_diag"
+            ]
         );
-        assert_eq!(order[4].1, PathBuf::from("kernel/drivers/net/virtio_net.ko"));
+        assert_eq!(
+            order[4].1,
+            PathBuf::from("kernel/drivers/net/virtio_net.ko")
+        );
     }
 
     #[test]
@@ -206,13 +265,23 @@ kernel/net/ipv4/inet_diag.ko:
         let (order, problems) = dep.load_order(&["a".into(), "e1000".into()], Path::new("m"));
         assert_eq!(names(&order), vec!["b", "a"]);
         let msgs: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        assert_eq!(msgs, vec!["module a: dependency cycle in modules.dep", "module e1000: not in m"]);
+        assert_eq!(
+            msgs,
+            vec![
+                "module a: dependency cycle in modules.dep",
+                "module e1000: not in m"
+            ]
+        );
     }
 
     #[test]
     fn malformed_lines_name_file_and_line() {
-        let err = ModulesDep::parse("a.ko:\nnonsense\n", Path::new("/lib/modules/x/modules.dep")).unwrap_err();
-        assert_eq!(err.to_string(), "/lib/modules/x/modules.dep:2: expected `path.ko: dependency.ko ...`");
+        let err = ModulesDep::parse("a.ko:\nnonsense\n", Path::new("/lib/modules/x/modules.dep"))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/lib/modules/x/modules.dep:2: expected `path.ko: dependency.ko ...`"
+        );
     }
 
     #[test]
@@ -220,21 +289,52 @@ kernel/net/ipv4/inet_diag.ko:
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("modules.dep"), DEP).unwrap();
         let sys = FakeSys::default();
-        sys.module_errors.lock().unwrap().push((dir.path().join("kernel/drivers/virtio/virtio_ring.ko"), libc::EEXIST));
-        sys.module_errors.lock().unwrap().push((dir.path().join("kernel/lib/libcrc32c.ko"), libc::ENOEXEC));
-        let report = load_all(&sys, dir.path(), &["virtio_net".into(), "nf_tables".into(), "bogus".into()]);
+        sys.module_errors.lock().unwrap().push((
+            dir.path().join("kernel/drivers/virtio/virtio_ring.ko"),
+            libc::EEXIST,
+        ));
+        sys.module_errors
+            .lock()
+            .unwrap()
+            .push((dir.path().join("kernel/lib/libcrc32c.ko"), libc::ENOEXEC));
+        let report = load_all(
+            &sys,
+            dir.path(),
+            &["virtio_net".into(), "nf_tables".into(), "bogus".into()],
+        );
         assert_eq!(report.already, vec!["virtio_ring"]);
-        assert_eq!(report.loaded, vec!["virtio", "failover", "net_failover", "virtio_net", "nfnetlink", "nf_tables"]);
-        let msgs: Vec<String> = report.failed.iter().map(|e| crate::console::chain(e)).collect();
+        assert_eq!(
+            report.loaded,
+            vec![
+                "virtio",
+                "failover",
+                "net_failover",
+                "virtio_net",
+                "nfnetlink",
+                "nf_tables"
+            ]
+        );
+        let msgs: Vec<String> = report
+            .failed
+            .iter()
+            .map(|e| crate::console::chain(e))
+            .collect();
         assert_eq!(msgs.len(), 2);
         assert!(msgs[0].starts_with("module bogus: not in "), "{msgs:?}");
-        assert!(msgs[1].starts_with("module libcrc32c: cannot load ") && msgs[1].contains("libcrc32c.ko: "), "{msgs:?}");
+        assert!(
+            msgs[1].starts_with("module libcrc32c: cannot load ")
+                && msgs[1].contains("libcrc32c.ko: "),
+            "{msgs:?}"
+        );
     }
 
     #[test]
     fn missing_modules_dep_is_reported_with_its_path() {
         let sys = FakeSys::default();
         let report = load_all(&sys, Path::new("/nonexistent/6.1"), &["e1000".into()]);
-        assert_eq!(report.failed[0].to_string(), "cannot read /nonexistent/6.1/modules.dep");
+        assert_eq!(
+            report.failed[0].to_string(),
+            "cannot read /nonexistent/6.1/modules.dep"
+        );
     }
 }

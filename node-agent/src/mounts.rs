@@ -16,12 +16,30 @@ pub struct MountSpec {
 /// What every node mounts, in order (parents before children).
 pub fn plan() -> Vec<MountSpec> {
     let common = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    let m = |source, target, fstype, flags, data| MountSpec { source, target, fstype, flags, data };
+    let m = |source, target, fstype, flags, data| MountSpec {
+        source,
+        target,
+        fstype,
+        flags,
+        data,
+    };
     vec![
         m("proc", "/proc", "proc", common | MsFlags::MS_NOEXEC, None),
         m("sysfs", "/sys", "sysfs", common | MsFlags::MS_NOEXEC, None),
-        m("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
-        m("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=0620,ptmxmode=0666")),
+        m(
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            Some("mode=0755"),
+        ),
+        m(
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=0620,ptmxmode=0666"),
+        ),
         m("tmpfs", "/dev/shm", "tmpfs", common, Some("mode=1777")),
         m("tmpfs", "/run", "tmpfs", common, Some("mode=0755")),
         m("tmpfs", "/tmp", "tmpfs", common, Some("mode=1777")),
@@ -31,9 +49,16 @@ pub fn plan() -> Vec<MountSpec> {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot create mount point {path}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot mount {fstype} on {target}")]
-    Mount { fstype: &'static str, target: PathBuf, source: std::io::Error },
+    Mount {
+        fstype: &'static str,
+        target: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +70,9 @@ pub enum Outcome {
 /// Mounts each entry of `plan` that is not mounted yet; goes on after a failure and returns one
 /// result per entry.
 pub fn mount_all(sys: &dyn Sys, plan: &[MountSpec]) -> Vec<(&'static str, Result<Outcome, Error>)> {
-    plan.iter().map(|spec| (spec.target, mount_one(sys, spec))).collect()
+    plan.iter()
+        .map(|spec| (spec.target, mount_one(sys, spec)))
+        .collect()
 }
 
 fn mount_one(sys: &dyn Sys, spec: &MountSpec) -> Result<Outcome, Error> {
@@ -53,12 +80,20 @@ fn mount_one(sys: &dyn Sys, spec: &MountSpec) -> Result<Outcome, Error> {
     if sys.mount_points().iter().any(|p| p == target) {
         return Ok(Outcome::AlreadyMounted);
     }
-    sys.create_dir_all(target).map_err(|source| Error::CreateDir { path: target.into(), source })?;
+    sys.create_dir_all(target)
+        .map_err(|source| Error::CreateDir {
+            path: target.into(),
+            source,
+        })?;
     match sys.mount(spec.source, target, spec.fstype, spec.flags, spec.data) {
         Ok(()) => Ok(Outcome::Mounted),
         // EBUSY: something is mounted there already (e.g. /proc before we could read mounts).
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(Outcome::AlreadyMounted),
-        Err(source) => Err(Error::Mount { fstype: spec.fstype, target: target.into(), source }),
+        Err(source) => Err(Error::Mount {
+            fstype: spec.fstype,
+            target: target.into(),
+            source,
+        }),
     }
 }
 
@@ -90,6 +125,8 @@ mod tests {
         assert!(!sys.calls().iter().any(|c| c.starts_with("mount devtmpfs")));
         // A second run mounts nothing.
         let again = mount_all(&sys, &plan());
-        assert!(again.iter().all(|(_, r)| matches!(r, Ok(Outcome::AlreadyMounted))));
+        assert!(again
+            .iter()
+            .all(|(_, r)| matches!(r, Ok(Outcome::AlreadyMounted))));
     }
 }

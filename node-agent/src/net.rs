@@ -25,13 +25,24 @@ const ARPHRD_ETHER: &str = "1";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot list {path}")]
-    List { path: PathBuf, source: std::io::Error },
+    List {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{interface}: static address {cidr:?} is not `a.b.c.d/prefix`")]
     BadCidr { interface: String, cidr: String },
     #[error("{interface}: `{command}` failed with {exit}: {output}")]
-    Command { interface: String, command: String, exit: crate::children::Exit, output: String },
+    Command {
+        interface: String,
+        command: String,
+        exit: crate::children::Exit,
+        output: String,
+    },
     #[error("{interface}: cannot run a command")]
-    Run { interface: String, source: crate::children::Error },
+    Run {
+        interface: String,
+        source: crate::children::Error,
+    },
 }
 
 /// An ethernet NIC as sysfs shows it.
@@ -44,16 +55,26 @@ pub struct Nic {
 /// The ethernet NICs under `dir` (`/sys/class/net`): type 1 with a backing device (so bridges,
 /// tunnels and `lo` are skipped), sorted by name.
 pub fn scan(dir: &Path) -> Result<Vec<Nic>, Error> {
-    let entries = std::fs::read_dir(dir).map_err(|source| Error::List { path: dir.into(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| Error::List {
+        path: dir.into(),
+        source,
+    })?;
     let mut nics = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        let read = |f: &str| std::fs::read_to_string(path.join(f)).map(|s| s.trim().to_string()).unwrap_or_default();
+        let read = |f: &str| {
+            std::fs::read_to_string(path.join(f))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
         if name == "lo" || read("type") != ARPHRD_ETHER || !path.join("device").exists() {
             continue;
         }
-        nics.push(Nic { mac: parse_mac(&read("address")), name });
+        nics.push(Nic {
+            mac: parse_mac(&read("address")),
+            name,
+        });
     }
     nics.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(nics)
@@ -101,13 +122,22 @@ pub fn parse_lease_line(line: &str) -> Option<Lease> {
         other => LeaseEvent::Other(other.to_string()),
     };
     let list = |k: &str| -> Vec<Ipv4Addr> {
-        fields.get(k).map(|v| v.split(',').filter_map(|a| a.parse().ok()).collect()).unwrap_or_default()
+        fields
+            .get(k)
+            .map(|v| v.split(',').filter_map(|a| a.parse().ok()).collect())
+            .unwrap_or_default()
     };
     Some(Lease {
         event,
-        interface: fields.get("interface").filter(|s| !s.is_empty())?.to_string(),
+        interface: fields
+            .get("interface")
+            .filter(|s| !s.is_empty())?
+            .to_string(),
         ip: fields.get("ip").and_then(|v| v.parse().ok()),
-        prefix: fields.get("mask").and_then(|v| v.parse().ok()).filter(|p| *p <= 32),
+        prefix: fields
+            .get("mask")
+            .and_then(|v| v.parse().ok())
+            .filter(|p| *p <= 32),
         routers: list("router"),
         dns: list("dns"),
         lease_secs: fields.get("lease").and_then(|v| v.parse().ok()),
@@ -123,7 +153,11 @@ pub fn backoff(attempt: u32) -> Duration {
 /// The udhcpc command line for `interface`: foreground, 4 discovers 2 s apart, then exit so the
 /// supervisor retries with [`backoff`].
 pub fn udhcpc_args(interface: &str, script: &str) -> Vec<String> {
-    ["udhcpc", "-i", interface, "-f", "-n", "-t", "4", "-T", "2", "-s", script].map(String::from).into()
+    [
+        "udhcpc", "-i", interface, "-f", "-n", "-t", "4", "-T", "2", "-s", script,
+    ]
+    .map(String::from)
+    .into()
 }
 
 /// `10.0.0.11/24` → (address, prefix).
@@ -135,15 +169,23 @@ pub fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
 
 /// The static address for `mac` from the config's `hosts` (keys compared as MACs).
 pub fn static_address_for<'a>(hosts: &'a BTreeMap<String, String>, mac: &Mac) -> Option<&'a str> {
-    hosts.iter().find(|(k, _)| parse_mac(k).as_ref() == Some(mac)).map(|(_, v)| v.as_str())
+    hosts
+        .iter()
+        .find(|(k, _)| parse_mac(k).as_ref() == Some(mac))
+        .map(|(_, v)| v.as_str())
 }
 
 /// busybox `ip` argument lists that give `interface` the static `cidr` (and default route).
 pub fn static_commands(interface: &str, cidr: &str, gateway: Option<&str>) -> Vec<Vec<String>> {
     let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    let mut cmds = vec![v(&["ip", "addr", "add", cidr, "dev", interface]), v(&["ip", "link", "set", interface, "up"])];
+    let mut cmds = vec![
+        v(&["ip", "addr", "add", cidr, "dev", interface]),
+        v(&["ip", "link", "set", interface, "up"]),
+    ];
     if let Some(gw) = gateway {
-        cmds.push(v(&["ip", "route", "add", "default", "via", gw, "dev", interface]));
+        cmds.push(v(&[
+            "ip", "route", "add", "default", "via", gw, "dev", interface,
+        ]));
     }
     cmds
 }
@@ -151,16 +193,31 @@ pub fn static_commands(interface: &str, cidr: &str, gateway: Option<&str>) -> Ve
 /// What the boot loop hears from the network side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetEvent {
-    Up { interface: String, addr: Ipv4Addr, prefix: Option<u8>, how: &'static str },
-    Down { interface: String },
+    Up {
+        interface: String,
+        addr: Ipv4Addr,
+        prefix: Option<u8>,
+        how: &'static str,
+    },
+    Down {
+        interface: String,
+    },
 }
 
 /// Runs one busybox command for `interface`; failures carry the command line and its output.
 pub fn busybox(sys: &dyn crate::sys::Sys, interface: &str, args: &[String]) -> Result<(), Error> {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (exit, output) = sys.run(BUSYBOX, &argv).map_err(|source| Error::Run { interface: interface.into(), source })?;
+    let (exit, output) = sys.run(BUSYBOX, &argv).map_err(|source| Error::Run {
+        interface: interface.into(),
+        source,
+    })?;
     if !exit.success() {
-        return Err(Error::Command { interface: interface.into(), command: crate::children::shell_line(BUSYBOX, &argv), exit, output });
+        return Err(Error::Command {
+            interface: interface.into(),
+            command: crate::children::shell_line(BUSYBOX, &argv),
+            exit,
+            output,
+        });
     }
     Ok(())
 }
@@ -175,21 +232,44 @@ pub fn configure_static(
     let Some(cidr) = nic.mac.as_ref().and_then(|m| static_address_for(hosts, m)) else {
         return Ok(None);
     };
-    let (addr, prefix) = parse_cidr(cidr).ok_or_else(|| Error::BadCidr { interface: nic.name.clone(), cidr: cidr.into() })?;
+    let (addr, prefix) = parse_cidr(cidr).ok_or_else(|| Error::BadCidr {
+        interface: nic.name.clone(),
+        cidr: cidr.into(),
+    })?;
     for args in static_commands(&nic.name, cidr, gateway) {
         busybox(sys, &nic.name, &args)?;
     }
-    Ok(Some(NetEvent::Up { interface: nic.name.clone(), addr, prefix: Some(prefix), how: "static" }))
+    Ok(Some(NetEvent::Up {
+        interface: nic.name.clone(),
+        addr,
+        prefix: Some(prefix),
+        how: "static",
+    }))
 }
 
 /// Keeps DHCP going on `nic` for ever: runs udhcpc, forwards its leases, and restarts it with
 /// [`backoff`] whenever it exits. A NIC that gets no answer is logged once, then retried quietly.
-pub fn supervise_dhcp(children: Arc<Children>, sys: Arc<dyn crate::sys::Sys>, nic: Nic, tx: Sender<NetEvent>) {
+pub fn supervise_dhcp(
+    children: Arc<Children>,
+    sys: Arc<dyn crate::sys::Sys>,
+    nic: Nic,
+    tx: Sender<NetEvent>,
+) {
     let name = nic.name.clone();
     let mut attempt = 0u32;
     let mut told_no_answer = false;
     while !crate::power::in_progress() {
-        if let Err(e) = busybox(sys.as_ref(), &name, &["ip".into(), "link".into(), "set".into(), name.clone(), "up".into()]) {
+        if let Err(e) = busybox(
+            sys.as_ref(),
+            &name,
+            &[
+                "ip".into(),
+                "link".into(),
+                "set".into(),
+                name.clone(),
+                "up".into(),
+            ],
+        ) {
             crate::warn!("{}", crate::console::chain(&e));
         }
         let args = udhcpc_args(&name, UDHCPC_SCRIPT);
@@ -220,7 +300,9 @@ pub fn supervise_dhcp(children: Arc<Children>, sys: Arc<dyn crate::sys::Sys>, ni
                 }
             }
         }
-        let _ = tx.send(NetEvent::Down { interface: name.clone() });
+        let _ = tx.send(NetEvent::Down {
+            interface: name.clone(),
+        });
         if crate::power::in_progress() {
             break;
         }
@@ -241,15 +323,26 @@ fn handle_lease(lease: &Lease, tx: &Sender<NetEvent>, told_no_answer: &mut bool)
                     "{name}: DHCP lease {addr}/{} from {} (router {}, {} s)",
                     lease.prefix.map_or("?".into(), |p| p.to_string()),
                     lease.server.map_or("?".into(), |s| s.to_string()),
-                    if routers.is_empty() { "none".into() } else { routers.join(",") },
+                    if routers.is_empty() {
+                        "none".into()
+                    } else {
+                        routers.join(",")
+                    },
                     lease.lease_secs.map_or("?".into(), |s| s.to_string()),
                 );
             }
             *told_no_answer = false;
-            let _ = tx.send(NetEvent::Up { interface: name.clone(), addr, prefix: lease.prefix, how: "dhcp" });
+            let _ = tx.send(NetEvent::Up {
+                interface: name.clone(),
+                addr,
+                prefix: lease.prefix,
+                how: "dhcp",
+            });
         }
         (LeaseEvent::Deconfig, _) => {
-            let _ = tx.send(NetEvent::Down { interface: name.clone() });
+            let _ = tx.send(NetEvent::Down {
+                interface: name.clone(),
+            });
         }
         (LeaseEvent::Leasefail | LeaseEvent::Nak, _) => {
             if !*told_no_answer {
@@ -274,12 +367,18 @@ mod tests {
         assert_eq!(l.interface, "eth0");
         assert_eq!(l.ip, Some(Ipv4Addr::new(10, 0, 2, 15)));
         assert_eq!(l.prefix, Some(24));
-        assert_eq!(l.routers, vec![Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 1)]);
+        assert_eq!(
+            l.routers,
+            vec![Ipv4Addr::new(10, 0, 2, 2), Ipv4Addr::new(10, 0, 2, 1)]
+        );
         assert_eq!(l.dns, vec![Ipv4Addr::new(10, 0, 2, 3)]);
         assert_eq!(l.lease_secs, Some(86400));
         assert_eq!(l.server, Some(Ipv4Addr::new(10, 0, 2, 2)));
         let f = parse_lease_line("drove-lease event=leasefail interface=eth1 ip= router=").unwrap();
-        assert_eq!((f.event, f.ip, f.routers.len()), (LeaseEvent::Leasefail, None, 0));
+        assert_eq!(
+            (f.event, f.ip, f.routers.len()),
+            (LeaseEvent::Leasefail, None, 0)
+        );
         assert_eq!(parse_lease_line("udhcpc: started, v1.35.0"), None);
         assert_eq!(parse_lease_line("drove-lease interface=eth0"), None);
         assert_eq!(parse_lease_line("drove-lease event=bound"), None);
@@ -293,10 +392,19 @@ mod tests {
         handle_lease(&fail, &tx, &mut told);
         assert!(told);
         handle_lease(&fail, &tx, &mut told);
-        let bound = parse_lease_line("drove-lease event=bound interface=eth1 ip=10.0.0.5 mask=16").unwrap();
+        let bound =
+            parse_lease_line("drove-lease event=bound interface=eth1 ip=10.0.0.5 mask=16").unwrap();
         handle_lease(&bound, &tx, &mut told);
         assert!(!told);
-        assert_eq!(rx.try_recv().unwrap(), NetEvent::Up { interface: "eth1".into(), addr: Ipv4Addr::new(10, 0, 0, 5), prefix: Some(16), how: "dhcp" });
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            NetEvent::Up {
+                interface: "eth1".into(),
+                addr: Ipv4Addr::new(10, 0, 0, 5),
+                prefix: Some(16),
+                how: "dhcp"
+            }
+        );
         assert!(rx.try_recv().is_err());
     }
 
@@ -325,39 +433,77 @@ mod tests {
         mk("br0", "1", "52:54:00:00:00:03", false);
         mk("wg0", "65534", "", true);
         let nics = scan(dir.path()).unwrap();
-        assert_eq!(nics, vec![
-            Nic { name: "eth0".into(), mac: Some([0x52, 0x54, 0, 0, 0, 1]) },
-            Nic { name: "eth1".into(), mac: Some([0x52, 0x54, 0, 0, 0, 2]) },
-        ]);
+        assert_eq!(
+            nics,
+            vec![
+                Nic {
+                    name: "eth0".into(),
+                    mac: Some([0x52, 0x54, 0, 0, 0, 1])
+                },
+                Nic {
+                    name: "eth1".into(),
+                    mac: Some([0x52, 0x54, 0, 0, 0, 2])
+                },
+            ]
+        );
         let err = scan(&dir.path().join("none")).unwrap_err();
         assert!(err.to_string().starts_with("cannot list "), "{err}");
     }
 
     #[test]
     fn static_addresses_by_mac() {
-        let hosts: BTreeMap<String, String> = [("52:54:00:00:00:01".to_string(), "10.0.0.11/24".to_string())].into();
+        let hosts: BTreeMap<String, String> =
+            [("52:54:00:00:00:01".to_string(), "10.0.0.11/24".to_string())].into();
         let sys = FakeSys::default();
-        let nic = Nic { name: "eth0".into(), mac: parse_mac("52:54:00:00:00:01") };
+        let nic = Nic {
+            name: "eth0".into(),
+            mac: parse_mac("52:54:00:00:00:01"),
+        };
         let ev = configure_static(&sys, &nic, &hosts, Some("10.0.0.1")).unwrap();
-        assert_eq!(ev, Some(NetEvent::Up { interface: "eth0".into(), addr: Ipv4Addr::new(10, 0, 0, 11), prefix: Some(24), how: "static" }));
-        assert_eq!(sys.calls(), vec![
-            "/bin/busybox ip addr add 10.0.0.11/24 dev eth0",
-            "/bin/busybox ip link set eth0 up",
-            "/bin/busybox ip route add default via 10.0.0.1 dev eth0",
-        ]);
-        let other = Nic { name: "eth1".into(), mac: parse_mac("52:54:00:00:00:09") };
+        assert_eq!(
+            ev,
+            Some(NetEvent::Up {
+                interface: "eth0".into(),
+                addr: Ipv4Addr::new(10, 0, 0, 11),
+                prefix: Some(24),
+                how: "static"
+            })
+        );
+        assert_eq!(
+            sys.calls(),
+            vec![
+                "/bin/busybox ip addr add 10.0.0.11/24 dev eth0",
+                "/bin/busybox ip link set eth0 up",
+                "/bin/busybox ip route add default via 10.0.0.1 dev eth0",
+            ]
+        );
+        let other = Nic {
+            name: "eth1".into(),
+            mac: parse_mac("52:54:00:00:00:09"),
+        };
         assert_eq!(configure_static(&sys, &other, &hosts, None).unwrap(), None);
-        let bad: BTreeMap<String, String> = [("52:54:00:00:00:01".to_string(), "10.0.0.11".to_string())].into();
-        assert!(matches!(configure_static(&sys, &nic, &bad, None), Err(Error::BadCidr { .. })));
-        *sys.run_result.lock().unwrap() = Some((Exit::Code(2), "RTNETLINK answers: File exists".into()));
+        let bad: BTreeMap<String, String> =
+            [("52:54:00:00:00:01".to_string(), "10.0.0.11".to_string())].into();
+        assert!(matches!(
+            configure_static(&sys, &nic, &bad, None),
+            Err(Error::BadCidr { .. })
+        ));
+        *sys.run_result.lock().unwrap() =
+            Some((Exit::Code(2), "RTNETLINK answers: File exists".into()));
         let err = configure_static(&sys, &nic, &hosts, None).unwrap_err();
         assert_eq!(err.to_string(), "eth0: `/bin/busybox ip addr add 10.0.0.11/24 dev eth0` failed with exit status 2: RTNETLINK answers: File exists");
     }
 
     #[test]
     fn udhcpc_runs_in_foreground_and_gives_up_for_the_supervisor() {
-        assert_eq!(udhcpc_args("eth0", "/s").join(" "), "udhcpc -i eth0 -f -n -t 4 -T 2 -s /s");
+        assert_eq!(
+            udhcpc_args("eth0", "/s").join(" "),
+            "udhcpc -i eth0 -f -n -t 4 -T 2 -s /s"
+        );
         assert_eq!(parse_cidr("10.1.2.3/33"), None);
-        assert_eq!(parse_cidr("10.1.2.3/8"), Some((Ipv4Addr::new(10, 1, 2, 3), 8)));
+        assert_eq!(
+            parse_cidr("10.1.2.3/8"),
+            Some((Ipv4Addr::new(10, 1, 2, 3), 8))
+        );
     }
 }

@@ -54,14 +54,22 @@ pub struct NodeState {
 
 /// The answer to `status`: one line, like the ready line.
 pub fn status_line(state: &NodeState, uptime_secs: u64) -> String {
-    let nics: Vec<String> = state.addrs.iter().map(|(n, a)| format!("{n}:{a}")).collect();
+    let nics: Vec<String> = state
+        .addrs
+        .iter()
+        .map(|(n, a)| format!("{n}:{a}"))
+        .collect();
     format!(
         "drove: status node={} addr={} uptime={}s speed={} nics={}",
         state.name.as_deref().unwrap_or("-"),
         state.addr.map_or("-".into(), |a| a.to_string()),
         uptime_secs,
         state.speed.map_or("-".into(), |s| format!("{s:.1}")),
-        if nics.is_empty() { "-".into() } else { nics.join(",") },
+        if nics.is_empty() {
+            "-".into()
+        } else {
+            nics.join(",")
+        },
     )
 }
 
@@ -72,7 +80,9 @@ pub fn ready_line(name: &str, addr: Ipv4Addr) -> String {
 
 /// Whether the kernel command line asks to keep the kernel's console log level.
 pub fn keeps_kernel_loglevel(cmdline: &str) -> bool {
-    cmdline.split_whitespace().any(|w| w.starts_with("loglevel=") || w == "debug" || w == "ignore_loglevel")
+    cmdline
+        .split_whitespace()
+        .any(|w| w.starts_with("loglevel=") || w == "debug" || w == "ignore_loglevel")
 }
 
 pub fn wants_debug(cmdline: &str) -> bool {
@@ -96,9 +106,20 @@ pub struct Readiness {
 impl Readiness {
     /// Applies one network event at boot-relative time `now`; returns the identity and the
     /// interface to announce when this event makes the node ready.
-    pub fn on_event(&mut self, state: &mut NodeState, cfg: &NodeConfig, ev: &NetEvent, now: Duration) -> Option<(identity::Identity, String, Ipv4Addr)> {
+    pub fn on_event(
+        &mut self,
+        state: &mut NodeState,
+        cfg: &NodeConfig,
+        ev: &NetEvent,
+        now: Duration,
+    ) -> Option<(identity::Identity, String, Ipv4Addr)> {
         match ev {
-            NetEvent::Up { interface, addr, how, .. } => {
+            NetEvent::Up {
+                interface,
+                addr,
+                how,
+                ..
+            } => {
                 state.addrs.insert(interface.clone(), *addr);
                 if self.ready {
                     return None;
@@ -111,7 +132,11 @@ impl Readiness {
             }
             NetEvent::Down { interface } => {
                 state.addrs.remove(interface);
-                if self.pending.as_ref().is_some_and(|(i, _, _)| i == interface) {
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|(i, _, _)| i == interface)
+                {
                     self.pending = None;
                 }
                 None
@@ -120,7 +145,12 @@ impl Readiness {
     }
 
     /// Settles for a pending DHCP address once the grace period is over.
-    pub fn on_tick(&mut self, state: &mut NodeState, cfg: &NodeConfig, now: Duration) -> Option<(identity::Identity, String, Ipv4Addr)> {
+    pub fn on_tick(
+        &mut self,
+        state: &mut NodeState,
+        cfg: &NodeConfig,
+        now: Duration,
+    ) -> Option<(identity::Identity, String, Ipv4Addr)> {
         let (interface, addr, since) = self.pending.clone()?;
         if self.ready || now.saturating_sub(since) < STATIC_GRACE {
             return None;
@@ -128,7 +158,13 @@ impl Readiness {
         Some(self.announce(state, cfg, &interface, addr))
     }
 
-    fn announce(&mut self, state: &mut NodeState, cfg: &NodeConfig, interface: &str, addr: Ipv4Addr) -> (identity::Identity, String, Ipv4Addr) {
+    fn announce(
+        &mut self,
+        state: &mut NodeState,
+        cfg: &NodeConfig,
+        interface: &str,
+        addr: Ipv4Addr,
+    ) -> (identity::Identity, String, Ipv4Addr) {
         self.ready = true;
         self.pending = None;
         let id = identity::choose(cfg, addr, &state.macs);
@@ -150,7 +186,9 @@ struct Agent {
 
 impl Agent {
     fn state(&self) -> MutexGuard<'_, NodeState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Shuts down in a thread of its own, so the signal thread goes on reaping meanwhile.
@@ -162,7 +200,11 @@ impl Agent {
     fn uptime_secs(&self) -> u64 {
         std::fs::read_to_string("/proc/uptime")
             .ok()
-            .and_then(|t| t.split_whitespace().next().and_then(|s| s.parse::<f64>().ok()))
+            .and_then(|t| {
+                t.split_whitespace()
+                    .next()
+                    .and_then(|s| s.parse::<f64>().ok())
+            })
             .map_or_else(|| self.boot.elapsed().as_secs(), |s| s as u64)
     }
 }
@@ -197,7 +239,13 @@ pub fn run() -> ! {
 
     let children = Arc::new(Children::new());
     let sys: Arc<dyn Sys> = Arc::new(RealSys::new(children.clone()));
-    let agent = Arc::new(Agent { sys, children, state: Mutex::new(NodeState::default()), boot: Instant::now(), daemon: Mutex::new(None) });
+    let agent = Arc::new(Agent {
+        sys,
+        children,
+        state: Mutex::new(NodeState::default()),
+        boot: Instant::now(),
+        daemon: Mutex::new(None),
+    });
 
     {
         let agent = agent.clone();
@@ -264,7 +312,9 @@ fn boot(agent: &Arc<Agent>) -> Result<(), Error> {
         spawn("console", move || read_commands(&agent, file));
     }
 
-    let release = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
     let cfg = match NodeConfig::load(Path::new(NODE_CONFIG_PATH)) {
         Ok(cfg) => cfg,
         Err(e) => {
@@ -273,7 +323,10 @@ fn boot(agent: &Arc<Agent>) -> Result<(), Error> {
         }
     };
     if !release.is_empty() && cfg.kernel_release != release {
-        warn!("node.toml is for kernel {} but this is {release}", cfg.kernel_release);
+        warn!(
+            "node.toml is for kernel {} but this is {release}",
+            cfg.kernel_release
+        );
     }
 
     let t = Instant::now();
@@ -314,7 +367,11 @@ fn calibrate(agent: &Agent) {
         error!("{}; using the measured speed", console::chain(&e));
         Calibration::default()
     });
-    let measured = if cal.speed.is_some() { None } else { Some(crate::bench::measure(crate::bench::BUDGET)) };
+    let measured = if cal.speed.is_some() {
+        None
+    } else {
+        Some(crate::bench::measure(crate::bench::BUDGET))
+    };
     let speed = cal.effective_speed(measured.unwrap_or(0.0));
     {
         let mut state = agent.state();
@@ -323,8 +380,14 @@ fn calibrate(agent: &Agent) {
         state.measured = measured;
     }
     match measured {
-        Some(m) => info!("speed={speed:.1} (measured {m:.1}, scale {} for cpu {:?})", cal.scale, cal.cpu),
-        None => info!("speed={speed:.1} (pinned by calibration for cpu {:?})", cal.cpu),
+        Some(m) => info!(
+            "speed={speed:.1} (measured {m:.1}, scale {} for cpu {:?})",
+            cal.scale, cal.cpu
+        ),
+        None => info!(
+            "speed={speed:.1} (pinned by calibration for cpu {:?})",
+            cal.cpu
+        ),
     }
 }
 
@@ -359,7 +422,10 @@ fn network(agent: &Arc<Agent>, cfg: &NodeConfig) -> Result<(), Error> {
             if let Err(e) = sys.set_hostname(&id.name) {
                 warn!("cannot set the hostname to {}: {e}", id.name);
             }
-            debug!("identity: {} (number {} from {:?}) via {interface}", id.name, id.number, id.source);
+            debug!(
+                "identity: {} (number {} from {:?}) via {interface}",
+                id.name, id.number, id.source
+            );
             write_state_file(&agent.state());
             // The ready line waits for the daemon's API to listen, so that whoever reads it can
             // use the API at once; a daemon that cannot start delays it by DAEMON_READY_WAIT.
@@ -369,7 +435,10 @@ fn network(agent: &Arc<Agent>, cfg: &NodeConfig) -> Result<(), Error> {
                 spawn("daemon", move || supervise_daemon(&agent, listening_tx));
             }
             if listening.recv_timeout(DAEMON_READY_WAIT).is_err() {
-                warn!("cluster daemon not listening after {} s; node is ready without it", DAEMON_READY_WAIT.as_secs());
+                warn!(
+                    "cluster daemon not listening after {} s; node is ready without it",
+                    DAEMON_READY_WAIT.as_secs()
+                );
             }
             console::line(&ready_line(&id.name, addr));
         }
@@ -377,7 +446,10 @@ fn network(agent: &Arc<Agent>, cfg: &NodeConfig) -> Result<(), Error> {
             Ok(_) => {}
             Err(RecvTimeoutError::Timeout) => {
                 if !readiness.ready && !warned && started.elapsed() > NO_ADDRESS_WARNING {
-                    warn!("no NIC has an address after {} s; still trying", NO_ADDRESS_WARNING.as_secs());
+                    warn!(
+                        "no NIC has an address after {} s; still trying",
+                        NO_ADDRESS_WARNING.as_secs()
+                    );
                     warned = true;
                 }
             }
@@ -419,31 +491,44 @@ fn watch_nics(agent: &Arc<Agent>, network: &Network, tx: &Sender<NetEvent>) {
             warn!("no ethernet NIC found yet (is its driver in the node.toml modules list?)");
             warned = true;
         }
-        let period = if started.elapsed() < Duration::from_secs(10) { 200 } else { 2000 };
+        let period = if started.elapsed() < Duration::from_secs(10) {
+            200
+        } else {
+            2000
+        };
         std::thread::sleep(Duration::from_millis(period));
     }
 }
 
 fn start_nic(agent: &Arc<Agent>, network: &Network, nic: net::Nic, tx: &Sender<NetEvent>) {
-    let mac = nic.mac.as_ref().map_or("no MAC".into(), identity::format_mac);
+    let mac = nic
+        .mac
+        .as_ref()
+        .map_or("no MAC".into(), identity::format_mac);
     match network {
         Network::Dhcp => {
             info!("{}: found ({mac}); starting DHCP", nic.name);
             let (children, sys, tx) = (agent.children.clone(), agent.sys.clone(), tx.clone());
             spawn("dhcp", move || net::supervise_dhcp(children, sys, nic, tx));
         }
-        Network::Static { hosts, gateway } => match net::configure_static(agent.sys.as_ref(), &nic, hosts, gateway.as_deref()) {
-            Ok(Some(ev)) => {
-                info!("{}: static address for {mac}", nic.name);
-                let _ = tx.send(ev);
+        Network::Static { hosts, gateway } => {
+            match net::configure_static(agent.sys.as_ref(), &nic, hosts, gateway.as_deref()) {
+                Ok(Some(ev)) => {
+                    info!("{}: static address for {mac}", nic.name);
+                    let _ = tx.send(ev);
+                }
+                Ok(None) => {
+                    info!(
+                        "{}: {mac} has no static address in node.toml; starting DHCP",
+                        nic.name
+                    );
+                    let (children, sys, tx) =
+                        (agent.children.clone(), agent.sys.clone(), tx.clone());
+                    spawn("dhcp", move || net::supervise_dhcp(children, sys, nic, tx));
+                }
+                Err(e) => error!("{}", console::chain(&e)),
             }
-            Ok(None) => {
-                info!("{}: {mac} has no static address in node.toml; starting DHCP", nic.name);
-                let (children, sys, tx) = (agent.children.clone(), agent.sys.clone(), tx.clone());
-                spawn("dhcp", move || net::supervise_dhcp(children, sys, nic, tx));
-            }
-            Err(e) => error!("{}", console::chain(&e)),
-        },
+        }
     }
 }
 
@@ -470,7 +555,10 @@ fn supervise_daemon(agent: &Arc<Agent>, listening: Sender<()>) {
                         console::line(&line);
                     }
                 }
-                let exit = spawned.exit.recv().map_or("an unknown status".to_string(), |e| e.to_string());
+                let exit = spawned
+                    .exit
+                    .recv()
+                    .map_or("an unknown status".to_string(), |e| e.to_string());
                 *agent.daemon.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 if power::in_progress() {
                     return;
@@ -497,7 +585,10 @@ fn write_state_file(state: &NodeState) {
         state.cpu.as_deref().unwrap_or(""),
     );
     let path = Path::new(STATE_FILE);
-    let result = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(path, text));
+    let result = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(path, text));
     if let Err(e) = result {
         warn!("cannot write {STATE_FILE}: {e}");
     }
@@ -581,15 +672,17 @@ fn handle_line(agent: &Arc<Agent>, line: &str) {
             let line = status_line(&agent.state(), uptime);
             console::line(&line);
         }
-        Parsed::Command(Command::RestartDaemon) => match *agent.daemon.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(pid) => {
-                info!("console: killing the cluster daemon (pid {pid}); it will be restarted");
-                if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
-                    warn!("cannot kill the cluster daemon: {e}");
+        Parsed::Command(Command::RestartDaemon) => {
+            match *agent.daemon.lock().unwrap_or_else(|p| p.into_inner()) {
+                Some(pid) => {
+                    info!("console: killing the cluster daemon (pid {pid}); it will be restarted");
+                    if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+                        warn!("cannot kill the cluster daemon: {e}");
+                    }
                 }
+                None => info!("the cluster daemon is not running"),
             }
-            None => info!("the cluster daemon is not running"),
-        },
+        }
         Parsed::Command(Command::Power(action)) => {
             info!("console: {}", action.verb());
             agent.power(action);
@@ -606,15 +699,33 @@ mod tests {
     fn first_address_wins_the_ready_line() {
         let mut cfg = NodeConfig::fallback("6.1");
         cfg.map = ClusterMap::parse_mosix("1 10.0.2.15 1\n", "m").unwrap();
-        let mut state = NodeState { macs: vec![[0x52, 0x54, 0, 0x12, 0x34, 0x56]], ..Default::default() };
+        let mut state = NodeState {
+            macs: vec![[0x52, 0x54, 0, 0x12, 0x34, 0x56]],
+            ..Default::default()
+        };
         let mut r = Readiness::default();
         let t = Duration::ZERO;
-        let down = NetEvent::Down { interface: "eth1".into() };
+        let down = NetEvent::Down {
+            interface: "eth1".into(),
+        };
         assert_eq!(r.on_event(&mut state, &cfg, &down, t), None);
-        let up = |i: &str, a: [u8; 4]| NetEvent::Up { interface: i.into(), addr: a.into(), prefix: Some(24), how: "dhcp" };
-        let (id, _, _) = r.on_event(&mut state, &cfg, &up("eth0", [10, 0, 2, 15]), t).unwrap();
-        assert_eq!(ready_line(&id.name, [10, 0, 2, 15].into()), "drove: ready node=node1 addr=10.0.2.15");
-        assert_eq!(r.on_event(&mut state, &cfg, &up("eth1", [10, 0, 3, 15]), t), None);
+        let up = |i: &str, a: [u8; 4]| NetEvent::Up {
+            interface: i.into(),
+            addr: a.into(),
+            prefix: Some(24),
+            how: "dhcp",
+        };
+        let (id, _, _) = r
+            .on_event(&mut state, &cfg, &up("eth0", [10, 0, 2, 15]), t)
+            .unwrap();
+        assert_eq!(
+            ready_line(&id.name, [10, 0, 2, 15].into()),
+            "drove: ready node=node1 addr=10.0.2.15"
+        );
+        assert_eq!(
+            r.on_event(&mut state, &cfg, &up("eth1", [10, 0, 3, 15]), t),
+            None
+        );
         assert_eq!(state.addr, Some([10, 0, 2, 15].into()));
         assert_eq!(state.addrs.len(), 2);
         state.speed = Some(12.345);
@@ -625,9 +736,22 @@ mod tests {
     fn static_address_wins_over_dhcp() {
         let mut cfg = NodeConfig::fallback("6.1");
         cfg.map = ClusterMap::parse_mosix("1 10.10.0.1 3\n", "m").unwrap();
-        cfg.network = Network::Static { hosts: [("52:54:00:00:00:02".to_string(), "10.10.0.2/24".to_string())].into(), gateway: None };
-        let dhcp = NetEvent::Up { interface: "eth1".into(), addr: [10, 0, 2, 15].into(), prefix: Some(24), how: "dhcp" };
-        let stat = NetEvent::Up { interface: "eth0".into(), addr: [10, 10, 0, 2].into(), prefix: Some(24), how: "static" };
+        cfg.network = Network::Static {
+            hosts: [("52:54:00:00:00:02".to_string(), "10.10.0.2/24".to_string())].into(),
+            gateway: None,
+        };
+        let dhcp = NetEvent::Up {
+            interface: "eth1".into(),
+            addr: [10, 0, 2, 15].into(),
+            prefix: Some(24),
+            how: "dhcp",
+        };
+        let stat = NetEvent::Up {
+            interface: "eth0".into(),
+            addr: [10, 10, 0, 2].into(),
+            prefix: Some(24),
+            how: "static",
+        };
         let s = Duration::from_secs;
 
         // DHCP first, static a second later: the static address is the identity.
@@ -635,7 +759,10 @@ mod tests {
         assert_eq!(r.on_event(&mut state, &cfg, &dhcp, s(1)), None);
         assert_eq!(r.on_tick(&mut state, &cfg, s(2)), None);
         let (id, iface, addr) = r.on_event(&mut state, &cfg, &stat, s(2)).unwrap();
-        assert_eq!((id.number, iface.as_str(), addr), (2, "eth0", Ipv4Addr::new(10, 10, 0, 2)));
+        assert_eq!(
+            (id.number, iface.as_str(), addr),
+            (2, "eth0", Ipv4Addr::new(10, 10, 0, 2))
+        );
         assert_eq!(r.on_tick(&mut state, &cfg, s(10)), None);
 
         // Only DHCP (this MAC is not listed): ready after the grace period.
@@ -649,7 +776,10 @@ mod tests {
 
     #[test]
     fn status_before_ready() {
-        assert_eq!(status_line(&NodeState::default(), 3), "drove: status node=- addr=- uptime=3s speed=- nics=-");
+        assert_eq!(
+            status_line(&NodeState::default(), 3),
+            "drove: status node=- addr=- uptime=3s speed=- nics=-"
+        );
     }
 
     #[test]

@@ -56,13 +56,24 @@ pub fn request(sys: &dyn Sys, action: PowerAction) {
 /// The shutdown sequence itself (no once-guard; see [`request`]).
 pub fn shutdown(sys: &dyn Sys, action: PowerAction, grace: Duration) {
     crate::info!("{}: stopping all processes", action.verb());
-    for (sig, wait) in [(Signal::SIGTERM, grace), (Signal::SIGKILL, Duration::from_secs(1))] {
+    for (sig, wait) in [
+        (Signal::SIGTERM, grace),
+        (Signal::SIGKILL, Duration::from_secs(1)),
+    ] {
         if sys.processes().is_empty() {
             break;
         }
         if sig == Signal::SIGKILL {
-            let names: Vec<String> = sys.processes().iter().map(|(pid, comm)| format!("{comm}[{pid}]")).collect();
-            crate::warn!("still running after {} ms, killing: {}", grace.as_millis(), names.join(" "));
+            let names: Vec<String> = sys
+                .processes()
+                .iter()
+                .map(|(pid, comm)| format!("{comm}[{pid}]"))
+                .collect();
+            crate::warn!(
+                "still running after {} ms, killing: {}",
+                grace.as_millis(),
+                names.join(" ")
+            );
         }
         if let Err(e) = sys.kill_all(sig) {
             crate::warn!("cannot send {sig} to all processes: {e}");
@@ -97,12 +108,27 @@ mod tests {
     #[test]
     fn shutdown_kills_syncs_unmounts_in_reverse_then_reboots() {
         let sys = FakeSys::default();
-        *sys.mounted.lock().unwrap() = vec![PathBuf::from("/"), PathBuf::from("/proc"), PathBuf::from("/dev"), PathBuf::from("/dev/pts")];
+        *sys.mounted.lock().unwrap() = vec![
+            PathBuf::from("/"),
+            PathBuf::from("/proc"),
+            PathBuf::from("/dev"),
+            PathBuf::from("/dev/pts"),
+        ];
         *sys.processes_left.lock().unwrap() = 3;
         shutdown(&sys, PowerAction::Poweroff, Duration::from_secs(1));
         assert_eq!(
             sys.calls(),
-            vec!["kill -1 SIGTERM", "sleep 50ms", "sleep 50ms", "sync", "umount /dev/pts", "umount /dev", "umount /proc", "sync", "reboot Poweroff"]
+            vec![
+                "kill -1 SIGTERM",
+                "sleep 50ms",
+                "sleep 50ms",
+                "sync",
+                "umount /dev/pts",
+                "umount /dev",
+                "umount /proc",
+                "sync",
+                "reboot Poweroff"
+            ]
         );
     }
 
@@ -113,7 +139,10 @@ mod tests {
         shutdown(&sys, PowerAction::Reboot, Duration::from_millis(100));
         let calls = sys.calls();
         assert_eq!(calls[0], "kill -1 SIGTERM");
-        assert_eq!(calls.iter().filter(|c| c.starts_with("sleep")).count(), 2 + 20);
+        assert_eq!(
+            calls.iter().filter(|c| c.starts_with("sleep")).count(),
+            2 + 20
+        );
         assert_eq!(calls.iter().filter(|c| c.starts_with("kill")).count(), 2);
         assert!(calls.contains(&"kill -1 SIGKILL".to_string()));
         assert_eq!(calls.last().unwrap(), "reboot Reboot");

@@ -21,7 +21,9 @@ pub enum SignalAction {
 pub fn action_for(sig: Signal) -> SignalAction {
     match sig {
         Signal::SIGCHLD => SignalAction::Reap,
-        Signal::SIGTERM | Signal::SIGUSR2 | Signal::SIGPWR => SignalAction::Power(PowerAction::Poweroff),
+        Signal::SIGTERM | Signal::SIGUSR2 | Signal::SIGPWR => {
+            SignalAction::Power(PowerAction::Poweroff)
+        }
         Signal::SIGINT => SignalAction::Power(PowerAction::Reboot),
         Signal::SIGUSR1 => SignalAction::Power(PowerAction::Halt),
         _ => SignalAction::Ignore,
@@ -53,13 +55,31 @@ mod tests {
 
     #[test]
     fn signals_map_to_actions() {
-        assert_eq!(action_for(Signal::SIGTERM), SignalAction::Power(PowerAction::Poweroff));
-        assert_eq!(action_for(Signal::SIGUSR2), SignalAction::Power(PowerAction::Poweroff));
-        assert_eq!(action_for(Signal::SIGINT), SignalAction::Power(PowerAction::Reboot));
-        assert_eq!(action_for(Signal::SIGUSR1), SignalAction::Power(PowerAction::Halt));
+        assert_eq!(
+            action_for(Signal::SIGTERM),
+            SignalAction::Power(PowerAction::Poweroff)
+        );
+        assert_eq!(
+            action_for(Signal::SIGUSR2),
+            SignalAction::Power(PowerAction::Poweroff)
+        );
+        assert_eq!(
+            action_for(Signal::SIGINT),
+            SignalAction::Power(PowerAction::Reboot)
+        );
+        assert_eq!(
+            action_for(Signal::SIGUSR1),
+            SignalAction::Power(PowerAction::Halt)
+        );
         assert_eq!(action_for(Signal::SIGCHLD), SignalAction::Reap);
         assert_eq!(action_for(Signal::SIGHUP), SignalAction::Ignore);
-        for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1, Signal::SIGUSR2, Signal::SIGCHLD] {
+        for sig in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+            Signal::SIGCHLD,
+        ] {
             assert!(handled().contains(sig));
         }
     }

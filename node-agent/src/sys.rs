@@ -12,7 +12,14 @@ use std::time::Duration;
 
 /// What PID 1 asks of the kernel. Every method maps to one syscall (or one external command).
 pub trait Sys: Send + Sync {
-    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> io::Result<()>;
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()>;
     /// Detaches the mount at `target` (lazy unmount: it goes once the last user is gone).
     fn umount(&self, target: &Path) -> io::Result<()>;
     /// Current mount points, in mount order; empty when `/proc` is not mounted.
@@ -52,7 +59,14 @@ impl RealSys {
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Sys for RealSys {
-    fn mount(&self, source: &str, target: &Path, fstype: &str, flags: MsFlags, data: Option<&str>) -> io::Result<()> {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
         nix::mount::mount(Some(source), target, Some(fstype), flags, data).map_err(io::Error::from)
     }
 
@@ -61,7 +75,9 @@ impl Sys for RealSys {
     }
 
     fn mount_points(&self) -> Vec<PathBuf> {
-        std::fs::read_to_string("/proc/self/mounts").map(|t| parse_mounts(&t)).unwrap_or_default()
+        std::fs::read_to_string("/proc/self/mounts")
+            .map(|t| parse_mounts(&t))
+            .unwrap_or_default()
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -70,7 +86,8 @@ impl Sys for RealSys {
 
     fn load_module(&self, path: &Path) -> io::Result<()> {
         let file = std::fs::File::open(path)?;
-        nix::kmod::finit_module(&file, c"", nix::kmod::ModuleInitFlags::empty()).map_err(io::Error::from)
+        nix::kmod::finit_module(&file, c"", nix::kmod::ModuleInitFlags::empty())
+            .map_err(io::Error::from)
     }
 
     fn set_ctrl_alt_del(&self, enabled: bool) -> io::Result<()> {
@@ -97,7 +114,9 @@ impl Sys for RealSys {
 
     fn processes(&self) -> Vec<(i32, String)> {
         let me = std::process::id() as i32;
-        let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
         let mut found: Vec<(i32, String)> = dir
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
@@ -156,12 +175,20 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
     let ppid: i32 = rest.get(1)?.parse().ok()?;
     let flags: u64 = rest.get(6)?.parse().ok()?;
-    Some(ProcStat { pid, comm, ppid, kernel_thread: flags & PF_KTHREAD != 0 || pid == 2 || ppid == 2 })
+    Some(ProcStat {
+        pid,
+        comm,
+        ppid,
+        kernel_thread: flags & PF_KTHREAD != 0 || pid == 2 || ppid == 2,
+    })
 }
 
 /// Mount points from `/proc/self/mounts` text (second field, octal escapes decoded).
 pub fn parse_mounts(text: &str) -> Vec<PathBuf> {
-    text.lines().filter_map(|l| l.split_whitespace().nth(1)).map(|p| PathBuf::from(unescape_octal(p))).collect()
+    text.lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(|p| PathBuf::from(unescape_octal(p)))
+        .collect()
 }
 
 fn unescape_octal(s: &str) -> String {
@@ -169,8 +196,15 @@ fn unescape_octal(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            let v = (bytes[i + 1] - b'0') as u32 * 64 + (bytes[i + 2] - b'0') as u32 * 8 + (bytes[i + 3] - b'0') as u32;
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') as u32 * 64
+                + (bytes[i + 2] - b'0') as u32 * 8
+                + (bytes[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -212,9 +246,23 @@ pub mod fake {
     }
 
     impl Sys for FakeSys {
-        fn mount(&self, source: &str, target: &Path, fstype: &str, _flags: MsFlags, data: Option<&str>) -> io::Result<()> {
-            self.record(format!("mount {source} {} {fstype} {}", target.display(), data.unwrap_or("-")));
-            let mut m = self.mounted.lock().map_err(|_| io::Error::other("poisoned"))?;
+        fn mount(
+            &self,
+            source: &str,
+            target: &Path,
+            fstype: &str,
+            _flags: MsFlags,
+            data: Option<&str>,
+        ) -> io::Result<()> {
+            self.record(format!(
+                "mount {source} {} {fstype} {}",
+                target.display(),
+                data.unwrap_or("-")
+            ));
+            let mut m = self
+                .mounted
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?;
             if m.iter().any(|p| p == target) {
                 return Err(io::Error::from_raw_os_error(libc::EBUSY));
             }
@@ -234,7 +282,11 @@ pub mod fake {
         }
         fn load_module(&self, path: &Path) -> io::Result<()> {
             self.record(format!("insmod {}", path.display()));
-            let errs = self.module_errors.lock().map(|e| e.clone()).unwrap_or_default();
+            let errs = self
+                .module_errors
+                .lock()
+                .map(|e| e.clone())
+                .unwrap_or_default();
             match errs.iter().find(|(p, _)| p == path) {
                 Some((_, errno)) => Err(io::Error::from_raw_os_error(*errno)),
                 None => Ok(()),
@@ -257,7 +309,9 @@ pub mod fake {
             Ok(())
         }
         fn processes(&self) -> Vec<(i32, String)> {
-            let Ok(mut left) = self.processes_left.lock() else { return Vec::new() };
+            let Ok(mut left) = self.processes_left.lock() else {
+                return Vec::new();
+            };
             if *left == 0 {
                 return Vec::new();
             }
@@ -271,9 +325,18 @@ pub mod fake {
             self.record(format!("loglevel {level}"));
             Ok(())
         }
-        fn run(&self, program: &str, args: &[&str]) -> Result<(Exit, String), crate::children::Error> {
+        fn run(
+            &self,
+            program: &str,
+            args: &[&str],
+        ) -> Result<(Exit, String), crate::children::Error> {
             self.record(crate::children::shell_line(program, args));
-            Ok(self.run_result.lock().ok().and_then(|r| r.clone()).unwrap_or((Exit::Code(0), String::new())))
+            Ok(self
+                .run_result
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .unwrap_or((Exit::Code(0), String::new())))
         }
         fn sleep(&self, d: Duration) {
             self.record(format!("sleep {}ms", d.as_millis()));
@@ -288,7 +351,15 @@ mod tests {
     #[test]
     fn stat_lines_parse_and_spot_kernel_threads() {
         let user = "412 (udhcpc) S 1 412 412 0 -1 4194560 160 0 0 0 0 0 0 0 20 0 1 0 290 2404352 1 18446744073709551615";
-        assert_eq!(parse_stat(user), Some(ProcStat { pid: 412, comm: "udhcpc".into(), ppid: 1, kernel_thread: false }));
+        assert_eq!(
+            parse_stat(user),
+            Some(ProcStat {
+                pid: 412,
+                comm: "udhcpc".into(),
+                ppid: 1,
+                kernel_thread: false
+            })
+        );
         let kthread = "15 (ksoftirqd/1) S 2 0 0 0 -1 69238848 0 0 0 0 0 0 0 0 20 0 1 0 2 0 0";
         assert!(parse_stat(kthread).unwrap().kernel_thread);
         let odd = "77 (a) (b) R 1 77 77 0 -1 4194304 0";
@@ -299,6 +370,9 @@ mod tests {
     #[test]
     fn mounts_are_parsed_with_escapes() {
         let text = "proc /proc proc rw 0 0\ntmpfs /mnt/a\\040b tmpfs rw 0 0\n";
-        assert_eq!(parse_mounts(text), vec![PathBuf::from("/proc"), PathBuf::from("/mnt/a b")]);
+        assert_eq!(
+            parse_mounts(text),
+            vec![PathBuf::from("/proc"), PathBuf::from("/mnt/a b")]
+        );
     }
 }

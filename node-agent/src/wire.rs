@@ -31,7 +31,8 @@ pub enum Reject {
 
 fn mac(key: &[u8]) -> Hmac<Sha256> {
     // HMAC takes keys of any length.
-    <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+    <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
 }
 
 /// The datagram for `msg`.
@@ -54,7 +55,11 @@ pub fn open(key: &[u8], bytes: &[u8]) -> Result<Message, Reject> {
         return Err(Reject::Malformed(format!("{} bytes", bytes.len())));
     }
     if bytes.len() < 4 + TAG {
-        return Err(if bytes.starts_with(MAGIC) { Reject::Tag } else { Reject::Malformed(format!("{} bytes", bytes.len())) });
+        return Err(if bytes.starts_with(MAGIC) {
+            Reject::Tag
+        } else {
+            Reject::Malformed(format!("{} bytes", bytes.len()))
+        });
     }
     if &bytes[..4] != MAGIC {
         return Err(Reject::Magic);
@@ -78,7 +83,12 @@ mod tests {
     use super::*;
 
     fn msg() -> Message {
-        Message { cluster: "c".into(), incarnation: 1, seq: 2, entries: vec![] }
+        Message {
+            cluster: "c".into(),
+            incarnation: 1,
+            seq: 2,
+            entries: vec![],
+        }
     }
 
     #[test]
@@ -106,7 +116,10 @@ mod tests {
 
     #[test]
     fn key_files_parse() {
-        assert_eq!(parse_key(&format!("{}\n", "ab".repeat(32))).map(|k| k.len()), Some(32));
+        assert_eq!(
+            parse_key(&format!("{}\n", "ab".repeat(32))).map(|k| k.len()),
+            Some(32)
+        );
         assert_eq!(parse_key("abcd"), None);
         assert_eq!(parse_key(&"zz".repeat(32)), None);
     }

@@ -44,18 +44,29 @@ fn choose() -> (Accel, String) {
         Ok("tcg") => return (Accel::Tcg, "DROVE_ACCEL=tcg".into()),
         Ok("kvm") => return (Accel::Kvm, "DROVE_ACCEL=kvm".into()),
         Ok(other) if !other.is_empty() => {
-            return (Accel::Tcg, format!("DROVE_ACCEL={other:?} is neither tcg nor kvm; using tcg"))
+            return (
+                Accel::Tcg,
+                format!("DROVE_ACCEL={other:?} is neither tcg nor kvm; using tcg"),
+            )
         }
         _ => {}
     }
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return (Accel::Tcg, "/dev/kvm cannot be opened".into());
     }
     let Some(kernel) = probe_kernel() else {
         return (Accel::Tcg, "no kernel to probe KVM with".into());
     };
     match probe(&kernel) {
-        Ok(took) => (Accel::Kvm, format!("KVM probe booted {} in {took:.1?}", kernel.display())),
+        Ok(took) => (
+            Accel::Kvm,
+            format!("KVM probe booted {} in {took:.1?}", kernel.display()),
+        ),
         Err(why) => (Accel::Tcg, format!("KVM probe failed: {why}")),
     }
 }
@@ -69,7 +80,10 @@ fn probe_kernel() -> Option<PathBuf> {
     let mut kernels: Vec<PathBuf> = std::fs::read_dir("/boot")
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .collect();
     kernels.sort();
     kernels.pop()
@@ -79,13 +93,15 @@ fn probe_kernel() -> Option<PathBuf> {
 /// and `-no-reboot` makes QEMU exit. A working KVM gets there in about a second.
 fn probe(kernel: &Path) -> Result<Duration, String> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-display", "none", "-serial", "none"])
-        .args(["-monitor", "none", "-nic", "none", "-no-reboot", "-kernel"])
-        .arg(kernel)
-        .args(["-append", "panic=-1 console=ttyS0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "-accel", "kvm", "-cpu", "host", "-m", "256", "-display", "none", "-serial", "none",
+    ])
+    .args(["-monitor", "none", "-nic", "none", "-no-reboot", "-kernel"])
+    .arg(kernel)
+    .args(["-append", "panic=-1 console=ttyS0"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let start = Instant::now();
     let mut child = spawn_tied(cmd).map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
     match wait_timeout(&mut child, PROBE_TIMEOUT) {

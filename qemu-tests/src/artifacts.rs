@@ -29,8 +29,11 @@ pub fn drove_bin() -> Result<PathBuf, Error> {
     let path = match std::env::var_os("DROVE_BIN") {
         Some(bin) if !bin.is_empty() => PathBuf::from(bin),
         _ => {
-            let exe = std::env::current_exe()
-                .map_err(|source| Error::Io { what: "cannot locate", path: "the test executable".into(), source })?;
+            let exe = std::env::current_exe().map_err(|source| Error::Io {
+                what: "cannot locate",
+                path: "the test executable".into(),
+                source,
+            })?;
             let mut dir = exe.parent().map(Path::to_owned).unwrap_or_default();
             if dir.ends_with("deps") {
                 dir.pop();
@@ -89,13 +92,27 @@ impl Artifacts {
         let text = match std::fs::read(&manifest_path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NoMedia { manifest: manifest_path })
+                return Err(Error::NoMedia {
+                    manifest: manifest_path,
+                })
             }
-            Err(source) => return Err(Error::Io { what: "cannot read", path: manifest_path, source }),
+            Err(source) => {
+                return Err(Error::Io {
+                    what: "cannot read",
+                    path: manifest_path,
+                    source,
+                })
+            }
         };
-        let manifest = serde_json::from_slice(&text)
-            .map_err(|source| Error::Manifest { path: manifest_path.clone(), source })?;
-        Ok(Artifacts { out: out.to_owned(), manifest_path, manifest })
+        let manifest = serde_json::from_slice(&text).map_err(|source| Error::Manifest {
+            path: manifest_path.clone(),
+            source,
+        })?;
+        Ok(Artifacts {
+            out: out.to_owned(),
+            manifest_path,
+            manifest,
+        })
     }
 
     pub fn out(&self) -> &Path {
@@ -112,7 +129,10 @@ impl Artifacts {
         if path.exists() {
             Ok(path)
         } else {
-            Err(Error::MissingArtifact { path, manifest: self.manifest_path.clone() })
+            Err(Error::MissingArtifact {
+                path,
+                manifest: self.manifest_path.clone(),
+            })
         }
     }
 
@@ -121,7 +141,12 @@ impl Artifacts {
     }
 
     pub fn initrds(&self) -> Result<Vec<PathBuf>, Error> {
-        self.manifest.boot.initrds.iter().map(|rel| self.require(rel)).collect()
+        self.manifest
+            .boot
+            .initrds
+            .iter()
+            .map(|rel| self.require(rel))
+            .collect()
     }
 
     pub fn cmdline(&self) -> &str {
@@ -151,18 +176,36 @@ impl Artifacts {
 
 /// Concatenates `parts` into `dest`.
 pub fn concat_files(parts: &[PathBuf], dest: &Path) -> Result<(), Error> {
-    let file = File::create(dest).map_err(|source| Error::Io { what: "cannot create", path: dest.into(), source })?;
+    let file = File::create(dest).map_err(|source| Error::Io {
+        what: "cannot create",
+        path: dest.into(),
+        source,
+    })?;
     let mut out = BufWriter::new(file);
     for part in parts {
-        let mut input =
-            File::open(part).map_err(|source| Error::Io { what: "cannot open", path: part.clone(), source })?;
-        std::io::copy(&mut input, &mut out)
-            .map_err(|source| Error::Io { what: "cannot write", path: dest.into(), source })?;
+        let mut input = File::open(part).map_err(|source| Error::Io {
+            what: "cannot open",
+            path: part.clone(),
+            source,
+        })?;
+        std::io::copy(&mut input, &mut out).map_err(|source| Error::Io {
+            what: "cannot write",
+            path: dest.into(),
+            source,
+        })?;
     }
     out.into_inner()
-        .map_err(|e| Error::Io { what: "cannot write", path: dest.into(), source: e.into_error() })?
+        .map_err(|e| Error::Io {
+            what: "cannot write",
+            path: dest.into(),
+            source: e.into_error(),
+        })?
         .sync_all()
-        .map_err(|source| Error::Io { what: "cannot write", path: dest.into(), source })
+        .map_err(|source| Error::Io {
+            what: "cannot write",
+            path: dest.into(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -184,7 +227,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("pxe")).unwrap();
         std::fs::write(dir.path().join("pxe/initramfs.img"), b"base").unwrap();
-        std::fs::write(dir.path().join("pxe/overlay-calibration-qemu.img"), b"+overlay").unwrap();
+        std::fs::write(
+            dir.path().join("pxe/overlay-calibration-qemu.img"),
+            b"+overlay",
+        )
+        .unwrap();
         std::fs::write(
             dir.path().join("manifest.json"),
             r#"{ "kernel_release": "6.1.0-56-amd64", "cmdline": "console=tty0 console=ttyS0,115200 panic=30",
@@ -198,6 +245,9 @@ mod tests {
         a.concat_initrds(&dest).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"base+overlay");
         let err = a.kernel().unwrap_err().to_string();
-        assert!(err.contains("pxe/vmlinuz") && err.contains("make image"), "{err}");
+        assert!(
+            err.contains("pxe/vmlinuz") && err.contains("make image"),
+            "{err}"
+        );
     }
 }

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use drove::status::Cluster as Table;
 
-use crate::{drove_bin, run, workspace_root, Artifacts, Error, Nic, VdeSwitch, Vm, VmBuilder, BOOT_TIMEOUT};
+use crate::{
+    drove_bin, run, workspace_root, Artifacts, Error, Nic, VdeSwitch, Vm, VmBuilder, BOOT_TIMEOUT,
+};
 
 /// The agent's API port inside the guest.
 pub const API_PORT: u16 = 7030;
@@ -63,7 +65,11 @@ pub fn cluster_config(mapped: u32, hosts: u32) -> String {
          [network]\nmode = \"static\"\n[network.hosts]\n"
     );
     for n in 1..=hosts {
-        s.push_str(&format!("\"{}\" = \"{}/24\"\n", cluster_mac(n), cluster_addr(n)));
+        s.push_str(&format!(
+            "\"{}\" = \"{}/24\"\n",
+            cluster_mac(n),
+            cluster_addr(n)
+        ));
     }
     s
 }
@@ -83,10 +89,17 @@ impl ClusterImage {
     /// Writes `config` to `<dir>/cluster.toml` and runs `drove -q build --output pxe` with it into
     /// `<dir>/out` (the key is created as `<dir>/cluster.key` unless one is there).
     pub fn build(drove: &Path, dir: &Path, config: &str) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io { what: "cannot create", path: dir.into(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            what: "cannot create",
+            path: dir.into(),
+            source,
+        })?;
         let config_path = dir.join("cluster.toml");
-        std::fs::write(&config_path, config)
-            .map_err(|source| Error::Io { what: "cannot write", path: config_path.clone(), source })?;
+        std::fs::write(&config_path, config).map_err(|source| Error::Io {
+            what: "cannot write",
+            path: config_path.clone(),
+            source,
+        })?;
         let out = dir.join("out");
         run(Command::new(drove)
             .current_dir(workspace_root())
@@ -109,7 +122,11 @@ impl ClusterImage {
     pub fn key_hex(&self) -> Result<String, Error> {
         std::fs::read_to_string(&self.key_file)
             .map(|s| s.trim().to_owned())
-            .map_err(|source| Error::Io { what: "cannot read", path: self.key_file.clone(), source })
+            .map_err(|source| Error::Io {
+                what: "cannot read",
+                path: self.key_file.clone(),
+                source,
+            })
     }
 }
 
@@ -126,7 +143,10 @@ pub struct TestImages {
 /// are gone are removed first.
 pub fn test_images() -> Result<TestImages, Error> {
     static IMAGES: OnceLock<Mutex<Option<TestImages>>> = OnceLock::new();
-    let mut slot = IMAGES.get_or_init(|| Mutex::new(None)).lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut slot = IMAGES
+        .get_or_init(|| Mutex::new(None))
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(images) = slot.as_ref() {
         return Ok(images.clone());
     }
@@ -139,17 +159,26 @@ pub fn test_images() -> Result<TestImages, Error> {
     let config = cluster_config(MAPPED_NODES, HOSTS);
     let main = ClusterImage::build(&drove, &dir.join("main"), &config)?;
     let other = ClusterImage::build(&drove, &dir.join("other"), &config)?;
-    eprintln!("drove-qemu-tests: cluster images built in {:.1}s under {}", started.elapsed().as_secs_f64(), dir.display());
+    eprintln!(
+        "drove-qemu-tests: cluster images built in {:.1}s under {}",
+        started.elapsed().as_secs_f64(),
+        dir.display()
+    );
     let images = TestImages { main, other };
     *slot = Some(images.clone());
     Ok(images)
 }
 
 fn remove_stale(base: &Path) {
-    let Ok(entries) = std::fs::read_dir(base) else { return };
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let alive = name.to_str().and_then(|n| n.parse::<u32>().ok()).is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        let alive = name
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
         if !alive {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -158,12 +187,19 @@ fn remove_stale(base: &Path) {
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (for `hostfwd`).
 pub fn free_port() -> Result<u16, Error> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .map_err(|source| Error::Io { what: "cannot bind", path: "127.0.0.1:0".into(), source })?;
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
+        what: "cannot bind",
+        path: "127.0.0.1:0".into(),
+        source,
+    })?;
     listener
         .local_addr()
         .map(|a| a.port())
-        .map_err(|source| Error::Io { what: "cannot bind", path: "127.0.0.1:0".into(), source })
+        .map_err(|source| Error::Io {
+            what: "cannot bind",
+            path: "127.0.0.1:0".into(),
+            source,
+        })
 }
 
 /// One running node.
@@ -247,15 +283,30 @@ impl Cluster {
             Some(slot) => slot.1 = Arc::clone(image),
             None => self.images.push((number, Arc::clone(image))),
         }
-        let name = if boots == 1 { format!("{}-node{number}", self.prefix) } else { format!("{}-node{number}-boot{boots}", self.prefix) };
+        let name = if boots == 1 {
+            format!("{}-node{number}", self.prefix)
+        } else {
+            format!("{}-node{number}-boot{boots}", self.prefix)
+        };
         let port = free_port()?;
         let vm = VmBuilder::new(&name)?
             .memory_mib(NODE_MEMORY_MIB)
             .kernel(&image.kernel, Some(image.initrd.clone()), &image.cmdline)
             .nic(Nic::vde(&self.switch).mac(cluster_mac(number)))
-            .nic(Nic::user().mac(format!("52:54:00:00:01:{number:02x}")).hostfwd(port, API_PORT))
+            .nic(
+                Nic::user()
+                    .mac(format!("52:54:00:00:01:{number:02x}"))
+                    .hostfwd(port, API_PORT),
+            )
             .spawn()?;
-        Ok(Node { number, vm, api: SocketAddr::from(([127, 0, 0, 1], port)), ready: String::new(), name: String::new(), boot_time: Duration::ZERO })
+        Ok(Node {
+            number,
+            vm,
+            api: SocketAddr::from(([127, 0, 0, 1], port)),
+            ready: String::new(),
+            name: String::new(),
+            boot_time: Duration::ZERO,
+        })
     }
 
     /// Waits for the ready line and checks the address in it (static, from the MAC) and, for a
@@ -263,11 +314,17 @@ impl Cluster {
     fn finish_boot(mut node: Node, mapped: bool) -> Result<Node, Error> {
         let line = node.vm.wait_ready(BOOT_TIMEOUT)?;
         node.boot_time = node.vm.uptime();
-        let re = regex::Regex::new(r"drove: ready node=(\S+) addr=(\S+)").map_err(|e| Error::Cluster { what: e.to_string() })?;
+        let re = regex::Regex::new(r"drove: ready node=(\S+) addr=(\S+)").map_err(|e| {
+            Error::Cluster {
+                what: e.to_string(),
+            }
+        })?;
         let (name, addr) = re
             .captures(&line)
             .map(|c| (c[1].to_owned(), c[2].to_owned()))
-            .ok_or_else(|| Error::Cluster { what: format!("{}: malformed ready line {line:?}", node.vm.name()) })?;
+            .ok_or_else(|| Error::Cluster {
+                what: format!("{}: malformed ready line {line:?}", node.vm.name()),
+            })?;
         let expected_name = format!("node{}", node.number);
         if addr != cluster_addr(node.number).to_string() || (mapped && name != expected_name) {
             return Err(Error::Cluster {
@@ -278,13 +335,20 @@ impl Cluster {
         // The API may come up a moment after the ready line (DHCP on the forwarded NIC, the
         // daemon starting): a node counts as booted once it answers.
         let api = [(node.number, node.api.to_string())];
-        let answered = poll_until(&api, Instant::now(), API_TIMEOUT, |_, _| true).map_err(|pending| Error::Condition {
-            node: node.number,
-            what: "an answer from the API".into(),
-            timeout: API_TIMEOUT,
-            last: pending.into_iter().next().map(|(_, last)| last).unwrap_or_default(),
-            report: node.vm.report(),
-        })?;
+        let answered =
+            poll_until(&api, Instant::now(), API_TIMEOUT, |_, _| true).map_err(|pending| {
+                Error::Condition {
+                    node: node.number,
+                    what: "an answer from the API".into(),
+                    timeout: API_TIMEOUT,
+                    last: pending
+                        .into_iter()
+                        .next()
+                        .map(|(_, last)| last)
+                        .unwrap_or_default(),
+                    report: node.vm.report(),
+                }
+            })?;
         let api_after = answered.first().map_or(Duration::ZERO, |o| o.after);
         eprintln!(
             "drove-qemu-tests: {} ready after {:.1}s, API answering {:.1}s later: http://{}/api/cluster",
@@ -302,7 +366,9 @@ impl Cluster {
     /// address; a node outside the map may name itself differently (see [`Node::name`]).
     pub fn add(&mut self, number: u32, image: &ClusterImage) -> Result<&Node, Error> {
         if self.get(number).is_some() {
-            return Err(Error::Cluster { what: format!("node {number} is running already") });
+            return Err(Error::Cluster {
+                what: format!("node {number} is running already"),
+            });
         }
         let node = self.spawn(number, &Arc::new(image.clone()))?;
         let node = Self::finish_boot(node, false)?;
@@ -311,17 +377,26 @@ impl Cluster {
     }
 
     fn get(&self, number: u32) -> Option<&Node> {
-        self.nodes.iter().find(|(n, _)| *n == number).and_then(|(_, node)| node.as_ref())
+        self.nodes
+            .iter()
+            .find(|(n, _)| *n == number)
+            .and_then(|(_, node)| node.as_ref())
     }
 
     /// Running node `number`.
     pub fn node(&self, number: u32) -> Result<&Node, Error> {
-        self.get(number).ok_or_else(|| Error::Cluster { what: format!("node {number} is not running") })
+        self.get(number).ok_or_else(|| Error::Cluster {
+            what: format!("node {number} is not running"),
+        })
     }
 
     /// Numbers of the running nodes.
     pub fn running(&self) -> Vec<u32> {
-        self.nodes.iter().filter(|(_, node)| node.is_some()).map(|(n, _)| *n).collect()
+        self.nodes
+            .iter()
+            .filter(|(_, node)| node.is_some())
+            .map(|(n, _)| *n)
+            .collect()
     }
 
     pub fn switch(&self) -> &VdeSwitch {
@@ -336,13 +411,23 @@ impl Cluster {
     /// `GET path` on node `number`'s API, as JSON.
     pub fn get_json(&self, number: u32, path: &str) -> Result<serde_json::Value, Error> {
         let api = self.api(number)?;
-        drove::status::get_json(&api.to_string(), path, REQUEST_TIMEOUT).map_err(|source| Error::Api { node: number, source })
+        drove::status::get_json(&api.to_string(), path, REQUEST_TIMEOUT).map_err(|source| {
+            Error::Api {
+                node: number,
+                source,
+            }
+        })
     }
 
     /// Node `number`'s cluster table (`GET /api/cluster`).
     pub fn table(&self, number: u32) -> Result<Table, Error> {
         let api = self.api(number)?;
-        drove::status::fetch_timeout(&api.to_string(), REQUEST_TIMEOUT).map(|(table, _)| table).map_err(|source| Error::Api { node: number, source })
+        drove::status::fetch_timeout(&api.to_string(), REQUEST_TIMEOUT)
+            .map(|(table, _)| table)
+            .map_err(|source| Error::Api {
+                node: number,
+                source,
+            })
     }
 
     /// Kills node `number`'s QEMU at once (a power failure) and returns when it is gone; the
@@ -352,8 +437,12 @@ impl Cluster {
             .nodes
             .iter_mut()
             .find(|(n, node)| *n == number && node.is_some())
-            .ok_or_else(|| Error::Cluster { what: format!("node {number} is not running") })?;
-        let node = slot.1.take().ok_or_else(|| Error::Cluster { what: format!("node {number} is not running") })?;
+            .ok_or_else(|| Error::Cluster {
+                what: format!("node {number} is not running"),
+            })?;
+        let node = slot.1.take().ok_or_else(|| Error::Cluster {
+            what: format!("node {number} is not running"),
+        })?;
         let at = Instant::now();
         node.vm.kill();
         node.vm.keep_dir(false);
@@ -373,7 +462,9 @@ impl Cluster {
             .iter()
             .find(|(n, _)| *n == number)
             .map(|(_, image)| Arc::clone(image))
-            .ok_or_else(|| Error::Cluster { what: format!("node {number} never ran") })?;
+            .ok_or_else(|| Error::Cluster {
+                what: format!("node {number} never ran"),
+            })?;
         let mapped = number <= self.mapped;
         let node = self.spawn(number, &image)?;
         let node = Self::finish_boot(node, mapped)?;
@@ -383,33 +474,62 @@ impl Cluster {
 
     /// Polls node `observer`'s cluster table every [`POLL`] until `predicate` holds, for at most
     /// `timeout`; returns the table that satisfied it and how long it took.
-    pub fn wait_until<F>(&self, observer: u32, timeout: Duration, what: &str, mut predicate: F) -> Result<(Table, Duration), Error>
+    pub fn wait_until<F>(
+        &self,
+        observer: u32,
+        timeout: Duration,
+        what: &str,
+        mut predicate: F,
+    ) -> Result<(Table, Duration), Error>
     where
         F: FnMut(&Table) -> bool,
     {
-        let mut seen = self.wait_all(&[observer], Instant::now(), timeout, what, |_, t| predicate(t))?;
-        let first = seen.pop().ok_or_else(|| Error::Cluster { what: "no observer".into() })?;
+        let mut seen = self.wait_all(&[observer], Instant::now(), timeout, what, |_, t| {
+            predicate(t)
+        })?;
+        let first = seen.pop().ok_or_else(|| Error::Cluster {
+            what: "no observer".into(),
+        })?;
         Ok((first.table, first.after))
     }
 
     /// Polls the tables of all `observers` round-robin until `predicate(observer, table)` has held
     /// once for each, at most until `since + timeout`; returns, per observer, the table and the
     /// time from `since` to the poll that saw it. See [`poll_until`].
-    pub fn wait_all<F>(&self, observers: &[u32], since: Instant, timeout: Duration, what: &str, predicate: F) -> Result<Vec<Observed>, Error>
+    pub fn wait_all<F>(
+        &self,
+        observers: &[u32],
+        since: Instant,
+        timeout: Duration,
+        what: &str,
+        predicate: F,
+    ) -> Result<Vec<Observed>, Error>
     where
         F: FnMut(u32, &Table) -> bool,
     {
-        let apis = observers.iter().map(|n| Ok((*n, self.api(*n)?.to_string()))).collect::<Result<Vec<_>, Error>>()?;
+        let apis = observers
+            .iter()
+            .map(|n| Ok((*n, self.api(*n)?.to_string())))
+            .collect::<Result<Vec<_>, Error>>()?;
         poll_until(&apis, since, timeout, predicate).map_err(|pending| {
             let (node, last) = pending.into_iter().next().unwrap_or((0, String::new()));
             let report = self.get(node).map(|n| n.vm.report()).unwrap_or_default();
-            Error::Condition { node, what: what.to_owned(), timeout, last, report }
+            Error::Condition {
+                node,
+                what: what.to_owned(),
+                timeout,
+                last,
+                report,
+            }
         })
     }
 
     /// Asks every running node for its table once.
     pub fn tables(&self) -> Vec<(u32, Result<Table, Error>)> {
-        self.running().into_iter().map(|n| (n, self.table(n))).collect()
+        self.running()
+            .into_iter()
+            .map(|n| (n, self.table(n)))
+            .collect()
     }
 }
 
@@ -422,7 +542,10 @@ impl Drop for Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("running", &self.running()).field("switch", &self.switch.sock()).finish()
+        f.debug_struct("Cluster")
+            .field("running", &self.running())
+            .field("switch", &self.switch.sock())
+            .finish()
     }
 }
 
@@ -439,7 +562,12 @@ pub struct Observed {
 /// `predicate(node, table)` has held once for each, at most until `since + timeout`. Request
 /// errors count as "not yet" (an agent may still be starting, or be slow under TCG). On timeout,
 /// returns every observer still pending with its last answer (the rendered table or the error).
-pub fn poll_until<F>(observers: &[(u32, String)], since: Instant, timeout: Duration, mut predicate: F) -> Result<Vec<Observed>, Vec<(u32, String)>>
+pub fn poll_until<F>(
+    observers: &[(u32, String)],
+    since: Instant,
+    timeout: Duration,
+    mut predicate: F,
+) -> Result<Vec<Observed>, Vec<(u32, String)>>
 where
     F: FnMut(u32, &Table) -> bool,
 {
@@ -454,9 +582,14 @@ where
             match drove::status::fetch_timeout(addr, REQUEST_TIMEOUT) {
                 Ok((table, _)) => {
                     if predicate(*node, &table) {
-                        done.push(Observed { node: *node, table, after: since.elapsed() });
+                        done.push(Observed {
+                            node: *node,
+                            table,
+                            after: since.elapsed(),
+                        });
                     } else {
-                        last[i] = drove::status::render(&table, addr, drove::status::Style::default());
+                        last[i] =
+                            drove::status::render(&table, addr, drove::status::Style::default());
                     }
                 }
                 Err(e) => last[i] = error_chain(&e),
@@ -492,7 +625,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// True when every node in `numbers` is in `table` with state `state`.
 pub fn all_in_state(table: &Table, numbers: &[u32], state: drove::status::State) -> bool {
-    numbers.iter().all(|n| table.node(*n).is_some_and(|node| node.state == state))
+    numbers
+        .iter()
+        .all(|n| table.node(*n).is_some_and(|node| node.state == state))
 }
 
 #[cfg(test)]
@@ -519,7 +654,10 @@ mod tests {
                     }
                 }
                 let response = match answer(i) {
-                    Some(body) => format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len()),
+                    Some(body) => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    ),
                     None => "not http".into(),
                 };
                 let _ = conn.write_all(response.as_bytes());
@@ -537,7 +675,10 @@ mod tests {
                 )
             })
             .collect();
-        format!(r#"{{"cluster":"t","self":{self_number},"nodes":[{}]}}"#, nodes.join(","))
+        format!(
+            r#"{{"cluster":"t","self":{self_number},"nodes":[{}]}}"#,
+            nodes.join(",")
+        )
     }
 
     #[test]
@@ -548,9 +689,21 @@ mod tests {
             1 => Some(table(1, &[(1, "up"), (2, "up"), (3, "up")])),
             _ => Some(table(1, &[(1, "up"), (2, "up"), (3, "down")])),
         });
-        let b = fake_agent(|i| Some(table(2, &[(1, "up"), (2, "up"), (3, if i < 4 { "suspect" } else { "down" })])));
+        let b = fake_agent(|i| {
+            Some(table(
+                2,
+                &[
+                    (1, "up"),
+                    (2, "up"),
+                    (3, if i < 4 { "suspect" } else { "down" }),
+                ],
+            ))
+        });
         let since = Instant::now();
-        let seen = poll_until(&[(1, a), (2, b)], since, Duration::from_secs(20), |_, t| all_in_state(t, &[3], State::Down)).unwrap();
+        let seen = poll_until(&[(1, a), (2, b)], since, Duration::from_secs(20), |_, t| {
+            all_in_state(t, &[3], State::Down)
+        })
+        .unwrap();
         assert_eq!(seen.iter().map(|o| o.node).collect::<Vec<_>>(), [1, 2]);
         // Polls are POLL apart: node 2's 5th answer comes at least 4 polls after the start.
         assert!(seen[1].after >= POLL * 4, "{:?}", seen[1].after);
@@ -563,22 +716,40 @@ mod tests {
         let a = fake_agent(|_| Some(table(1, &[(1, "up"), (2, "suspect")])));
         let dead = format!("127.0.0.1:{}", free_port().unwrap());
         let start = Instant::now();
-        let pending = poll_until(&[(1, a), (2, dead.clone())], start, Duration::from_millis(700), |_, t| {
-            all_in_state(t, &[2], State::Up)
-        })
+        let pending = poll_until(
+            &[(1, a), (2, dead.clone())],
+            start,
+            Duration::from_millis(700),
+            |_, t| all_in_state(t, &[2], State::Up),
+        )
         .unwrap_err();
         let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_millis(700) && elapsed < Duration::from_secs(5), "{elapsed:?}");
+        assert!(
+            elapsed >= Duration::from_millis(700) && elapsed < Duration::from_secs(5),
+            "{elapsed:?}"
+        );
         assert_eq!(pending.len(), 2);
         assert!(pending[0].1.contains("suspect"), "{}", pending[0].1);
-        assert!(pending[1].1.contains(&format!("cannot reach the agent at {dead}")), "{}", pending[1].1);
+        assert!(
+            pending[1]
+                .1
+                .contains(&format!("cannot reach the agent at {dead}")),
+            "{}",
+            pending[1].1
+        );
     }
 
     #[test]
     fn config_lists_static_hosts_and_the_map() {
         let c = cluster_config(3, 4);
-        assert!(c.contains("map = [ { first = 1, host = \"10.10.0.1\", count = 3 } ]"), "{c}");
-        assert!(c.contains("\"52:54:00:00:00:04\" = \"10.10.0.4/24\""), "{c}");
+        assert!(
+            c.contains("map = [ { first = 1, host = \"10.10.0.1\", count = 3 } ]"),
+            "{c}"
+        );
+        assert!(
+            c.contains("\"52:54:00:00:00:04\" = \"10.10.0.4/24\""),
+            "{c}"
+        );
         assert!(c.contains("mode = \"static\""), "{c}");
         assert_eq!(cluster_mac(3), "52:54:00:00:00:03");
         assert_eq!(cluster_addr(2).to_string(), "10.10.0.2");

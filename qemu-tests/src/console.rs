@@ -68,7 +68,9 @@ pub(crate) struct Console {
 
 impl Console {
     pub fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reader-thread body: copies `from` into `log` and into lines until EOF.
@@ -106,8 +108,10 @@ impl Console {
     /// The last `n` lines, for failure reports.
     pub fn tail(&self, n: usize) -> Vec<String> {
         let state = self.lock();
-        let mut lines: Vec<String> =
-            state.lines[state.lines.len().saturating_sub(n)..].iter().map(|(_, l)| l.clone()).collect();
+        let mut lines: Vec<String> = state.lines[state.lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect();
         if !state.partial.is_empty() {
             lines.push(clean(&state.partial));
         }
@@ -157,17 +161,33 @@ mod tests {
     #[test]
     fn cleans_escapes_and_carriage_returns() {
         assert_eq!(clean(b"plain\r"), "plain");
-        assert_eq!(clean(b"\x1b[2J\x1b[01;01H\x1b[=3hBdsDxe: loading"), "BdsDxe: loading");
-        assert_eq!(clean(b"http://x/vmlinuz... 10%\rhttp://x/vmlinuz... ok"), "http://x/vmlinuz... ok");
+        assert_eq!(
+            clean(b"\x1b[2J\x1b[01;01H\x1b[=3hBdsDxe: loading"),
+            "BdsDxe: loading"
+        );
+        assert_eq!(
+            clean(b"http://x/vmlinuz... 10%\rhttp://x/vmlinuz... ok"),
+            "http://x/vmlinuz... ok"
+        );
         assert_eq!(clean(b"a\tb\x07c"), "a\tbc");
     }
 
     #[test]
     fn patterns() {
         assert!("ready".is_match("drove: ready node=node1"));
-        let re = regex::Regex::new(r"^drove: ready node=(\S+) addr=10\.0\.2\.15$").unwrap_or_else(|e| panic!("{e}"));
-        assert!(LinePattern::is_match(&re, "drove: ready node=node1 addr=10.0.2.15"));
-        assert!(!LinePattern::is_match(&re, "drove: ready node=node1 addr=10.0.2.16"));
-        assert_eq!(LinePattern::describe(&&re), "line matching /^drove: ready node=(\\S+) addr=10\\.0\\.2\\.15$/");
+        let re = regex::Regex::new(r"^drove: ready node=(\S+) addr=10\.0\.2\.15$")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(LinePattern::is_match(
+            &re,
+            "drove: ready node=node1 addr=10.0.2.15"
+        ));
+        assert!(!LinePattern::is_match(
+            &re,
+            "drove: ready node=node1 addr=10.0.2.16"
+        ));
+        assert_eq!(
+            LinePattern::describe(&&re),
+            "line matching /^drove: ready node=(\\S+) addr=10\\.0\\.2\\.15$/"
+        );
     }
 }

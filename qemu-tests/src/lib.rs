@@ -24,8 +24,8 @@ pub mod standin;
 mod vm;
 
 pub use accel::{accel, Accel};
-pub use cluster::{Cluster, ClusterImage};
 pub use artifacts::{concat_files, drove_bin, out_dir, workspace_root, Artifacts, Manifest};
+pub use cluster::{Cluster, ClusterImage};
 pub use console::LinePattern;
 pub use error::Error;
 pub use net::{Netdev, Nic, VdeSwitch};

@@ -34,15 +34,31 @@ pub struct Nic {
 
 impl Nic {
     pub fn user() -> Self {
-        Nic { netdev: Netdev::User { hostfwd: Vec::new() }, model: "virtio-net-pci".into(), mac: None }
+        Nic {
+            netdev: Netdev::User {
+                hostfwd: Vec::new(),
+            },
+            model: "virtio-net-pci".into(),
+            mac: None,
+        }
     }
 
     pub fn vde(switch: &VdeSwitch) -> Self {
-        Nic { netdev: Netdev::Vde { sock: switch.sock().to_owned() }, model: "virtio-net-pci".into(), mac: None }
+        Nic {
+            netdev: Netdev::Vde {
+                sock: switch.sock().to_owned(),
+            },
+            model: "virtio-net-pci".into(),
+            mac: None,
+        }
     }
 
     pub fn socket(spec: impl Into<String>) -> Self {
-        Nic { netdev: Netdev::Socket { spec: spec.into() }, model: "virtio-net-pci".into(), mac: None }
+        Nic {
+            netdev: Netdev::Socket { spec: spec.into() },
+            model: "virtio-net-pci".into(),
+            mac: None,
+        }
     }
 
     pub fn model(mut self, model: impl Into<String>) -> Self {
@@ -100,10 +116,18 @@ impl VdeSwitch {
         let dir = tempfile::Builder::new()
             .prefix("drove-vde-")
             .tempdir()
-            .map_err(|source| Error::Io { what: "cannot create a directory in", path: std::env::temp_dir(), source })?;
+            .map_err(|source| Error::Io {
+                what: "cannot create a directory in",
+                path: std::env::temp_dir(),
+                source,
+            })?;
         let sock = dir.path().join("switch");
         let mut cmd = Command::new("vde_switch");
-        cmd.arg("--sock").arg(&sock).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
+        cmd.arg("--sock")
+            .arg(&sock)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         let line = crate::process::command_line(&cmd);
         let mut child = spawn_tied(cmd).map_err(|source| Error::Spawn { line, source })?;
         let stdin = child.stdin.take();
@@ -112,11 +136,19 @@ impl VdeSwitch {
         while !sock.join("ctl").exists() {
             if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
                 kill_group(&mut child, Duration::from_secs(2));
-                return Err(Error::Vde { path: sock.join("ctl"), timeout });
+                return Err(Error::Vde {
+                    path: sock.join("ctl"),
+                    timeout,
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(VdeSwitch { dir, sock, child, _stdin: stdin })
+        Ok(VdeSwitch {
+            dir,
+            sock,
+            child,
+            _stdin: stdin,
+        })
     }
 
     /// The switch's socket directory (`-netdev vde,sock=<this>`).
@@ -142,8 +174,27 @@ mod tests {
     #[test]
     fn nic_arguments() {
         let args = Nic::user().hostfwd(18080, 80).args(0);
-        assert_eq!(args, ["-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:18080-:80", "-device", "virtio-net-pci,netdev=n0"]);
-        let args = Nic::socket("listen=127.0.0.1:10001").model("e1000").mac("52:54:00:00:00:02").args(1);
-        assert_eq!(args, ["-netdev", "socket,id=n1,listen=127.0.0.1:10001", "-device", "e1000,netdev=n1,mac=52:54:00:00:00:02"]);
+        assert_eq!(
+            args,
+            [
+                "-netdev",
+                "user,id=n0,hostfwd=tcp:127.0.0.1:18080-:80",
+                "-device",
+                "virtio-net-pci,netdev=n0"
+            ]
+        );
+        let args = Nic::socket("listen=127.0.0.1:10001")
+            .model("e1000")
+            .mac("52:54:00:00:00:02")
+            .args(1);
+        assert_eq!(
+            args,
+            [
+                "-netdev",
+                "socket,id=n1,listen=127.0.0.1:10001",
+                "-device",
+                "e1000,netdev=n1,mac=52:54:00:00:00:02"
+            ]
+        );
     }
 }

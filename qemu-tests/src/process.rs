@@ -53,7 +53,9 @@ pub(crate) fn spawn_tied(mut cmd: Command) -> io::Result<Child> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .send((cmd, reply_tx))
         .map_err(|_| io::Error::other("spawner thread is gone"))?;
-    reply_rx.recv().map_err(|_| io::Error::other("spawner thread is gone"))?
+    reply_rx
+        .recv()
+        .map_err(|_| io::Error::other("spawner thread is gone"))?
 }
 
 /// SIGKILLs the process group led by `child` and reaps it, waiting at most `grace`. Returns the
@@ -102,7 +104,10 @@ pub(crate) fn command_line(cmd: &Command) -> String {
 }
 
 fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
         s.to_owned()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -114,7 +119,10 @@ fn shell_quote(s: &str) -> String {
 pub fn run(cmd: &mut Command) -> Result<Output, Error> {
     let line = command_line(cmd);
     eprintln!("$ {line}");
-    let out = cmd.output().map_err(|source| Error::Spawn { line: line.clone(), source })?;
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        line: line.clone(),
+        source,
+    })?;
     if out.status.success() {
         Ok(out)
     } else {

@@ -13,10 +13,17 @@ pub const STANDIN_CMDLINE: &str = "console=tty0 console=ttyS0,115200 panic=30";
 /// The newest distro kernel in /boot.
 pub fn standin_kernel() -> Result<PathBuf, Error> {
     let boot = Path::new("/boot");
-    let entries = std::fs::read_dir(boot).map_err(|source| Error::Io { what: "cannot read", path: boot.into(), source })?;
+    let entries = std::fs::read_dir(boot).map_err(|source| Error::Io {
+        what: "cannot read",
+        path: boot.into(),
+        source,
+    })?;
     let mut kernels: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .collect();
     kernels.sort();
     kernels.pop().ok_or_else(|| Error::Io {
@@ -46,19 +53,27 @@ done
 /// Writes `files` (path in the archive, contents, mode) as a gzip'd newc cpio to `dest`.
 pub fn cpio(dest: &Path, files: &[(&str, &[u8], u32)]) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
-    let staging = tempfile::tempdir()
-        .map_err(|source| Error::Io { what: "cannot create a directory in", path: std::env::temp_dir(), source })?;
+    let staging = tempfile::tempdir().map_err(|source| Error::Io {
+        what: "cannot create a directory in",
+        path: std::env::temp_dir(),
+        source,
+    })?;
     for (path, contents, mode) in files {
         let p = staging.path().join(path);
         let io = |what| {
             let p = p.clone();
-            move |source| Error::Io { what, path: p, source }
+            move |source| Error::Io {
+                what,
+                path: p,
+                source,
+            }
         };
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent).map_err(io("cannot create"))?;
         }
         std::fs::write(&p, contents).map_err(io("cannot write"))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).map_err(io("cannot chmod"))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
+            .map_err(io("cannot chmod"))?;
     }
     run(Command::new("sh")
         .arg("-c")
@@ -73,10 +88,20 @@ pub fn cpio(dest: &Path, files: &[(&str, &[u8], u32)]) -> Result<(), Error> {
 /// to `node1`: booting the two concatenated must print `node=node1`.
 pub fn standin_initrds(dir: &Path) -> Result<(PathBuf, PathBuf), Error> {
     let bb = Path::new("/bin/busybox");
-    let busybox = std::fs::read(bb)
-        .map_err(|source| Error::Io { what: "cannot read (install busybox-static)", path: bb.into(), source })?;
+    let busybox = std::fs::read(bb).map_err(|source| Error::Io {
+        what: "cannot read (install busybox-static)",
+        path: bb.into(),
+        source,
+    })?;
     let base = dir.join("initramfs.img");
-    cpio(&base, &[("init", STANDIN_INIT.as_bytes(), 0o755), ("bin/busybox", &busybox, 0o755), ("etc/node-name", b"node0\n", 0o644)])?;
+    cpio(
+        &base,
+        &[
+            ("init", STANDIN_INIT.as_bytes(), 0o755),
+            ("bin/busybox", &busybox, 0o755),
+            ("etc/node-name", b"node0\n", 0o644),
+        ],
+    )?;
     let overlay = dir.join("overlay-standin.img");
     cpio(&overlay, &[("etc/node-name", b"node1\n", 0o644)])?;
     Ok((base, overlay))

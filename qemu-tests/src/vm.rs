@@ -61,7 +61,12 @@ pub struct Drive {
 
 impl Drive {
     pub fn raw(path: impl Into<PathBuf>) -> Self {
-        Drive { path: path.into(), format: "raw".into(), interface: None, snapshot: true }
+        Drive {
+            path: path.into(),
+            format: "raw".into(),
+            interface: None,
+            snapshot: true,
+        }
     }
 
     pub fn interface(mut self, interface: impl Into<String>) -> Self {
@@ -108,15 +113,26 @@ impl WorkDir {
         let base = std::env::var_os("DROVE_TEST_TMPDIR")
             .filter(|d| !d.is_empty())
             .map_or_else(std::env::temp_dir, PathBuf::from);
-        std::fs::create_dir_all(&base)
-            .map_err(|source| Error::Io { what: "cannot create", path: base.clone(), source })?;
+        std::fs::create_dir_all(&base).map_err(|source| Error::Io {
+            what: "cannot create",
+            path: base.clone(),
+            source,
+        })?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("drove-vm-{name}-"))
             .tempdir_in(&base)
-            .map_err(|source| Error::Io { what: "cannot create a directory in", path: base.clone(), source })?;
+            .map_err(|source| Error::Io {
+                what: "cannot create a directory in",
+                path: base.clone(),
+                source,
+            })?;
         let path = dir.path().to_owned();
         let keep = std::env::var_os("DROVE_KEEP_VM_DIRS").is_some();
-        Ok(WorkDir { dir: Some(dir), path, keep: AtomicBool::new(keep) })
+        Ok(WorkDir {
+            dir: Some(dir),
+            path,
+            keep: AtomicBool::new(keep),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -214,7 +230,12 @@ impl VmBuilder {
     }
 
     /// Direct kernel boot: `-kernel`, `-initrd` (one file), `-append`.
-    pub fn kernel(mut self, kernel: impl Into<PathBuf>, initrd: Option<PathBuf>, append: impl Into<String>) -> Self {
+    pub fn kernel(
+        mut self,
+        kernel: impl Into<PathBuf>,
+        initrd: Option<PathBuf>,
+        append: impl Into<String>,
+    ) -> Self {
         self.kernel = Some((kernel.into(), initrd, append.into()));
         self
     }
@@ -248,7 +269,8 @@ impl VmBuilder {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.extra.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.extra
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
@@ -267,16 +289,47 @@ impl VmBuilder {
         });
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-name", &self.name])
-            .args(["-machine", if machine == Machine::Q35 { "q35" } else { "pc" }])
+            .args([
+                "-machine",
+                if machine == Machine::Q35 { "q35" } else { "pc" },
+            ])
             .args(accel.args())
-            .args(["-m", &self.memory_mib.to_string(), "-smp", &self.cpus.to_string()])
-            .args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"]);
+            .args([
+                "-m",
+                &self.memory_mib.to_string(),
+                "-smp",
+                &self.cpus.to_string(),
+            ])
+            .args([
+                "-display",
+                "none",
+                "-serial",
+                "stdio",
+                "-monitor",
+                "none",
+                "-no-reboot",
+            ]);
         if let Firmware::Ovmf { code, vars } = &self.firmware {
             let vars_copy = dir.join("OVMF_VARS.fd");
-            std::fs::copy(vars, &vars_copy)
-                .map_err(|source| Error::Io { what: "cannot copy", path: vars.clone(), source })?;
-            cmd.args(["-drive", &format!("if=pflash,format=raw,unit=0,readonly=on,file={}", qemu_escape(code))]);
-            cmd.args(["-drive", &format!("if=pflash,format=raw,unit=1,file={}", qemu_escape(&vars_copy))]);
+            std::fs::copy(vars, &vars_copy).map_err(|source| Error::Io {
+                what: "cannot copy",
+                path: vars.clone(),
+                source,
+            })?;
+            cmd.args([
+                "-drive",
+                &format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    qemu_escape(code)
+                ),
+            ]);
+            cmd.args([
+                "-drive",
+                &format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    qemu_escape(&vars_copy)
+                ),
+            ]);
         }
         if let Some((kernel, initrd, append)) = &self.kernel {
             cmd.arg("-kernel").arg(kernel);
@@ -315,15 +368,21 @@ impl VmBuilder {
             move |source| Error::Io { what, path, source }
         };
         let cmd_path = dir.join("qemu.cmd");
-        std::fs::write(&cmd_path, format!("{line}\n")).map_err(io_err("cannot write", &cmd_path))?;
+        std::fs::write(&cmd_path, format!("{line}\n"))
+            .map_err(io_err("cannot write", &cmd_path))?;
         let stderr_path = dir.join("qemu.stderr");
         let stderr = File::create(&stderr_path).map_err(io_err("cannot create", &stderr_path))?;
         let log_path = dir.join("console.log");
         let log = File::create(&log_path).map_err(io_err("cannot create", &log_path))?;
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(stderr);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
 
         let started = Instant::now();
-        let mut child = spawn_tied(cmd).map_err(|source| Error::Spawn { line: line.clone(), source })?;
+        let mut child = spawn_tied(cmd).map_err(|source| Error::Spawn {
+            line: line.clone(),
+            source,
+        })?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let console = Arc::new(Console::default());
@@ -340,7 +399,11 @@ impl VmBuilder {
                 return Err(Error::Spawn { line, source });
             }
         };
-        eprintln!("drove-qemu-tests: vm {} started; console log {}", self.name, log_path.display());
+        eprintln!(
+            "drove-qemu-tests: vm {} started; console log {}",
+            self.name,
+            log_path.display()
+        );
         Ok(Vm {
             name: self.name,
             work: self.work,
@@ -412,13 +475,22 @@ impl Vm {
 
     /// Every console line so far (cleaned of escapes).
     pub fn console_lines(&self) -> Vec<String> {
-        self.console.lock().lines.iter().map(|(_, l)| l.clone()).collect()
+        self.console
+            .lock()
+            .lines
+            .iter()
+            .map(|(_, l)| l.clone())
+            .collect()
     }
 
     /// Waits for a console line matching `pattern` that comes after the line the previous wait
     /// matched, and returns it. Fails at the deadline, when QEMU exits, or on a fatal line (kernel
     /// panic); the error carries the log path and the last lines. Matches complete lines only.
-    pub fn wait_for_line<P: LinePattern>(&self, pattern: P, timeout: Duration) -> Result<String, Error> {
+    pub fn wait_for_line<P: LinePattern>(
+        &self,
+        pattern: P,
+        timeout: Duration,
+    ) -> Result<String, Error> {
         let deadline = Instant::now() + timeout;
         let mut cursor = lock(&self.cursor);
         let mut state = self.console.lock();
@@ -442,16 +514,32 @@ impl Vm {
             }
             if state.eof {
                 drop(state);
-                let status = crate::process::wait_timeout(&mut lock(&self.child), Duration::from_secs(5))
-                    .map_or_else(|| "status unknown".to_owned(), describe);
-                return Err(Error::Exited { vm: self.name.clone(), what: pattern.describe(), status, report: self.report() });
+                let status =
+                    crate::process::wait_timeout(&mut lock(&self.child), Duration::from_secs(5))
+                        .map_or_else(|| "status unknown".to_owned(), describe);
+                return Err(Error::Exited {
+                    vm: self.name.clone(),
+                    what: pattern.describe(),
+                    status,
+                    report: self.report(),
+                });
             }
             let now = Instant::now();
             if now >= deadline {
                 drop(state);
-                return Err(Error::Timeout { vm: self.name.clone(), what: pattern.describe(), timeout, report: self.report() });
+                return Err(Error::Timeout {
+                    vm: self.name.clone(),
+                    what: pattern.describe(),
+                    timeout,
+                    report: self.report(),
+                });
             }
-            state = self.console.changed.wait_timeout(state, deadline - now).unwrap_or_else(PoisonError::into_inner).0;
+            state = self
+                .console
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -464,9 +552,17 @@ impl Vm {
     /// newline for line-reading programs) on the serial console.
     pub fn send_line(&self, line: &str) -> Result<(), Error> {
         let mut stdin = lock(&self.stdin);
-        let err = |source| Error::Console { vm: self.name.clone(), source };
-        let stdin = stdin.as_mut().ok_or_else(|| err(std::io::ErrorKind::BrokenPipe.into()))?;
-        stdin.write_all(format!("{line}\r").as_bytes()).and_then(|()| stdin.flush()).map_err(err)
+        let err = |source| Error::Console {
+            vm: self.name.clone(),
+            source,
+        };
+        let stdin = stdin
+            .as_mut()
+            .ok_or_else(|| err(std::io::ErrorKind::BrokenPipe.into()))?;
+        stdin
+            .write_all(format!("{line}\r").as_bytes())
+            .and_then(|()| stdin.flush())
+            .map_err(err)
     }
 
     /// Waits until QEMU exits and returns its status (QEMU exits 0 when the guest powers off,
@@ -488,11 +584,19 @@ impl Vm {
         let deadline = Instant::now() + timeout;
         self.send_line("poweroff")?;
         self.wait_for_line(POWER_DOWN, timeout)?;
-        let status = self.wait_exit(deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1)))?;
+        let status = self.wait_exit(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_secs(1)),
+        )?;
         if status.success() {
             Ok(())
         } else {
-            Err(Error::Unclean { vm: self.name.clone(), status: describe(status), report: self.report() })
+            Err(Error::Unclean {
+                vm: self.name.clone(),
+                status: describe(status),
+                report: self.report(),
+            })
         }
     }
 
@@ -534,7 +638,11 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         if std::thread::panicking() && !self.reported.load(Ordering::SeqCst) {
-            eprintln!("drove-qemu-tests: vm {} failed\n{}", self.name, self.report());
+            eprintln!(
+                "drove-qemu-tests: vm {} failed\n{}",
+                self.name,
+                self.report()
+            );
         }
         drop(lock(&self.stdin).take());
         let reaped = kill_group(&mut lock(&self.child), Duration::from_secs(10)).is_some();
@@ -545,13 +653,20 @@ impl Drop for Vm {
                 let _ = reader.join();
             }
         } else {
-            eprintln!("drove-qemu-tests: vm {}: QEMU (pid {}) did not die", self.name, lock(&self.child).id());
+            eprintln!(
+                "drove-qemu-tests: vm {}: QEMU (pid {}) did not die",
+                self.name,
+                lock(&self.child).id()
+            );
         }
     }
 }
 
 impl std::fmt::Debug for Vm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vm").field("name", &self.name).field("dir", &self.work.path()).finish_non_exhaustive()
+        f.debug_struct("Vm")
+            .field("name", &self.name)
+            .field("dir", &self.work.path())
+            .finish_non_exhaustive()
     }
 }

@@ -9,7 +9,9 @@ mod common;
 use std::process::Command;
 
 use common::{init_logging, ready_then_poweroff};
-use drove_qemu_tests::{drove_bin, run, workspace_root, Artifacts, Drive, Error, Firmware, Nic, VmBuilder, BOOT_TIMEOUT};
+use drove_qemu_tests::{
+    drove_bin, run, workspace_root, Artifacts, Drive, Error, Firmware, Nic, VmBuilder, BOOT_TIMEOUT,
+};
 
 /// `-kernel` + `-initrd` + `-append` from the manifest; the initrds (base, then overlays) are
 /// concatenated into one file, which also checks that the kernel unpacks concatenated segments.
@@ -18,7 +20,10 @@ fn direct_kernel_and_initramfs() -> Result<(), Error> {
     let media = Artifacts::load()?;
     let builder = VmBuilder::new("boot-direct")?;
     let initrd = media.concat_initrds(&builder.dir().join("initrd-all.img"))?;
-    let vm = builder.kernel(media.kernel()?, Some(initrd), media.cmdline()).nic(Nic::user()).spawn()?;
+    let vm = builder
+        .kernel(media.kernel()?, Some(initrd), media.cmdline())
+        .nic(Nic::user())
+        .spawn()?;
     ready_then_poweroff(&vm, None, BOOT_TIMEOUT)
 }
 
@@ -68,9 +73,20 @@ fn floppy_netboot_from_serve() -> Result<(), Error> {
         .arg(&floppy_dir))?;
     let floppy = floppy_dir.join("floppy.img");
     let size = std::fs::metadata(&floppy)
-        .map_err(|source| Error::Io { what: "drove build left no", path: floppy.clone(), source })?
+        .map_err(|source| Error::Io {
+            what: "drove build left no",
+            path: floppy.clone(),
+            source,
+        })?
         .len();
-    assert!(size <= 1_474_560, "{} is {size} bytes, more than a 1.44 MB floppy", floppy.display());
-    let vm = builder.floppy(&floppy).nic(Nic::user().model("e1000")).spawn()?;
+    assert!(
+        size <= 1_474_560,
+        "{} is {size} bytes, more than a 1.44 MB floppy",
+        floppy.display()
+    );
+    let vm = builder
+        .floppy(&floppy)
+        .nic(Nic::user().model("e1000"))
+        .spawn()?;
     ready_then_poweroff(&vm, None, BOOT_TIMEOUT)
 }

@@ -28,7 +28,14 @@ const DOWN_WAIT: Duration = Duration::from_secs(30);
 const INTRUDER_WATCH: Duration = Duration::from_secs(12);
 
 fn show(cluster: &Cluster, observer: u32, table: &Table) -> String {
-    render(table, &cluster.api(observer).map(|a| a.to_string()).unwrap_or_default(), Style::default())
+    render(
+        table,
+        &cluster
+            .api(observer)
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        Style::default(),
+    )
 }
 
 /// Every node in `numbers` is up with a sane speed, load and memory, named and addressed as the
@@ -59,21 +66,40 @@ fn membership_failure_detection_and_wrong_key() -> Result<(), Error> {
 
     // (a) Everyone sees everyone up, with sane figures.
     let since = Instant::now();
-    let seen = cluster.wait_all(&all, since, CONVERGE, "all three nodes up with speed > 0 and load >= 0", |observer, t| {
-        sane(t, observer, &all)
-    })?;
+    let seen = cluster.wait_all(
+        &all,
+        since,
+        CONVERGE,
+        "all three nodes up with speed > 0 and load >= 0",
+        |observer, t| sane(t, observer, &all),
+    )?;
     for o in &seen {
-        eprintln!("node {} sees all three up {:.1}s after every API answered:\n{}", o.node, o.after.as_secs_f64(), show(&cluster, o.node, &o.table));
-        assert_eq!(o.table.nodes.iter().map(|n| n.number).collect::<Vec<_>>(), all, "sorted by number, self included");
+        eprintln!(
+            "node {} sees all three up {:.1}s after every API answered:\n{}",
+            o.node,
+            o.after.as_secs_f64(),
+            show(&cluster, o.node, &o.table)
+        );
+        assert_eq!(
+            o.table.nodes.iter().map(|n| n.number).collect::<Vec<_>>(),
+            all,
+            "sorted by number, self included"
+        );
     }
     let node: serde_json::Value = cluster.get_json(1, "/api/node")?;
     assert_eq!(node["number"], 1, "/api/node of node 1: {node}");
 
     // (b) Node 3 dies: down on nodes 1 and 2 within the bound, timed from the kill.
     let killed = cluster.kill(3)?;
-    let seen = cluster.wait_all(&[1, 2], killed, DOWN_WAIT, "node 3 down", |_, t| all_in_state(t, &[3], State::Down))?;
+    let seen = cluster.wait_all(&[1, 2], killed, DOWN_WAIT, "node 3 down", |_, t| {
+        all_in_state(t, &[3], State::Down)
+    })?;
     for o in &seen {
-        eprintln!("node {} sees node 3 down {:.2}s after the kill", o.node, o.after.as_secs_f64());
+        eprintln!(
+            "node {} sees node 3 down {:.2}s after the kill",
+            o.node,
+            o.after.as_secs_f64()
+        );
     }
     for o in &seen {
         assert!(
@@ -83,21 +109,34 @@ fn membership_failure_detection_and_wrong_key() -> Result<(), Error> {
             o.after.as_secs_f64(),
             show(&cluster, o.node, &o.table)
         );
-        assert!(all_in_state(&o.table, &[1, 2], State::Up), "the survivors stay up:\n{}", show(&cluster, o.node, &o.table));
+        assert!(
+            all_in_state(&o.table, &[1, 2], State::Up),
+            "the survivors stay up:\n{}",
+            show(&cluster, o.node, &o.table)
+        );
     }
 
     // ... and up again everywhere once it has booted.
     let boot = cluster.restart(3)?.boot_time;
     let since = Instant::now();
-    let seen = cluster.wait_all(&all, since, CONVERGE, "node 3 up again", |observer, t| sane(t, observer, &all))?;
+    let seen = cluster.wait_all(&all, since, CONVERGE, "node 3 up again", |observer, t| {
+        sane(t, observer, &all)
+    })?;
     let slowest = seen.iter().map(|o| o.after).max().unwrap_or_default();
-    eprintln!("node 3 rebooted to ready in {:.1}s; up on all nodes {:.1}s after its ready line", boot.as_secs_f64(), slowest.as_secs_f64());
+    eprintln!(
+        "node 3 rebooted to ready in {:.1}s; up on all nodes {:.1}s after its ready line",
+        boot.as_secs_f64(),
+        slowest.as_secs_f64()
+    );
 
     // (c) A fourth node with another cluster key on the same segment, with a static address the
     // config knows: it must never appear in the others' tables, and must believe none of them.
     let intruder_name = cluster.add(4, &images.other)?.name.clone();
     let intruder_number = cluster.table(4)?.self_number;
-    eprintln!("wrong-key node up as {intruder_name} (number {intruder_number}, {})", cluster_addr(4));
+    eprintln!(
+        "wrong-key node up as {intruder_name} (number {intruder_number}, {})",
+        cluster_addr(4)
+    );
     let watch_start = Instant::now();
     // A request that times out (TCG under load) is skipped, not a failure; every table must
     // still have been checked many times.
@@ -113,24 +152,54 @@ fn membership_failure_detection_and_wrong_key() -> Result<(), Error> {
                 }
             };
             let intruder = t.nodes.iter().find(|n| {
-                n.number == 4 || n.number == intruder_number || n.name == intruder_name || n.addr == cluster_addr(4).to_string()
+                n.number == 4
+                    || n.number == intruder_number
+                    || n.name == intruder_name
+                    || n.addr == cluster_addr(4).to_string()
             });
-            assert!(intruder.is_none(), "node {observer} lists the wrong-key node:\n{}", show(&cluster, observer, &t));
-            assert_eq!(t.nodes.iter().map(|n| n.number).collect::<Vec<_>>(), all, "node {observer}:\n{}", show(&cluster, observer, &t));
+            assert!(
+                intruder.is_none(),
+                "node {observer} lists the wrong-key node:\n{}",
+                show(&cluster, observer, &t)
+            );
+            assert_eq!(
+                t.nodes.iter().map(|n| n.number).collect::<Vec<_>>(),
+                all,
+                "node {observer}:\n{}",
+                show(&cluster, observer, &t)
+            );
             checked[observer as usize - 1] += 1;
         }
         if let Ok(t) = cluster.table(4) {
-            let believed: Vec<u32> = t.nodes.iter().filter(|n| n.number != t.self_number && n.state == State::Up).map(|n| n.number).collect();
-            assert!(believed.is_empty(), "the wrong-key node believes nodes {believed:?} are up:\n{}", show(&cluster, 4, &t));
+            let believed: Vec<u32> = t
+                .nodes
+                .iter()
+                .filter(|n| n.number != t.self_number && n.state == State::Up)
+                .map(|n| n.number)
+                .collect();
+            assert!(
+                believed.is_empty(),
+                "the wrong-key node believes nodes {believed:?} are up:\n{}",
+                show(&cluster, 4, &t)
+            );
             checked[3] += 1;
         }
         polls += 1;
         std::thread::sleep(Duration::from_millis(250));
     }
-    assert!(checked.iter().all(|c| *c >= 10), "too few answers to judge: {checked:?} of {polls} polls");
+    assert!(
+        checked.iter().all(|c| *c >= 10),
+        "too few answers to judge: {checked:?} of {polls} polls"
+    );
     eprintln!("wrong-key node 4 watched for {:.1}s ({polls} polls, answers per node {checked:?}): never listed", watch_start.elapsed().as_secs_f64());
     // The rightful members are unharmed.
-    let seen = cluster.wait_all(&all, Instant::now(), Duration::from_secs(10), "all three still up", |observer, t| sane(t, observer, &all))?;
+    let seen = cluster.wait_all(
+        &all,
+        Instant::now(),
+        Duration::from_secs(10),
+        "all three still up",
+        |observer, t| sane(t, observer, &all),
+    )?;
     for o in &seen {
         eprintln!("node {}:\n{}", o.node, show(&cluster, o.node, &o.table));
     }

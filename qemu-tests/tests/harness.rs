@@ -18,19 +18,30 @@ fn standin_direct_kernel() -> Result<(), Error> {
     let (base, overlay) = standin_initrds(builder.dir());
     let initrd = builder.dir().join("initrd-all.img");
     drove_qemu_tests::concat_files(&[base, overlay], &initrd)?;
-    let vm = builder.kernel(standin_kernel(), Some(initrd), STANDIN_CMDLINE).nic(Nic::user()).spawn()?;
+    let vm = builder
+        .kernel(standin_kernel(), Some(initrd), STANDIN_CMDLINE)
+        .nic(Nic::user())
+        .spawn()?;
 
     vm.wait_for_line("Linux version", BOOT_TIMEOUT)?;
-    let err = vm.wait_for_line("this line never comes", Duration::from_millis(300)).unwrap_err();
+    let err = vm
+        .wait_for_line("this line never comes", Duration::from_millis(300))
+        .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Timeout { .. }), "{msg}");
     assert!(msg.contains(&vm.log_path().display().to_string()), "{msg}");
-    assert!(msg.contains("console lines ---\n["), "the report shows the console tail: {msg}");
+    assert!(
+        msg.contains("console lines ---\n["),
+        "the report shows the console tail: {msg}"
+    );
 
     vm.keep_dir(false);
     ready_then_poweroff(&vm, Some("node1"), BOOT_TIMEOUT)?;
     let log = std::fs::read_to_string(vm.log_path()).unwrap();
-    assert!(log.contains("drove: ready node=node1"), "console.log has the raw console");
+    assert!(
+        log.contains("drove: ready node=node1"),
+        "console.log has the raw console"
+    );
     Ok(())
 }
 
@@ -40,7 +51,9 @@ fn standin_direct_kernel() -> Result<(), Error> {
 fn drop_kills_qemu() -> Result<(), Error> {
     let builder = VmBuilder::new("standin-drop")?;
     let (base, _) = standin_initrds(builder.dir());
-    let vm = builder.kernel(standin_kernel(), Some(base), STANDIN_CMDLINE).spawn()?;
+    let vm = builder
+        .kernel(standin_kernel(), Some(base), STANDIN_CMDLINE)
+        .spawn()?;
     vm.wait_ready(BOOT_TIMEOUT)?;
     let pid = vm.pid();
     vm.kill();
@@ -50,7 +63,10 @@ fn drop_kills_qemu() -> Result<(), Error> {
     assert!(start.elapsed() < Duration::from_secs(30));
     vm.keep_dir(false);
     drop(vm);
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "QEMU {pid} still there");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU {pid} still there"
+    );
     Ok(())
 }
 
@@ -58,10 +74,15 @@ fn drop_kills_qemu() -> Result<(), Error> {
 #[test]
 fn drop_while_booting() -> Result<(), Error> {
     let builder = VmBuilder::new("standin-early-drop")?;
-    let vm = builder.kernel(standin_kernel(), None, STANDIN_CMDLINE).spawn()?;
+    let vm = builder
+        .kernel(standin_kernel(), None, STANDIN_CMDLINE)
+        .spawn()?;
     let pid = vm.pid();
     drop(vm);
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "QEMU {pid} still there");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU {pid} still there"
+    );
     Ok(())
 }
 
@@ -74,11 +95,20 @@ fn standin_floppy_netboot_from_serve() -> Result<(), Error> {
     let builder = VmBuilder::new("standin-floppy")?;
     let pxe = builder.dir().join("pxe");
     standin_pxe_dir(&pxe);
-    let server = drove::serve::bind(&pxe, "127.0.0.1:0".parse().unwrap()).unwrap().spawn().unwrap();
+    let server = drove::serve::bind(&pxe, "127.0.0.1:0".parse().unwrap())
+        .unwrap()
+        .spawn()
+        .unwrap();
     let floppy = builder.dir().join("floppy.img");
-    standin_floppy(&floppy, &format!("http://10.0.2.2:{}/", server.local_addr().port()));
+    standin_floppy(
+        &floppy,
+        &format!("http://10.0.2.2:{}/", server.local_addr().port()),
+    );
     assert!(std::fs::metadata(&floppy).unwrap().len() <= 1_474_560);
-    let vm = builder.floppy(&floppy).nic(Nic::user().model("e1000")).spawn()?;
+    let vm = builder
+        .floppy(&floppy)
+        .nic(Nic::user().model("e1000"))
+        .spawn()?;
     ready_then_poweroff(&vm, Some("node1"), BOOT_TIMEOUT)?;
     Ok(())
 }
@@ -90,7 +120,10 @@ fn vde_switch_starts_and_stops() -> Result<(), Error> {
     assert!(switch.sock().join("ctl").exists());
     let builder = VmBuilder::new("standin-vde")?;
     let (base, _) = standin_initrds(builder.dir());
-    let vm = builder.kernel(standin_kernel(), Some(base), STANDIN_CMDLINE).nic(Nic::vde(&switch).mac("52:54:00:00:00:01")).spawn()?;
+    let vm = builder
+        .kernel(standin_kernel(), Some(base), STANDIN_CMDLINE)
+        .nic(Nic::vde(&switch).mac("52:54:00:00:00:01"))
+        .spawn()?;
     vm.wait_ready(BOOT_TIMEOUT)?;
     vm.poweroff(drove_qemu_tests::EXIT_TIMEOUT)?;
     let dir = switch.dir().to_owned();

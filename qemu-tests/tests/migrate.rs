@@ -16,12 +16,17 @@ use drove_qemu_tests::{Cluster, Error};
 
 /// The seed's awk loop, smaller (TCG runs it ~10x slower than the host) and with progress lines
 /// so that output is written before, between and after the moves.
-const PROGRAM: &str = "BEGIN {for(i=0;i<3000000;i++){s+=i; if(i%100000==0) print \"at\", i}; print s}";
+const PROGRAM: &str =
+    "BEGIN {for(i=0;i<3000000;i++){s+=i; if(i%100000==0) print \"at\", i}; print s}";
 
 fn job_lines(cluster: &Cluster) -> String {
     let mut out = String::new();
     for n in cluster.running() {
-        for l in cluster.node(n).map(|node| node.vm.console_lines()).unwrap_or_default() {
+        for l in cluster
+            .node(n)
+            .map(|node| node.vm.console_lines())
+            .unwrap_or_default()
+        {
             if l.contains("jobs:") {
                 out.push_str(&format!("node{n}: {l}\n"));
             }
@@ -43,10 +48,16 @@ fn wait_output(agent: &Agent, id: &str, min_len: usize, timeout: Duration) -> us
 
 #[test]
 fn awk_job_moves_to_node2_and_home_with_all_its_output() -> Result<(), Error> {
-    let expected = std::process::Command::new("/bin/busybox").args(["awk", PROGRAM]).output().unwrap().stdout;
+    let expected = std::process::Command::new("/bin/busybox")
+        .args(["awk", PROGRAM])
+        .output()
+        .unwrap()
+        .stdout;
     let images = test_images()?;
     let cluster = Cluster::start(2, &images.main)?;
-    cluster.wait_until(1, Duration::from_secs(60), "nodes 1 and 2 up", |t| all_in_state(t, &[1, 2], State::Up))?;
+    cluster.wait_until(1, Duration::from_secs(60), "nodes 1 and 2 up", |t| {
+        all_in_state(t, &[1, 2], State::Up)
+    })?;
     let key = images.main.key_hex()?;
     let node1 = Agent::new(&cluster.api(1)?.to_string(), Some(key.clone()));
 
@@ -55,36 +66,80 @@ fn awk_job_moves_to_node2_and_home_with_all_its_output() -> Result<(), Error> {
     let refused = stranger.launch(&["true".into()]).unwrap_err().to_string();
     assert!(refused.contains("HTTP 401"), "{refused}");
 
-    let job = node1.launch(&["/bin/busybox".into(), "awk".into(), PROGRAM.into()]).unwrap();
+    let job = node1
+        .launch(&["/bin/busybox".into(), "awk".into(), PROGRAM.into()])
+        .unwrap();
     let id = job["id"].as_str().unwrap().to_owned();
-    assert_eq!((job["state"].as_str(), job["home"].as_u64()), (Some("running"), Some(1)));
+    assert_eq!(
+        (job["state"].as_str(), job["home"].as_u64()),
+        (Some("running"), Some(1))
+    );
     let first = wait_output(&node1, &id, 20, Duration::from_secs(60));
-    assert!(first >= 20, "no output from job {id} in 60 s:\n{}", job_lines(&cluster));
+    assert!(
+        first >= 20,
+        "no output from job {id} in 60 s:\n{}",
+        job_lines(&cluster)
+    );
 
     let there = node1.migrate(&id, "2").unwrap();
     eprintln!("migration to node 2: {there}");
-    assert_eq!(there["outcome"], "moved", "{there}\n{}", job_lines(&cluster));
+    assert_eq!(
+        there["outcome"],
+        "moved",
+        "{there}\n{}",
+        job_lines(&cluster)
+    );
     let on2 = node1.job(&id).unwrap();
-    assert_eq!((on2["node"].as_u64(), on2["state"].as_str()), (Some(2), Some("running")), "{on2}");
+    assert_eq!(
+        (on2["node"].as_u64(), on2["state"].as_str()),
+        (Some(2), Some("running")),
+        "{on2}"
+    );
 
     // Let it write on node 2, then bring it home through node 1 (forwarded to node 2).
     let before = node1.output(&id, "stdout", 0).unwrap().len();
     let grown = wait_output(&node1, &id, before + 10, Duration::from_secs(60));
-    assert!(grown > before, "no output on node 2:\n{}", job_lines(&cluster));
+    assert!(
+        grown > before,
+        "no output on node 2:\n{}",
+        job_lines(&cluster)
+    );
     let back = node1.migrate(&id, "home").unwrap();
     eprintln!("migration home: {back}");
     let came_home = back["outcome"] == "moved";
     // The job may have finished on node 2 first; then it is refused and nothing is lost either.
-    assert!(came_home || node1.job(&id).unwrap()["state"] == "exited", "{back}\n{}", job_lines(&cluster));
+    assert!(
+        came_home || node1.job(&id).unwrap()["state"] == "exited",
+        "{back}\n{}",
+        job_lines(&cluster)
+    );
 
     let mut out = Vec::new();
     let mut err = Vec::new();
-    let done = node1.follow(&id, &mut out, &mut err, Duration::from_millis(300)).unwrap();
+    let done = node1
+        .follow(&id, &mut out, &mut err, Duration::from_millis(300))
+        .unwrap();
     eprintln!("{}", job_lines(&cluster));
-    eprintln!("node 1 {}node 2 {}", ps_table(&node1.jobs().unwrap()), ps_table(&Agent::new(&cluster.api(2)?.to_string(), None).jobs().unwrap()));
-    assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&expected), "output differs from an unmoved run");
+    eprintln!(
+        "node 1 {}node 2 {}",
+        ps_table(&node1.jobs().unwrap()),
+        ps_table(
+            &Agent::new(&cluster.api(2)?.to_string(), None)
+                .jobs()
+                .unwrap()
+        )
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&expected),
+        "output differs from an unmoved run"
+    );
     assert_eq!(done["exit_code"].as_i64(), Some(0), "{done}");
-    assert_eq!(done["migrations"].as_u64(), Some(if came_home { 2 } else { 1 }), "{done}");
+    assert_eq!(
+        done["migrations"].as_u64(),
+        Some(if came_home { 2 } else { 1 }),
+        "{done}"
+    );
     assert!(err.is_empty(), "stderr: {}", String::from_utf8_lossy(&err));
     Ok(())
 }

@@ -218,7 +218,12 @@ impl Index {
                 ));
             } else if !def.selected_by.is_empty() {
                 // A prompt does not stop a `select`: name who forces it on.
-                let on: Vec<&str> = def.selected_by.iter().map(String::as_str).filter(|s| is_on(s)).collect();
+                let on: Vec<&str> = def
+                    .selected_by
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|s| is_on(s))
+                    .collect();
                 if !on.is_empty() {
                     text.push_str(&format!("; forced on by select from {}", on.join(", ")));
                 }

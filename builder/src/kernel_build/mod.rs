@@ -586,14 +586,24 @@ pub fn check(merged: &Merged, final_config: &Fragment, tree: &Path) -> Result<()
 
 /// [`check`] against an already scanned Kconfig index. Also fails on options this kernel's
 /// Kconfig does not define at all: a misspelt `# CONFIG_X is not set` would otherwise pass.
-pub fn check_with(merged: &Merged, final_config: &Fragment, index: &kconfig::Index) -> Result<(), Error> {
+pub fn check_with(
+    merged: &Merged,
+    final_config: &Fragment,
+    index: &kconfig::Index,
+) -> Result<(), Error> {
     let mut dropped = merged.dropped(final_config);
     for entry in merged.entries.values() {
         let bare = entry.name.strip_prefix("CONFIG_").unwrap_or(&entry.name);
         let listed = dropped.iter().any(|d| d.wanted.name == entry.name);
         if !listed && !index.defs.contains_key(bare) {
-            let got = final_config.values().get(entry.name.as_str()).map(|v| (*v).clone());
-            dropped.push(fragment::Dropped { wanted: entry.clone(), got });
+            let got = final_config
+                .values()
+                .get(entry.name.as_str())
+                .map(|v| (*v).clone());
+            dropped.push(fragment::Dropped {
+                wanted: entry.clone(),
+                got,
+            });
         }
     }
     if dropped.is_empty() {
@@ -601,7 +611,12 @@ pub fn check_with(merged: &Merged, final_config: &Fragment, index: &kconfig::Ind
     }
     let lines = dropped
         .iter()
-        .map(|d| format!("  {d}\n      {}", index.explain(&d.wanted.name, final_config)))
+        .map(|d| {
+            format!(
+                "  {d}\n      {}",
+                index.explain(&d.wanted.name, final_config)
+            )
+        })
         .collect();
     Err(Error::Dropped { lines })
 }
@@ -663,7 +678,9 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         .map_err(err)?;
     tmp.write_all(bytes).map_err(err)?;
     // Readable by all: `drove serve` and the media writers read these files.
-    tmp.as_file().set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(err)?;
+    tmp.as_file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+        .map_err(err)?;
     tmp.as_file().sync_all().map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
     Ok(())
@@ -788,9 +805,16 @@ mod tests {
             fragment::merge(&[Fragment::parse("CONFIG_UNIX_DIAG=y\n", Path::new("f")).unwrap()]);
         check(&merged, &ok, &tree).unwrap();
         // A misspelt option is caught even when it asks for "not set".
-        let typo = fragment::merge(&[Fragment::parse("# CONFIG_UNIX_DAIG is not set\n", Path::new("f")).unwrap()]);
+        let typo =
+            fragment::merge(&[
+                Fragment::parse("# CONFIG_UNIX_DAIG is not set\n", Path::new("f")).unwrap(),
+            ]);
         let err = check(&typo, &ok, &tree).unwrap_err().to_string();
-        assert!(err.contains("f:1: # CONFIG_UNIX_DAIG is not set → absent") && err.contains("no such option"), "{err}");
+        assert!(
+            err.contains("f:1: # CONFIG_UNIX_DAIG is not set → absent")
+                && err.contains("no such option"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -53,11 +53,20 @@ pub fn router(ctx: Ctx) -> Router {
 pub fn start(shared: Arc<Shared>, api_port: u16) -> Router {
     let me = shared.membership().me().number;
     let key = shared.key_hex.as_deref().and_then(|k| hex::decode(k).ok());
-    let engine = Arc::new(Engine::new(me, key, super::engine::JOBS_DIR.into(), api_port.wrapping_add(1)));
+    let engine = Arc::new(Engine::new(
+        me,
+        key,
+        super::engine::JOBS_DIR.into(),
+        api_port.wrapping_add(1),
+    ));
     if let Err(e) = engine.start() {
         crate::error!("jobs: cannot start the job engine: {e}");
     }
-    router(Ctx { shared, engine, api_port })
+    router(Ctx {
+        shared,
+        engine,
+        api_port,
+    })
 }
 
 fn error(status: StatusCode, text: impl std::fmt::Display) -> Response {
@@ -65,7 +74,10 @@ fn error(status: StatusCode, text: impl std::fmt::Display) -> Response {
 }
 
 fn unauthorized() -> Response {
-    error(StatusCode::UNAUTHORIZED, "this needs the cluster key: Authorization: Bearer <hex key>")
+    error(
+        StatusCode::UNAUTHORIZED,
+        "this needs the cluster key: Authorization: Bearer <hex key>",
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -78,7 +90,10 @@ async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> 
         return unauthorized();
     }
     let Ok(req) = serde_json::from_slice::<LaunchBody>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "body must be {\"cmd\": [\"program\", \"arg\", ...]}");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be {\"cmd\": [\"program\", \"arg\", ...]}",
+        );
     };
     let engine = ctx.engine.clone();
     match tokio::task::spawn_blocking(move || engine.launch(&req.cmd)).await {
@@ -112,7 +127,10 @@ fn locate(ctx: &Ctx, id: &str) -> Where {
     if job.state == State::Moved {
         match resolve(&ctx.shared, &job.node.to_string(), job.home) {
             Some((_, addr)) => Where::There(addr),
-            None => Where::Missing(format!("job {id} moved to node {}, which this node cannot reach", job.node)),
+            None => Where::Missing(format!(
+                "job {id} moved to node {}, which this node cannot reach",
+                job.node
+            )),
         }
     } else {
         Where::Here(job)
@@ -123,16 +141,35 @@ fn locate(ctx: &Ctx, id: &str) -> Where {
 pub fn resolve(shared: &Shared, to: &str, home: u32) -> Option<(u32, Ipv4Addr)> {
     let now = shared.now();
     let rows = shared.membership().table(now);
-    let wanted = if to == "home" { Some(home) } else { to.parse::<u32>().ok() };
+    let wanted = if to == "home" {
+        Some(home)
+    } else {
+        to.parse::<u32>().ok()
+    };
     rows.iter()
         .find(|r| Some(r.number) == wanted || r.name == to)
         .and_then(|r| Some((r.number, r.addr.parse().ok()?)))
 }
 
-async fn one(Extract(ctx): Extract<Ctx>, Path(id): Path<String>, method: Method, headers: HeaderMap) -> Response {
+async fn one(
+    Extract(ctx): Extract<Ctx>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
     match locate(&ctx, &id) {
         Where::Here(job) => Json(job).into_response(),
-        Where::There(addr) => forward(&ctx, addr, method, &format!("/api/jobs/{id}"), &headers, Bytes::new()).await,
+        Where::There(addr) => {
+            forward(
+                &ctx,
+                addr,
+                method,
+                &format!("/api/jobs/{id}"),
+                &headers,
+                Bytes::new(),
+            )
+            .await
+        }
         Where::Missing(e) => error(StatusCode::NOT_FOUND, e),
     }
 }
@@ -143,15 +180,44 @@ struct OutputQuery {
     offset: Option<u64>,
 }
 
-async fn output(Extract(ctx): Extract<Ctx>, Path(id): Path<String>, Query(q): Query<OutputQuery>, method: Method, headers: HeaderMap) -> Response {
+async fn output(
+    Extract(ctx): Extract<Ctx>,
+    Path(id): Path<String>,
+    Query(q): Query<OutputQuery>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
     let stream = q.stream.unwrap_or_else(|| "stdout".into());
     let offset = q.offset.unwrap_or(0);
     match locate(&ctx, &id) {
         Where::Here(job) => match ctx.engine.output(&id, &stream, offset, OUTPUT_MAX) {
-            Ok(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::HeaderName::from_static("x-drove-state"), serde_json::to_value(job.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default())], bytes).into_response(),
+            Ok(bytes) => (
+                [
+                    (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                    (
+                        header::HeaderName::from_static("x-drove-state"),
+                        serde_json::to_value(job.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                    ),
+                ],
+                bytes,
+            )
+                .into_response(),
             Err(e) => error(StatusCode::NOT_FOUND, crate::console::chain(&e)),
         },
-        Where::There(addr) => forward(&ctx, addr, method, &format!("/api/jobs/{id}/output?stream={stream}&offset={offset}"), &headers, Bytes::new()).await,
+        Where::There(addr) => {
+            forward(
+                &ctx,
+                addr,
+                method,
+                &format!("/api/jobs/{id}/output?stream={stream}&offset={offset}"),
+                &headers,
+                Bytes::new(),
+            )
+            .await
+        }
         Where::Missing(e) => error(StatusCode::NOT_FOUND, e),
     }
 }
@@ -161,35 +227,69 @@ struct MigrateBody {
     to: String,
 }
 
-async fn migrate(Extract(ctx): Extract<Ctx>, Path(id): Path<String>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
+async fn migrate(
+    Extract(ctx): Extract<Ctx>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if !ctx.shared.authorized(&headers) {
         return unauthorized();
     }
     let job = match locate(&ctx, &id) {
         Where::Here(job) => job,
-        Where::There(addr) => return forward(&ctx, addr, method, &format!("/api/jobs/{id}/migrate"), &headers, body).await,
+        Where::There(addr) => {
+            return forward(
+                &ctx,
+                addr,
+                method,
+                &format!("/api/jobs/{id}/migrate"),
+                &headers,
+                body,
+            )
+            .await
+        }
         Where::Missing(e) => return error(StatusCode::NOT_FOUND, e),
     };
     let Ok(req) = serde_json::from_slice::<MigrateBody>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "body must be {\"to\": \"<node number or name, or home>\"}");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "body must be {\"to\": \"<node number or name, or home>\"}",
+        );
     };
     let Some((to, addr)) = resolve(&ctx.shared, &req.to, job.home) else {
-        return error(StatusCode::BAD_REQUEST, format!("no node {:?} in the cluster table", req.to));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("no node {:?} in the cluster table", req.to),
+        );
     };
     if to == ctx.engine.me {
-        return error(StatusCode::BAD_REQUEST, format!("job {id} already runs on node {to}"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("job {id} already runs on node {to}"),
+        );
     }
     let engine = ctx.engine.clone();
     match tokio::task::spawn_blocking(move || engine.migrate(&id, to, addr, "manual")).await {
         Ok(rec) => {
-            let status = if rec.outcome == super::table::Outcome::Moved { StatusCode::OK } else { StatusCode::CONFLICT };
+            let status = if rec.outcome == super::table::Outcome::Moved {
+                StatusCode::OK
+            } else {
+                StatusCode::CONFLICT
+            };
             (status, Json(rec)).into_response()
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
-async fn kill(Extract(ctx): Extract<Ctx>, Path(id): Path<String>, method: Method, headers: HeaderMap) -> Response {
+async fn kill(
+    Extract(ctx): Extract<Ctx>,
+    Path(id): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
     if !ctx.shared.authorized(&headers) {
         return unauthorized();
     }
@@ -198,32 +298,75 @@ async fn kill(Extract(ctx): Extract<Ctx>, Path(id): Path<String>, method: Method
             Ok(job) => Json(job).into_response(),
             Err(e) => error(StatusCode::CONFLICT, crate::console::chain(&e)),
         },
-        Where::There(addr) => forward(&ctx, addr, method, &format!("/api/jobs/{id}/kill"), &headers, Bytes::new()).await,
+        Where::There(addr) => {
+            forward(
+                &ctx,
+                addr,
+                method,
+                &format!("/api/jobs/{id}/kill"),
+                &headers,
+                Bytes::new(),
+            )
+            .await
+        }
         Where::Missing(e) => error(StatusCode::NOT_FOUND, e),
     }
 }
 
 /// Sends the same request to `addr`'s API (HTTP/1.0, one request per connection) and returns
 /// its answer as is.
-async fn forward(ctx: &Ctx, addr: Ipv4Addr, method: Method, path: &str, headers: &HeaderMap, body: Bytes) -> Response {
-    match forward_raw(addr, ctx.api_port, method.as_str(), path, headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()), &body).await {
+async fn forward(
+    ctx: &Ctx,
+    addr: Ipv4Addr,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    match forward_raw(
+        addr,
+        ctx.api_port,
+        method.as_str(),
+        path,
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        &body,
+    )
+    .await
+    {
         Ok((status, content_type, extra, bytes)) => {
-            let mut resp = (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), bytes).into_response();
+            let mut resp = (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                bytes,
+            )
+                .into_response();
             if let Some(ct) = content_type.and_then(|c| c.parse().ok()) {
                 resp.headers_mut().insert(header::CONTENT_TYPE, ct);
             }
             if let Some(v) = extra.and_then(|c| c.parse().ok()) {
-                resp.headers_mut().insert(header::HeaderName::from_static("x-drove-state"), v);
+                resp.headers_mut()
+                    .insert(header::HeaderName::from_static("x-drove-state"), v);
             }
             resp
         }
-        Err(e) => error(StatusCode::BAD_GATEWAY, format!("forwarding to {addr}: {e}")),
+        Err(e) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("forwarding to {addr}: {e}"),
+        ),
     }
 }
 
 type Forwarded = (u16, Option<String>, Option<String>, Vec<u8>);
 
-async fn forward_raw(addr: Ipv4Addr, port: u16, method: &str, path: &str, auth: Option<&str>, body: &[u8]) -> std::io::Result<Forwarded> {
+async fn forward_raw(
+    addr: Ipv4Addr,
+    port: u16,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &[u8],
+) -> std::io::Result<Forwarded> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect((addr, port)).await?;
         let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}:{port}\r\nContent-Length: {}\r\nContent-Type: application/json\r\n", body.len());
@@ -235,11 +378,18 @@ async fn forward_raw(addr: Ipv4Addr, port: u16, method: &str, path: &str, auth: 
         s.write_all(body).await?;
         let mut resp = Vec::new();
         s.read_to_end(&mut resp).await?;
-        parse_response(&resp).ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP answer"))
+        parse_response(&resp).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP answer")
+        })
     };
     tokio::time::timeout(std::time::Duration::from_secs(180), fut)
         .await
-        .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 180 s")))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no answer in 180 s",
+            ))
+        })
 }
 
 /// Status, content type, `x-drove-state` and body of a complete HTTP/1.x answer.
@@ -269,8 +419,19 @@ mod tests {
     #[test]
     fn forwarded_answers_parse() {
         let r = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\nX-Drove-State: running\r\n\r\nabc";
-        assert_eq!(parse_response(r), Some((200, Some("application/octet-stream".into()), Some("running".into()), b"abc".to_vec())));
-        assert_eq!(parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n").map(|r| r.0), Some(404));
+        assert_eq!(
+            parse_response(r),
+            Some((
+                200,
+                Some("application/octet-stream".into()),
+                Some("running".into()),
+                b"abc".to_vec()
+            ))
+        );
+        assert_eq!(
+            parse_response(b"HTTP/1.1 404 Not Found\r\n\r\n").map(|r| r.0),
+            Some(404)
+        );
         assert_eq!(parse_response(b"garbage"), None);
     }
 }

@@ -10,9 +10,16 @@ pub const CRIU: &str = "/usr/sbin/criu";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot run {line}")]
-    Run { line: String, source: crate::children::Error },
+    Run {
+        line: String,
+        source: crate::children::Error,
+    },
     #[error("`{line}` failed ({exit}): {explanation}")]
-    Failed { line: String, exit: Exit, explanation: String },
+    Failed {
+        line: String,
+        exit: Exit,
+        explanation: String,
+    },
 }
 
 /// `criu dump` of the job whose root (the init of its PID namespace) is `pid`: the tasks are
@@ -50,9 +57,16 @@ pub fn restore_args(images: &Path, pidfile: &Path, log: &Path) -> Vec<String> {
 
 /// CRIU's own explanation from its log: the `Error` lines (last few), else the log's tail.
 pub fn explain(log: &str, output: &str) -> String {
-    let errors: Vec<&str> = log.lines().filter(|l| l.contains("Error") || l.contains("error")).collect();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Error") || l.contains("error"))
+        .collect();
     let pick: Vec<&str> = if errors.is_empty() {
-        let all: Vec<&str> = log.lines().chain(output.lines()).filter(|l| !l.trim().is_empty()).collect();
+        let all: Vec<&str> = log
+            .lines()
+            .chain(output.lines())
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         all[all.len().saturating_sub(3)..].to_vec()
     } else {
         errors[errors.len().saturating_sub(4)..].to_vec()
@@ -60,23 +74,40 @@ pub fn explain(log: &str, output: &str) -> String {
     if pick.is_empty() {
         "no log".into()
     } else {
-        pick.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" | ")
+        pick.iter()
+            .map(|l| l.trim())
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 }
 
 /// Runs criu with `args`; on failure the error carries the command line and CRIU's error lines
 /// from `log`. Returns how long it took.
-pub fn run(children: &Children, args: &[String], log: &Path, timeout: Duration) -> Result<Duration, Error> {
+pub fn run(
+    children: &Children,
+    args: &[String],
+    log: &Path,
+    timeout: Duration,
+) -> Result<Duration, Error> {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let line = shell_line(CRIU, &argv);
     crate::info!("jobs: run {line}");
     let t0 = Instant::now();
-    let (exit, output) = children.run(CRIU, &argv, timeout).map_err(|source| Error::Run { line: line.clone(), source })?;
+    let (exit, output) = children
+        .run(CRIU, &argv, timeout)
+        .map_err(|source| Error::Run {
+            line: line.clone(),
+            source,
+        })?;
     if exit.success() {
         return Ok(t0.elapsed());
     }
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    Err(Error::Failed { line, exit, explanation: explain(&text, &output) })
+    Err(Error::Failed {
+        line,
+        exit,
+        explanation: explain(&text, &output),
+    })
 }
 
 #[cfg(test)]
@@ -85,10 +116,18 @@ mod tests {
 
     #[test]
     fn command_lines() {
-        let d = dump_args(431, Path::new("/run/drove/jobs/1.1/img"), Path::new("/run/drove/jobs/1.1/dump.log"));
+        let d = dump_args(
+            431,
+            Path::new("/run/drove/jobs/1.1/img"),
+            Path::new("/run/drove/jobs/1.1/dump.log"),
+        );
         let argv: Vec<&str> = d.iter().map(String::as_str).collect();
         assert_eq!(shell_line(CRIU, &argv), "/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img --leave-stopped -v2 -o /run/drove/jobs/1.1/dump.log");
-        let r = restore_args(Path::new("/run/drove/jobs/1.1/img"), Path::new("/run/drove/jobs/1.1/pid"), Path::new("/run/drove/jobs/1.1/restore.log"));
+        let r = restore_args(
+            Path::new("/run/drove/jobs/1.1/img"),
+            Path::new("/run/drove/jobs/1.1/pid"),
+            Path::new("/run/drove/jobs/1.1/restore.log"),
+        );
         let argv: Vec<&str> = r.iter().map(String::as_str).collect();
         assert_eq!(
             shell_line(CRIU, &argv),

@@ -33,9 +33,15 @@ pub enum Error {
     #[error(transparent)]
     Table(#[from] super::table::Error),
     #[error("{path}")]
-    File { path: PathBuf, source: std::io::Error },
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start {program}")]
-    Spawn { program: String, source: crate::children::Error },
+    Spawn {
+        program: String,
+        source: crate::children::Error,
+    },
     #[error("cannot learn the pid of the job's root process")]
     NoPid(std::io::Error),
     #[error("empty command")]
@@ -43,23 +49,35 @@ pub enum Error {
     #[error(transparent)]
     Criu(#[from] criu::Error),
     #[error("cannot reach the target {addr}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Proto(#[from] proto::Error),
     #[error("the target refused: {0}")]
     Refused(String),
     #[error("signal {signal} to pid {pid}: {source}")]
-    Signal { signal: Signal, pid: i32, source: nix::errno::Errno },
+    Signal {
+        signal: Signal,
+        pid: i32,
+        source: nix::errno::Errno,
+    },
     #[error("{0}")]
     Other(String),
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::File { path: path.to_path_buf(), source }
+    move |source| Error::File {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What the source sends first.
@@ -83,7 +101,14 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(me: u32, key: Option<Vec<u8>>, root: PathBuf, port: u16) -> Self {
-        Engine { table: Mutex::new(Table::default()), children: Arc::new(Children::new()), key, me, root, port }
+        Engine {
+            table: Mutex::new(Table::default()),
+            children: Arc::new(Children::new()),
+            key,
+            me,
+            root,
+            port,
+        }
     }
 
     pub fn table(&self) -> MutexGuard<'_, Table> {
@@ -96,23 +121,32 @@ impl Engine {
         // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
         let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         if rc != 0 {
-            warn!("jobs: cannot become a child subreaper: {}", std::io::Error::last_os_error());
+            warn!(
+                "jobs: cannot become a child subreaper: {}",
+                std::io::Error::last_os_error()
+            );
         }
         let me = self.clone();
-        std::thread::Builder::new().name("job-reaper".into()).spawn(move || loop {
-            me.reap_once();
-            std::thread::sleep(Duration::from_millis(50));
-        })?;
+        std::thread::Builder::new()
+            .name("job-reaper".into())
+            .spawn(move || loop {
+                me.reap_once();
+                std::thread::sleep(Duration::from_millis(50));
+            })?;
         if self.key.is_some() {
             let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], self.port)))?;
             let me = self.clone();
-            std::thread::Builder::new().name("migrate-listen".into()).spawn(move || {
-                for conn in listener.incoming() {
-                    let Ok(conn) = conn else { continue };
-                    let me = me.clone();
-                    let _ = std::thread::Builder::new().name("migrate-in".into()).spawn(move || me.receive(conn));
-                }
-            })?;
+            std::thread::Builder::new()
+                .name("migrate-listen".into())
+                .spawn(move || {
+                    for conn in listener.incoming() {
+                        let Ok(conn) = conn else { continue };
+                        let me = me.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("migrate-in".into())
+                            .spawn(move || me.receive(conn));
+                    }
+                })?;
             info!("jobs: migration listener on tcp/{}", self.port);
         } else {
             warn!("jobs: no cluster key: this node neither sends nor accepts migrations");
@@ -149,7 +183,8 @@ impl Engine {
         make_private_dir(&dir).map_err(file_err(&dir))?;
         let out = open_output(&dir.join("stdout"))?;
         let err = open_output(&dir.join("stderr"))?;
-        let (pid_r, pid_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::NoPid(e.into()))?;
+        let (pid_r, pid_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::NoPid(e.into()))?;
         let w = pid_w.as_raw_fd();
         let mut command = Command::new(program);
         command.args(args).stdout(out).stderr(err).current_dir("/");
@@ -177,11 +212,19 @@ impl Engine {
                 }
             });
         }
-        let spawned = self.children.spawn(&mut command, false).map_err(|source| Error::Spawn { program: program.clone(), source })?;
+        let spawned = self
+            .children
+            .spawn(&mut command, false)
+            .map_err(|source| Error::Spawn {
+                program: program.clone(),
+                source,
+            })?;
         drop(command);
         drop(pid_w);
         let mut bytes = [0u8; 4];
-        File::from(pid_r).read_exact(&mut bytes).map_err(Error::NoPid)?;
+        File::from(pid_r)
+            .read_exact(&mut bytes)
+            .map_err(Error::NoPid)?;
         let pid = i32::from_ne_bytes(bytes);
         // The middle process's status (always 0) is not needed.
         drop(spawned);
@@ -198,7 +241,13 @@ impl Engine {
             migrations: 0,
         };
         table.insert(job.clone())?;
-        info!("jobs: job {id} started, pid {pid}: {}", crate::children::shell_line(program, &args.iter().map(String::as_str).collect::<Vec<_>>()));
+        info!(
+            "jobs: job {id} started, pid {pid}: {}",
+            crate::children::shell_line(
+                program,
+                &args.iter().map(String::as_str).collect::<Vec<_>>()
+            )
+        );
         Ok(job)
     }
 
@@ -207,15 +256,32 @@ impl Engine {
         let job = self.table().get(id)?.clone();
         match (job.state, job.pid) {
             (State::Running | State::Migrating, Some(pid)) => signal(pid, Signal::SIGKILL)?,
-            (state, _) => return Err(super::table::Error::WrongState { id: id.into(), state, wanted: "killed" }.into()),
+            (state, _) => {
+                return Err(super::table::Error::WrongState {
+                    id: id.into(),
+                    state,
+                    wanted: "killed",
+                }
+                .into())
+            }
         }
         Ok(job)
     }
 
     /// Up to `max` bytes of the job's `stream` (stdout or stderr) from `offset`.
-    pub fn output(&self, id: &str, stream: &str, offset: u64, max: usize) -> Result<Vec<u8>, Error> {
+    pub fn output(
+        &self,
+        id: &str,
+        stream: &str,
+        offset: u64,
+        max: usize,
+    ) -> Result<Vec<u8>, Error> {
         self.table().get(id)?;
-        let name = if stream == "stderr" { "stderr" } else { "stdout" };
+        let name = if stream == "stderr" {
+            "stderr"
+        } else {
+            "stdout"
+        };
         let path = self.job_dir(id).join(name);
         let data = fs::read(&path).map_err(file_err(&path))?;
         Ok(super::table::slice_from(&data, offset, max).to_vec())
@@ -249,7 +315,16 @@ impl Engine {
         let images = dir.join("img-out");
         let mut frozen_at = None;
         let mut killed = false;
-        let result = self.send_job(id, pid, to, addr, &images, &mut rec.bytes, &mut frozen_at, &mut killed);
+        let result = self.send_job(
+            id,
+            pid,
+            to,
+            addr,
+            &images,
+            &mut rec.bytes,
+            &mut frozen_at,
+            &mut killed,
+        );
         let _ = fs::remove_dir_all(&images);
         match result {
             Ok(()) => {
@@ -265,9 +340,16 @@ impl Engine {
             Err(e) => {
                 let resumed = signal(pid, Signal::SIGCONT);
                 let _ = self.table().abort_migration(id);
-                rec.outcome = if resumed.is_ok() { Outcome::Resumed } else { Outcome::Lost };
+                rec.outcome = if resumed.is_ok() {
+                    Outcome::Resumed
+                } else {
+                    Outcome::Lost
+                };
                 rec.error = Some(crate::console::chain(&e));
-                warn!("jobs: migration of {id} to node {to} failed, job resumed here: {}", crate::console::chain(&e));
+                warn!(
+                    "jobs: migration of {id} to node {to} failed, job resumed here: {}",
+                    crate::console::chain(&e)
+                );
             }
         }
         rec.freeze_ms = frozen_at.map_or(0, |t: Instant| t.elapsed().as_millis() as u64);
@@ -292,11 +374,20 @@ impl Engine {
         frozen_at: &mut Option<Instant>,
         killed: &mut bool,
     ) -> Result<(), Error> {
-        let key = self.key.clone().ok_or_else(|| Error::Other("this node has no cluster key".into()))?;
+        let key = self
+            .key
+            .clone()
+            .ok_or_else(|| Error::Other("this node has no cluster key".into()))?;
         let dir = self.job_dir(id);
         // Connect and authenticate before freezing: an unreachable target costs no freeze.
         let target = SocketAddr::from((addr, self.port));
-        let stream = TcpStream::connect_timeout(&target, Duration::from_secs(5)).map_err(|source| Error::Connect { addr: target, source })?;
+        let stream =
+            TcpStream::connect_timeout(&target, Duration::from_secs(5)).map_err(|source| {
+                Error::Connect {
+                    addr: target,
+                    source,
+                }
+            })?;
         stream.set_read_timeout(Some(NET_TIMEOUT)).ok();
         stream.set_write_timeout(Some(NET_TIMEOUT)).ok();
         let _ = stream.set_nodelay(true);
@@ -304,23 +395,44 @@ impl Engine {
         let _ = fs::remove_dir_all(images);
         make_private_dir(images).map_err(file_err(images))?;
         *frozen_at = Some(Instant::now());
-        criu::run(&self.children, &criu::dump_args(pid, images, &dir.join("dump.log")), &dir.join("dump.log"), CRIU_TIMEOUT)?;
+        criu::run(
+            &self.children,
+            &criu::dump_args(pid, images, &dir.join("dump.log")),
+            &dir.join("dump.log"),
+            CRIU_TIMEOUT,
+        )?;
         let len = |n: &str| fs::metadata(dir.join(n)).map_or(0, |m| m.len());
-        let offsets = Offsets { stdout: len("stdout"), stderr: len("stderr") };
+        let offsets = Offsets {
+            stdout: len("stdout"),
+            stderr: len("stderr"),
+        };
         let job = self.table().get(id)?.clone();
-        let header = Header { job, offsets, from: self.me };
-        ch.send(&Msg::Header(serde_json::to_string(&header).map_err(|e| Error::Other(e.to_string()))?))?;
+        let header = Header {
+            job,
+            offsets,
+            from: self.me,
+        };
+        ch.send(&Msg::Header(
+            serde_json::to_string(&header).map_err(|e| Error::Other(e.to_string()))?,
+        ))?;
         let mut files: Vec<(String, PathBuf)> = Vec::new();
         for entry in fs::read_dir(images).map_err(file_err(images))? {
             let entry = entry.map_err(file_err(images))?;
-            files.push((format!("img/{}", entry.file_name().to_string_lossy()), entry.path()));
+            files.push((
+                format!("img/{}", entry.file_name().to_string_lossy()),
+                entry.path(),
+            ));
         }
         files.sort();
         files.push(("out/stdout".into(), dir.join("stdout")));
         files.push(("out/stderr".into(), dir.join("stderr")));
         for (name, path) in files {
             let data = fs::read(&path).map_err(file_err(&path))?;
-            ch.send(&Msg::File { name, mode: 0o600, size: data.len() as u64 })?;
+            ch.send(&Msg::File {
+                name,
+                mode: 0o600,
+                size: data.len() as u64,
+            })?;
             for chunk in data.chunks(proto::CHUNK) {
                 ch.send(&Msg::Data(chunk.to_vec()))?;
             }
@@ -332,7 +444,9 @@ impl Engine {
             Msg::Restored(j) => {
                 let v: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
                 if v["ok"] != true {
-                    return Err(Error::Refused(v["error"].as_str().unwrap_or("restore failed").to_string()));
+                    return Err(Error::Refused(
+                        v["error"].as_str().unwrap_or("restore failed").to_string(),
+                    ));
                 }
             }
             Msg::Abort(r) => return Err(Error::Refused(r)),
@@ -352,7 +466,10 @@ impl Engine {
 
     /// Target side of one migration connection.
     fn receive(&self, stream: TcpStream) {
-        let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let peer = stream
+            .peer_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         stream.set_read_timeout(Some(NET_TIMEOUT)).ok();
         stream.set_write_timeout(Some(NET_TIMEOUT)).ok();
         let Some(key) = self.key.clone() else { return };
@@ -368,7 +485,9 @@ impl Engine {
         if let Err(e) = result {
             let text = crate::console::chain(&e);
             warn!("jobs: incoming migration from {peer} failed: {text}");
-            let _ = ch.send(&Msg::Restored(serde_json::json!({"ok": false, "error": text}).to_string()));
+            let _ = ch.send(&Msg::Restored(
+                serde_json::json!({"ok": false, "error": text}).to_string(),
+            ));
             if let Some(id) = job_id {
                 let arrived = self.table().get(&id).map(|j| (j.state, j.pid));
                 if let Ok((State::Arriving, Some(pid))) = arrived {
@@ -379,9 +498,15 @@ impl Engine {
         }
     }
 
-    fn take_job(&self, ch: &mut proto::Channel<BufStream>, job_id: &mut Option<String>) -> Result<(), Error> {
+    fn take_job(
+        &self,
+        ch: &mut proto::Channel<BufStream>,
+        job_id: &mut Option<String>,
+    ) -> Result<(), Error> {
         let header: Header = match ch.recv()? {
-            Msg::Header(j) => serde_json::from_str(&j).map_err(|e| Error::Other(format!("bad header: {e}")))?,
+            Msg::Header(j) => {
+                serde_json::from_str(&j).map_err(|e| Error::Other(format!("bad header: {e}")))?
+            }
             m => return Err(proto::Error::Unexpected(format!("{m:?}")).into()),
         };
         let id = header.job.id.clone();
@@ -395,14 +520,23 @@ impl Engine {
         }
         let dir = self.job_dir(&id);
         let images = dir.join("img-in");
-        let result = self.receive_files(ch, &dir, &images, &header.offsets).and_then(|()| {
-            let pidfile = dir.join("restore.pid");
-            let _ = fs::remove_file(&pidfile);
-            let log = dir.join("restore.log");
-            criu::run(&self.children, &criu::restore_args(&images, &pidfile, &log), &log, CRIU_TIMEOUT)?;
-            let text = fs::read_to_string(&pidfile).map_err(file_err(&pidfile))?;
-            text.trim().parse::<i32>().map_err(|e| Error::Other(format!("{}: {e}", pidfile.display())))
-        });
+        let result = self
+            .receive_files(ch, &dir, &images, &header.offsets)
+            .and_then(|()| {
+                let pidfile = dir.join("restore.pid");
+                let _ = fs::remove_file(&pidfile);
+                let log = dir.join("restore.log");
+                criu::run(
+                    &self.children,
+                    &criu::restore_args(&images, &pidfile, &log),
+                    &log,
+                    CRIU_TIMEOUT,
+                )?;
+                let text = fs::read_to_string(&pidfile).map_err(file_err(&pidfile))?;
+                text.trim()
+                    .parse::<i32>()
+                    .map_err(|e| Error::Other(format!("{}: {e}", pidfile.display())))
+            });
         let _ = fs::remove_dir_all(&images);
         let pid = result?;
         let mut job = header.job;
@@ -412,21 +546,34 @@ impl Engine {
         job.migrations += 1;
         self.table().insert(job)?;
         *job_id = Some(id.clone());
-        ch.send(&Msg::Restored(serde_json::json!({"ok": true, "pid": pid}).to_string()))?;
+        ch.send(&Msg::Restored(
+            serde_json::json!({"ok": true, "pid": pid}).to_string(),
+        ))?;
         ch.flush()?;
         match ch.recv()? {
             Msg::Commit => {}
-            m => return Err(proto::Error::Unexpected(format!("{m:?} instead of the commit")).into()),
+            m => {
+                return Err(proto::Error::Unexpected(format!("{m:?} instead of the commit")).into())
+            }
         }
         signal(pid, Signal::SIGCONT)?;
         self.table().arrived(&id)?;
         ch.send(&Msg::Commit)?;
         ch.flush()?;
-        info!("jobs: job {id} arrived from node {}, pid {pid}", header.from);
+        info!(
+            "jobs: job {id} arrived from node {}, pid {pid}",
+            header.from
+        );
         Ok(())
     }
 
-    fn receive_files(&self, ch: &mut proto::Channel<BufStream>, dir: &Path, images: &Path, offsets: &Offsets) -> Result<(), Error> {
+    fn receive_files(
+        &self,
+        ch: &mut proto::Channel<BufStream>,
+        dir: &Path,
+        images: &Path,
+        offsets: &Offsets,
+    ) -> Result<(), Error> {
         make_private_dir(dir).map_err(file_err(dir))?;
         let _ = fs::remove_dir_all(images);
         make_private_dir(images).map_err(file_err(images))?;
@@ -441,7 +588,13 @@ impl Engine {
                 Some(("out", s @ ("stdout" | "stderr"))) => dir.join(s),
                 _ => return Err(Error::Other(format!("unexpected file {name:?}"))),
             };
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).map_err(file_err(&path))?;
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(file_err(&path))?;
             let mut got = 0u64;
             while got < size {
                 match ch.recv()? {
@@ -449,11 +602,15 @@ impl Engine {
                         got += d.len() as u64;
                         f.write_all(&d).map_err(file_err(&path))?;
                     }
-                    m => return Err(proto::Error::Unexpected(format!("{m:?} inside {name}")).into()),
+                    m => {
+                        return Err(proto::Error::Unexpected(format!("{m:?} inside {name}")).into())
+                    }
                 }
             }
             if got != size {
-                return Err(Error::Other(format!("{name}: {got} bytes, announced {size}")));
+                return Err(Error::Other(format!(
+                    "{name}: {got} bytes, announced {size}"
+                )));
             }
         }
         let len = |n: &str| fs::metadata(dir.join(n)).map_or(0, |m| m.len());
@@ -483,7 +640,11 @@ impl Write for BufStream {
 }
 
 fn signal(pid: i32, sig: Signal) -> Result<(), Error> {
-    kill(Pid::from_raw(pid), sig).map_err(|source| Error::Signal { signal: sig, pid, source })
+    kill(Pid::from_raw(pid), sig).map_err(|source| Error::Signal {
+        signal: sig,
+        pid,
+        source,
+    })
 }
 
 fn make_private_dir(path: &Path) -> std::io::Result<()> {
@@ -492,5 +653,10 @@ fn make_private_dir(path: &Path) -> std::io::Result<()> {
 }
 
 fn open_output(path: &Path) -> Result<File, Error> {
-    OpenOptions::new().create(true).append(true).mode(0o600).open(path).map_err(file_err(path))
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(file_err(path))
 }

@@ -82,8 +82,11 @@ impl Msg {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Msg, Error> {
-        let (&tag, body) = bytes.split_first().ok_or_else(|| Error::Body("empty frame".into()))?;
-        let text = |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| Error::Body("not UTF-8".into()));
+        let (&tag, body) = bytes
+            .split_first()
+            .ok_or_else(|| Error::Body("empty frame".into()))?;
+        let text =
+            |b: &[u8]| String::from_utf8(b.to_vec()).map_err(|_| Error::Body("not UTF-8".into()));
         Ok(match tag {
             b'H' => Msg::Header(text(body)?),
             b'F' => {
@@ -95,9 +98,15 @@ impl Msg {
                 size.copy_from_slice(&body[4..12]);
                 let name = text(&body[12..])?;
                 if !safe_name(&name) {
-                    return Err(Error::Body(format!("file name {name:?} leaves the image directory")));
+                    return Err(Error::Body(format!(
+                        "file name {name:?} leaves the image directory"
+                    )));
                 }
-                Msg::File { name, mode, size: u64::from_be_bytes(size) }
+                Msg::File {
+                    name,
+                    mode,
+                    size: u64::from_be_bytes(size),
+                }
             }
             b'D' => Msg::Data(body.to_vec()),
             b'E' => Msg::End,
@@ -113,7 +122,9 @@ impl Msg {
 pub fn safe_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() < 256
-        && name.split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+        && name
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
 }
 
 /// The Noise PSK: the cluster key hashed with a label, so this key is never the gossip key itself.
@@ -143,7 +154,13 @@ fn read_raw<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<usize, Error> {
 }
 
 fn read_exact<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), Error> {
-    r.read_exact(buf).map_err(|e| if e.kind() == std::io::ErrorKind::UnexpectedEof { Error::Truncated } else { Error::Io(e) })
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Error::Truncated
+        } else {
+            Error::Io(e)
+        }
+    })
 }
 
 /// An established, keyed channel.
@@ -162,38 +179,61 @@ fn builder() -> Result<snow::Builder<'static>, Error> {
 /// Source side: runs the handshake as initiator.
 pub fn connect<S: Read + Write>(mut stream: S, cluster_key: &[u8]) -> Result<Channel<S>, Error> {
     let key = psk(cluster_key);
-    let mut hs = builder()?.prologue(PROLOGUE).psk(0, &key).build_initiator().map_err(Error::Noise)?;
+    let mut hs = builder()?
+        .prologue(PROLOGUE)
+        .psk(0, &key)
+        .build_initiator()
+        .map_err(Error::Noise)?;
     let mut buf = vec![0u8; MAX_NOISE];
     let n = hs.write_message(&[], &mut buf).map_err(Error::Noise)?;
     write_raw(&mut stream, &buf[..n])?;
     stream.flush()?;
     let n = read_raw(&mut stream, &mut buf)?;
     let mut scratch = vec![0u8; MAX_NOISE];
-    hs.read_message(&buf[..n], &mut scratch).map_err(Error::Handshake)?;
+    hs.read_message(&buf[..n], &mut scratch)
+        .map_err(Error::Handshake)?;
     let noise = hs.into_transport_mode().map_err(Error::Noise)?;
-    Ok(Channel { stream, noise, buf, plain: scratch })
+    Ok(Channel {
+        stream,
+        noise,
+        buf,
+        plain: scratch,
+    })
 }
 
 /// Target side: runs the handshake as responder. Fails before any application frame is read
 /// when the initiator does not hold the key.
 pub fn accept<S: Read + Write>(mut stream: S, cluster_key: &[u8]) -> Result<Channel<S>, Error> {
     let key = psk(cluster_key);
-    let mut hs = builder()?.prologue(PROLOGUE).psk(0, &key).build_responder().map_err(Error::Noise)?;
+    let mut hs = builder()?
+        .prologue(PROLOGUE)
+        .psk(0, &key)
+        .build_responder()
+        .map_err(Error::Noise)?;
     let mut buf = vec![0u8; MAX_NOISE];
     let mut scratch = vec![0u8; MAX_NOISE];
     let n = read_raw(&mut stream, &mut buf)?;
-    hs.read_message(&buf[..n], &mut scratch).map_err(Error::Handshake)?;
+    hs.read_message(&buf[..n], &mut scratch)
+        .map_err(Error::Handshake)?;
     let n = hs.write_message(&[], &mut buf).map_err(Error::Noise)?;
     write_raw(&mut stream, &buf[..n])?;
     stream.flush()?;
     let noise = hs.into_transport_mode().map_err(Error::Noise)?;
-    Ok(Channel { stream, noise, buf, plain: scratch })
+    Ok(Channel {
+        stream,
+        noise,
+        buf,
+        plain: scratch,
+    })
 }
 
 impl<S: Read + Write> Channel<S> {
     pub fn send(&mut self, msg: &Msg) -> Result<(), Error> {
         let plain = msg.encode();
-        let n = self.noise.write_message(&plain, &mut self.buf).map_err(Error::Noise)?;
+        let n = self
+            .noise
+            .write_message(&plain, &mut self.buf)
+            .map_err(Error::Noise)?;
         write_raw(&mut self.stream, &self.buf[..n])?;
         if !matches!(msg, Msg::Data(_)) {
             self.stream.flush()?;
@@ -203,7 +243,10 @@ impl<S: Read + Write> Channel<S> {
 
     pub fn recv(&mut self) -> Result<Msg, Error> {
         let n = read_raw(&mut self.stream, &mut self.buf)?;
-        let m = self.noise.read_message(&self.buf[..n], &mut self.plain).map_err(Error::Decrypt)?;
+        let m = self
+            .noise
+            .read_message(&self.buf[..n], &mut self.plain)
+            .map_err(Error::Decrypt)?;
         Msg::decode(&self.plain[..m])
     }
 
@@ -224,7 +267,13 @@ mod tests {
 
     const KEY: [u8; 32] = [7u8; 32];
 
-    fn pair(server_key: [u8; 32], client_key: [u8; 32]) -> (Result<Channel<TcpStream>, Error>, Result<Channel<TcpStream>, Error>) {
+    fn pair(
+        server_key: [u8; 32],
+        client_key: [u8; 32],
+    ) -> (
+        Result<Channel<TcpStream>, Error>,
+        Result<Channel<TcpStream>, Error>,
+    ) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {
@@ -239,7 +288,11 @@ mod tests {
     fn frames_round_trip() {
         for m in [
             Msg::Header("{\"id\":\"1.1\"}".into()),
-            Msg::File { name: "img/pages-1.img".into(), mode: 0o600, size: 1 << 33 },
+            Msg::File {
+                name: "img/pages-1.img".into(),
+                mode: 0o600,
+                size: 1 << 33,
+            },
             Msg::Data(vec![0, 1, 2, 255]),
             Msg::End,
             Msg::Restored("{}".into()),
@@ -248,8 +301,24 @@ mod tests {
         ] {
             assert_eq!(Msg::decode(&m.encode()).unwrap(), m);
         }
-        assert!(Msg::decode(&Msg::File { name: "../etc/passwd".into(), mode: 0, size: 0 }.encode()).is_err());
-        assert!(Msg::decode(&Msg::File { name: "/etc/passwd".into(), mode: 0, size: 0 }.encode()).is_err());
+        assert!(Msg::decode(
+            &Msg::File {
+                name: "../etc/passwd".into(),
+                mode: 0,
+                size: 0
+            }
+            .encode()
+        )
+        .is_err());
+        assert!(Msg::decode(
+            &Msg::File {
+                name: "/etc/passwd".into(),
+                mode: 0,
+                size: 0
+            }
+            .encode()
+        )
+        .is_err());
         assert!(Msg::decode(&[b'Z']).is_err());
         assert!(Msg::decode(&[]).is_err());
     }
@@ -273,7 +342,10 @@ mod tests {
     #[test]
     fn wrong_key_is_refused_in_the_handshake() {
         let (s, c) = pair(KEY, [8u8; 32]);
-        assert!(matches!(s, Err(Error::Handshake(_))), "server accepted a stranger");
+        assert!(
+            matches!(s, Err(Error::Handshake(_))),
+            "server accepted a stranger"
+        );
         // The server closed without answering: the client sees the end of the stream.
         assert!(c.is_err());
     }
@@ -282,10 +354,25 @@ mod tests {
     fn bytes_before_a_handshake_are_never_taken_as_payload() {
         // A stranger who skips the handshake and sends a file frame in the clear.
         let mut raw = Vec::new();
-        write_raw(&mut raw, &Msg::File { name: "x".into(), mode: 0o600, size: 3 }.encode()).unwrap();
+        write_raw(
+            &mut raw,
+            &Msg::File {
+                name: "x".into(),
+                mode: 0o600,
+                size: 3,
+            }
+            .encode(),
+        )
+        .unwrap();
         let mut stream = std::io::Cursor::new(raw);
-        let mut duplex = Duplex { r: &mut stream, w: Vec::new() };
-        assert!(matches!(accept(&mut duplex, &KEY), Err(Error::Handshake(_))));
+        let mut duplex = Duplex {
+            r: &mut stream,
+            w: Vec::new(),
+        };
+        assert!(matches!(
+            accept(&mut duplex, &KEY),
+            Err(Error::Handshake(_))
+        ));
     }
 
     #[test]

@@ -49,7 +49,11 @@ pub enum Error {
     #[error("no job {0}")]
     NoSuchJob(String),
     #[error("job {id} is {state:?}; it can only be {wanted} when running")]
-    WrongState { id: String, state: State, wanted: &'static str },
+    WrongState {
+        id: String,
+        state: State,
+        wanted: &'static str,
+    },
     #[error("job {0} is already known here")]
     Exists(String),
 }
@@ -116,7 +120,9 @@ impl Table {
     }
 
     fn get_mut(&mut self, id: &str) -> Result<&mut Job, Error> {
-        self.jobs.get_mut(id).ok_or_else(|| Error::NoSuchJob(id.into()))
+        self.jobs
+            .get_mut(id)
+            .ok_or_else(|| Error::NoSuchJob(id.into()))
     }
 
     pub fn list(&self) -> Vec<Job> {
@@ -136,7 +142,11 @@ impl Table {
                 job.state = State::Migrating;
                 Ok(pid)
             }
-            (state, _) => Err(Error::WrongState { id: id.into(), state, wanted: "migrated" }),
+            (state, _) => Err(Error::WrongState {
+                id: id.into(),
+                state,
+                wanted: "migrated",
+            }),
         }
     }
 
@@ -173,8 +183,16 @@ impl Table {
 
     /// A process ended: the job whose root it was becomes exited. Returns that job's id.
     /// The exit of a job being migrated (its stopped copy killed after the commit) is ignored.
-    pub fn exited(&mut self, pid: i32, code: Option<i32>, signal: Option<String>) -> Option<String> {
-        let job = self.jobs.values_mut().find(|j| j.pid == Some(pid) && !j.state.is_final())?;
+    pub fn exited(
+        &mut self,
+        pid: i32,
+        code: Option<i32>,
+        signal: Option<String>,
+    ) -> Option<String> {
+        let job = self
+            .jobs
+            .values_mut()
+            .find(|j| j.pid == Some(pid) && !j.state.is_final())?;
         if job.state == State::Migrating {
             return None;
         }
@@ -199,10 +217,16 @@ impl Offsets {
     pub fn mismatches(&self, stdout_len: u64, stderr_len: u64) -> Vec<String> {
         let mut bad = Vec::new();
         if stdout_len != self.stdout {
-            bad.push(format!("stdout has {stdout_len} bytes, the source had {}", self.stdout));
+            bad.push(format!(
+                "stdout has {stdout_len} bytes, the source had {}",
+                self.stdout
+            ));
         }
         if stderr_len != self.stderr {
-            bad.push(format!("stderr has {stderr_len} bytes, the source had {}", self.stderr));
+            bad.push(format!(
+                "stderr has {stderr_len} bytes, the source had {}",
+                self.stderr
+            ));
         }
         bad
     }
@@ -211,7 +235,9 @@ impl Offsets {
 /// The bytes of an output file from `offset` on, at most `max`: what one read of the stream gets.
 /// An offset past the end gives nothing (the caller asked too early), never an error.
 pub fn slice_from(data: &[u8], offset: u64, max: usize) -> &[u8] {
-    let start = usize::try_from(offset).unwrap_or(usize::MAX).min(data.len());
+    let start = usize::try_from(offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
     let end = start.saturating_add(max).min(data.len());
     &data[start..end]
 }
@@ -221,7 +247,18 @@ mod tests {
     use super::*;
 
     fn job(id: &str, pid: i32) -> Job {
-        Job { id: id.into(), cmd: vec!["awk".into()], home: 1, node: 1, state: State::Running, pid: Some(pid), exit_code: None, signal: None, started_ms: 0, migrations: 0 }
+        Job {
+            id: id.into(),
+            cmd: vec!["awk".into()],
+            home: 1,
+            node: 1,
+            state: State::Running,
+            pid: Some(pid),
+            exit_code: None,
+            signal: None,
+            started_ms: 0,
+            migrations: 0,
+        }
     }
 
     #[test]
@@ -237,7 +274,13 @@ mod tests {
         t.insert(job("1.1", 50)).unwrap();
         assert_eq!(t.begin_migration("1.1"), Ok(50));
         // A second migration while the first runs is refused.
-        assert!(matches!(t.begin_migration("1.1"), Err(Error::WrongState { state: State::Migrating, .. })));
+        assert!(matches!(
+            t.begin_migration("1.1"),
+            Err(Error::WrongState {
+                state: State::Migrating,
+                ..
+            })
+        ));
         t.abort_migration("1.1").unwrap();
         assert_eq!(t.get("1.1").unwrap().state, State::Running);
         t.begin_migration("1.1").unwrap();
@@ -245,10 +288,16 @@ mod tests {
         assert_eq!(t.exited(50, None, Some("SIGKILL".into())), None);
         t.finish_migration("1.1", 2).unwrap();
         let j = t.get("1.1").unwrap();
-        assert_eq!((j.state, j.node, j.pid, j.migrations), (State::Moved, 2, None, 1));
+        assert_eq!(
+            (j.state, j.node, j.pid, j.migrations),
+            (State::Moved, 2, None, 1)
+        );
         assert!(t.begin_migration("1.1").is_err());
         assert_eq!(t.local_count(), 0);
-        assert_eq!(t.begin_migration("9.9"), Err(Error::NoSuchJob("9.9".into())));
+        assert_eq!(
+            t.begin_migration("9.9"),
+            Err(Error::NoSuchJob("9.9".into()))
+        );
     }
 
     #[test]
@@ -278,9 +327,15 @@ mod tests {
 
     #[test]
     fn output_offsets() {
-        let o = Offsets { stdout: 10, stderr: 0 };
+        let o = Offsets {
+            stdout: 10,
+            stderr: 0,
+        };
         assert!(o.mismatches(10, 0).is_empty());
-        assert_eq!(o.mismatches(9, 0), vec!["stdout has 9 bytes, the source had 10".to_string()]);
+        assert_eq!(
+            o.mismatches(9, 0),
+            vec!["stdout has 9 bytes, the source had 10".to_string()]
+        );
         let data = b"0123456789";
         assert_eq!(slice_from(data, 0, 4), b"0123");
         assert_eq!(slice_from(data, 8, 4), b"89");

@@ -14,7 +14,10 @@ use drove_qemu_tests::{accel, concat_files, Artifacts, Error, Nic, VmBuilder, BO
 const MEMORY_MIB: u32 = 1024;
 
 fn main() {
-    let mut runs: usize = std::env::var("RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let mut runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next().and_then(|n| n.parse().ok())) {
@@ -44,7 +47,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Boots `kernel` + `initrd` once and returns power-on (QEMU start) to the ready line.
-fn boot_once(name: &str, kernel: &std::path::Path, initrd: &std::path::Path, cmdline: &str) -> Result<(Duration, String), Error> {
+fn boot_once(
+    name: &str,
+    kernel: &std::path::Path,
+    initrd: &std::path::Path,
+    cmdline: &str,
+) -> Result<(Duration, String), Error> {
     let vm = VmBuilder::new(name)?
         .memory_mib(MEMORY_MIB)
         .kernel(kernel, Some(initrd.to_owned()), cmdline)
@@ -65,7 +73,11 @@ fn run(runs: usize) -> Result<(), Error> {
     let work = tempfile::Builder::new()
         .prefix("drove-bench-boot-")
         .tempdir()
-        .map_err(|source| Error::Io { what: "cannot create a directory in", path: std::env::temp_dir(), source })?;
+        .map_err(|source| Error::Io {
+            what: "cannot create a directory in",
+            path: std::env::temp_dir(),
+            source,
+        })?;
     let drove_initrd = media.concat_initrds(&work.path().join("drove-initrd.img"))?;
     let (base, overlay) = standin_initrds(work.path())?;
     let bare_initrd = work.path().join("bare-initrd.img");
@@ -78,15 +90,31 @@ fn run(runs: usize) -> Result<(), Error> {
     for i in 1..=runs {
         // Interleaved, so both see the same background load.
         let (t, cmd) = boot_once(&format!("bench-bare-{i}"), &kernel, &bare_initrd, &cmdline)?;
-        eprintln!("bench-boot: run {i}/{runs}: bare busybox init ready after {:.2}s", t.as_secs_f64());
+        eprintln!(
+            "bench-boot: run {i}/{runs}: bare busybox init ready after {:.2}s",
+            t.as_secs_f64()
+        );
         bare.push(t.as_secs_f64());
         bare_cmd = cmd;
-        let (t, cmd) = boot_once(&format!("bench-drove-{i}"), &kernel, &drove_initrd, &cmdline)?;
-        eprintln!("bench-boot: run {i}/{runs}: drove-agent ready after {:.2}s", t.as_secs_f64());
+        let (t, cmd) = boot_once(
+            &format!("bench-drove-{i}"),
+            &kernel,
+            &drove_initrd,
+            &cmdline,
+        )?;
+        eprintln!(
+            "bench-boot: run {i}/{runs}: drove-agent ready after {:.2}s",
+            t.as_secs_f64()
+        );
         drove.push(t.as_secs_f64());
         drove_cmd = cmd;
     }
-    let all = |v: &[f64]| v.iter().map(|t| format!("{t:.2}")).collect::<Vec<_>>().join(", ");
+    let all = |v: &[f64]| {
+        v.iter()
+            .map(|t| format!("{t:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     let (mb, md) = (median(bare.clone()), median(drove.clone()));
     let ratio = md / mb;
     let workdir = work.path().display().to_string();
@@ -103,8 +131,16 @@ fn run(runs: usize) -> Result<(), Error> {
     );
     println!("| what | initramfs bytes | runs (s) | median | goal |");
     println!("|---|---|---|---|---|");
-    println!("| bare busybox init (baseline) | {} | {} | {mb:.2} s | |", size(&bare_initrd), all(&bare));
-    println!("| drove-agent to `drove: ready` | {} | {} | {md:.2} s | |", size(&drove_initrd), all(&drove));
+    println!(
+        "| bare busybox init (baseline) | {} | {} | {mb:.2} s | |",
+        size(&bare_initrd),
+        all(&bare)
+    );
+    println!(
+        "| drove-agent to `drove: ready` | {} | {} | {md:.2} s | |",
+        size(&drove_initrd),
+        all(&drove)
+    );
     println!(
         "| ratio | | | {ratio:.2} | ≤ 1.5 {} |",
         if ratio <= 1.5 { "(met)" } else { "(not met)" }

@@ -31,7 +31,13 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "--nodes" => nodes = args.next().and_then(|n| n.parse().ok()).filter(|n| (1..=9).contains(n)).unwrap_or_else(|| usage()),
+            "--nodes" => {
+                nodes = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (1..=9).contains(n))
+                    .unwrap_or_else(|| usage())
+            }
             "--dir" => dir = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
             _ => usage(),
         }
@@ -44,27 +50,46 @@ fn main() {
 
 fn run(nodes: u32, dir: &std::path::Path) -> Result<(), Error> {
     let drove = drove_bin()?;
-    eprintln!("qemu-cluster: building a {nodes}-node image in {}", dir.display());
+    eprintln!(
+        "qemu-cluster: building a {nodes}-node image in {}",
+        dir.display()
+    );
     let image = ClusterImage::build(&drove, dir, &cluster_config(nodes, nodes))?;
-    eprintln!("qemu-cluster: booting {nodes} nodes ({:?}); Ctrl-C during boot stops everything", accel());
+    eprintln!(
+        "qemu-cluster: booting {nodes} nodes ({:?}); Ctrl-C during boot stops everything",
+        accel()
+    );
     let started = Instant::now();
     // Until the handler is installed, Ctrl-C kills this process and the VMs die with it
     // (parent-death signal).
     let cluster = Cluster::start_named("qemu-cluster", nodes, &image)?;
     // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
     unsafe {
-        libc::signal(libc::SIGINT, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(
+            libc::SIGINT,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
-    eprintln!("qemu-cluster: all {nodes} ready after {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "qemu-cluster: all {nodes} ready after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 
     let all: Vec<u32> = (1..=nodes).collect();
     let node1 = cluster.api(1)?.to_string();
     match cluster.wait_until(1, Duration::from_secs(60), "every node up", |t| {
-        all.iter().all(|n| t.node(*n).is_some_and(|node| node.state == State::Up))
+        all.iter()
+            .all(|n| t.node(*n).is_some_and(|node| node.state == State::Up))
     }) {
         Ok((table, after)) => {
-            println!("\n$ drove status --node {node1}      (all up {:.1}s after every API answered)", after.as_secs_f64());
+            println!(
+                "\n$ drove status --node {node1}      (all up {:.1}s after every API answered)",
+                after.as_secs_f64()
+            );
             print!("{}", render(&table, &node1, Style::for_stdout()));
         }
         Err(e) => println!("\nnode 1 does not show every node up yet: {e:?}"),

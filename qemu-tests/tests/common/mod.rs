@@ -34,12 +34,19 @@ pub fn ready_then_poweroff(vm: &Vm, node: Option<&str>, timeout: Duration) -> Re
     let line = vm.wait_ready(timeout)?;
     let ready = vm.uptime();
     let re = regex::Regex::new(r"drove: ready node=(\S+) addr=(\S+)").unwrap();
-    let caps = re.captures(&line).unwrap_or_else(|| panic!("vm {}: malformed ready line {line:?}", vm.name()));
+    let caps = re
+        .captures(&line)
+        .unwrap_or_else(|| panic!("vm {}: malformed ready line {line:?}", vm.name()));
     if let Some(node) = node {
         assert_eq!(&caps[1], node, "vm {}: ready line {line:?}", vm.name());
     }
     // QEMU's user-mode DHCP gives the first guest 10.0.2.15.
-    assert_eq!(&caps[2], "10.0.2.15", "vm {}: ready line {line:?}", vm.name());
+    assert_eq!(
+        &caps[2],
+        "10.0.2.15",
+        "vm {}: ready line {line:?}",
+        vm.name()
+    );
     vm.poweroff(EXIT_TIMEOUT)?;
     eprintln!(
         "vm {}: ready after {:.1}s, QEMU exited after {:.1}s (waited {:.1}s)",
@@ -56,13 +63,23 @@ pub fn ready_then_poweroff(vm: &Vm, node: Option<&str>, timeout: Duration) -> Re
 pub fn standin_floppy(dest: &Path, server: &str) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("syslinux.cfg");
-    std::fs::write(&cfg, "SERIAL 0 115200\nDEFAULT ipxe\nLABEL ipxe\n  KERNEL ipxe.lkrn\n  INITRD boot.ips\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "SERIAL 0 115200\nDEFAULT ipxe\nLABEL ipxe\n  KERNEL ipxe.lkrn\n  INITRD boot.ips\n",
+    )
+    .unwrap();
     let script = dir.path().join("boot.ips");
     std::fs::write(&script, format!("#!ipxe\ndhcp\nchain {server}boot.ipxe\n")).unwrap();
     let image = dest.to_str().unwrap();
     run(Command::new("mformat").args(["-C", "-f", "1440", "-i", image, "::"])).unwrap();
     run(Command::new("syslinux").args(["--install", image])).unwrap();
-    run(Command::new("mcopy").args(["-i", image]).arg("/usr/lib/ipxe/ipxe.lkrn").arg(&cfg).arg(&script).arg("::")).unwrap();
+    run(Command::new("mcopy")
+        .args(["-i", image])
+        .arg("/usr/lib/ipxe/ipxe.lkrn")
+        .arg(&cfg)
+        .arg(&script)
+        .arg("::"))
+    .unwrap();
 }
 
 /// A stand-in `out/pxe`: kernel, base initramfs, overlay and a `boot.ipxe` with relative URLs.
@@ -82,5 +99,8 @@ pub fn standin_pxe_dir(dir: &Path) {
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("drove=info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
