@@ -88,6 +88,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/events", get(events))
         .route("/metrics", get(metrics))
         .route("/api/node/poweroff", post(poweroff))
+        .merge(crate::dashboard::router())
         .with_state(shared)
 }
 
@@ -427,6 +428,18 @@ mod tests {
         assert_eq!(
             call(&s, get("/api/node/poweroff")).await.0,
             StatusCode::METHOD_NOT_ALLOWED
+        );
+    }
+
+    #[tokio::test]
+    async fn dashboard_is_served_at_root() {
+        let s = shared(Arc::default());
+        let (st, body) = call(&s, get("/")).await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(body.contains("id=\"nodes-body\""), "{body}");
+        assert_eq!(
+            call(&s, get("/assets/dashboard.js")).await.0,
+            StatusCode::OK
         );
     }
 

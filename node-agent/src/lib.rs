@@ -14,6 +14,7 @@ pub mod command;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod dashboard;
 pub mod gossip;
 pub mod identity;
 pub mod input;
