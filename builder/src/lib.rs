@@ -18,3 +18,4 @@ pub mod progress;
 pub mod serve;
 pub mod staged;
 pub mod status;
+pub mod top;

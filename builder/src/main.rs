@@ -71,6 +71,19 @@ enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Live cluster view in the terminal (like mosmon): the status table, jobs and migrations,
+    /// redrawn every interval until `q` or Ctrl-C.
+    Top {
+        /// The agent to ask, HOST[:PORT] (port 7030 by default).
+        #[arg(long, default_value = drove::status::DEFAULT_NODE, value_name = "ADDR[:PORT]")]
+        node: String,
+        /// Seconds between redraws (fractions allowed).
+        #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+        interval: f64,
+        /// Print one frame (no screen control, no keys) and exit.
+        #[arg(long)]
+        once: bool,
+    },
     #[command(flatten)]
     Jobs(drove::jobs_client::JobCommand),
 }
@@ -217,6 +230,17 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", drove::status::status_text(&node, format, style)?);
             }
+        }
+        Command::Top {
+            node,
+            interval,
+            once,
+        } => {
+            anyhow::ensure!(
+                interval.is_finite() && interval > 0.0 && interval <= 86_400.0,
+                "--interval must be between 0 and 86400 seconds"
+            );
+            drove::top::run(&node, std::time::Duration::from_secs_f64(interval), once)?
         }
         Command::Jobs(cmd) => std::process::exit(drove::jobs_client::run_command(&cmd)?),
     }
