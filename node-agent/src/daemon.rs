@@ -199,8 +199,12 @@ async fn serve(shared: Arc<Shared>, port: u16, gossip: bool) -> std::io::Result<
                 let mut sampler = crate::load::Sampler::default();
                 loop {
                     let speed = shared.membership().me().load.speed;
-                    let load = sampler.sample_proc(speed);
-                    shared.membership().set_load(load);
+                    let mut load = sampler.sample_proc(speed);
+                    let mut m = shared.membership();
+                    // Job counts are kept up to date by the balancer (jobs/balance.rs).
+                    (load.jobs, load.guest_jobs) = (m.me().load.jobs, m.me().load.guest_jobs);
+                    m.set_load(load);
+                    drop(m);
                     std::thread::sleep(Duration::from_millis(1000));
                 }
             })?;

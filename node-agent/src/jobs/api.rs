@@ -62,6 +62,12 @@ pub fn start(shared: Arc<Shared>, api_port: u16) -> Router {
     if let Err(e) = engine.start() {
         crate::error!("jobs: cannot start the job engine: {e}");
     }
+    if shared.key_hex.is_some() {
+        let (s, e) = (shared.clone(), engine.clone());
+        let _ = std::thread::Builder::new()
+            .name("balance".into())
+            .spawn(move || super::balance::run(s, e));
+    }
     router(Ctx {
         shared,
         engine,
@@ -83,6 +89,8 @@ fn unauthorized() -> Response {
 #[derive(serde::Deserialize)]
 struct LaunchBody {
     cmd: Vec<String>,
+    #[serde(default)]
+    pin: bool,
 }
 
 async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
@@ -96,7 +104,7 @@ async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> 
         );
     };
     let engine = ctx.engine.clone();
-    match tokio::task::spawn_blocking(move || engine.launch(&req.cmd)).await {
+    match tokio::task::spawn_blocking(move || engine.launch_pinned(&req.cmd, req.pin)).await {
         Ok(Ok(job)) => (StatusCode::CREATED, Json(job)).into_response(),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, crate::console::chain(&e)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),

@@ -175,6 +175,11 @@ impl Engine {
     /// Starts `cmd` as the init of a new PID namespace, in a session of its own, stdin from
     /// /dev/null, stdout and stderr appended to files under the job's directory.
     pub fn launch(&self, cmd: &[String]) -> Result<Job, Error> {
+        self.launch_pinned(cmd, false)
+    }
+
+    /// [`Engine::launch`]; a pinned job is never moved by the balancer.
+    pub fn launch_pinned(&self, cmd: &[String], pinned: bool) -> Result<Job, Error> {
         let (program, args) = cmd.split_first().ok_or(Error::EmptyCommand)?;
         let mut table = self.table();
         let root = self.root.clone();
@@ -239,6 +244,7 @@ impl Engine {
             signal: None,
             started_ms: unix_ms(),
             migrations: 0,
+            pinned,
         };
         table.insert(job.clone())?;
         info!(

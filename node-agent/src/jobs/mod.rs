@@ -5,9 +5,11 @@
 //! - [`proto`]: the transfer protocol (handshake, frames);
 //! - [`criu`]: CRIU command lines and the one wrapper that runs them;
 //! - [`engine`]: launch, reaping, the source and target sides of a migration;
+//! - [`balance`]: automatic load balancing (pure decision, and the daemon's loop);
 //! - [`api`]: the `/api/jobs` routes.
 
 pub mod api;
+pub mod balance;
 pub mod criu;
 pub mod engine;
 pub mod proto;

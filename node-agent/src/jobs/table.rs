@@ -42,6 +42,9 @@ pub struct Job {
     pub signal: Option<String>,
     pub started_ms: u64,
     pub migrations: u32,
+    /// Never moved by the balancer (`"pin": true` at launch).
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -258,6 +261,7 @@ mod tests {
             signal: None,
             started_ms: 0,
             migrations: 0,
+            pinned: false,
         }
     }
 

@@ -1,0 +1,813 @@
+//! Automatic load balancing (MOSIX-like), decided by every node for its own jobs.
+//!
+//! [`Balancer::decide`] is pure: it takes the cluster as this node sees it (each node's
+//! speed-normalised load, speed, CPUs, free memory, state, whether it takes guests) and this
+//! node's jobs (id, pinned, CPU demand, time on this node), and returns at most one move.
+//! The rule:
+//!
+//! - A job adds `share * REFERENCE_SPEED / (speed * cpus)` to a node's load (`share`: the CPUs
+//!   it wants, 1.0 for a CPU-bound single-threaded job).
+//! - Job `j` may go from this node (load `L`) to peer `p` (load `Lp`) when
+//!   `Lp + add_p(j) * (1 + hysteresis) + margin < L`: after the move it would run on a node
+//!   less loaded than the one it leaves, by a margin. Moving it back would need the opposite,
+//!   so a move is never undone while loads stay put (no ping-pong).
+//! - Among all (job, peer) pairs that qualify, the one that moves the most CPU to the least
+//!   load wins: `share * (L - (Lp + add_p(j)))`, ties to the job longest here, then by id.
+//! - Never: pinned jobs, jobs here for less than `min_residency_ms`, jobs that want almost no
+//!   CPU, peers that are not up, refuse guests, have no speed, are short of memory, or failed a
+//!   migration from here recently.
+//! - A node short of memory (`mem_free < mem_low`) sheds one movable job to the peer with the
+//!   most free memory, whatever the loads.
+//! - At most one outgoing migration at a time, and in-flight moves are accounted for: gossip
+//!   load lags (the sampler's 2 s average plus a gossip period), so a move adds the job to its
+//!   target's load and takes it off this node's load locally until `settle_ms` after it ended.
+//!   Without that, 6 jobs on one node would all go to the same idle peer.
+//!
+//! [`run`] wires it into the cluster daemon: once a second it reads the membership table and
+//! the job table, measures each job's CPU demand from `/proc`, and calls the engine's migrate
+//! path with reason `balance`.
+
+use crate::gossip::State as NodeState;
+use crate::load::REFERENCE_SPEED;
+use std::collections::BTreeMap;
+
+/// Milliseconds on the caller's clock.
+pub type Ms = u64;
+
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// A job must have run this long on a node before it moves again.
+    pub min_residency_ms: Ms,
+    /// Relative hysteresis: the target must stay below the source by this fraction of the job's
+    /// load there, on top of its load.
+    pub hysteresis: f64,
+    /// Absolute margin (load units) against measurement noise.
+    pub margin: f64,
+    /// Below this free memory a node sheds jobs, and does not take any.
+    pub mem_low: u64,
+    /// How long after a move ended its effect is still added locally (gossip catching up).
+    pub settle_ms: Ms,
+    /// A peer a migration to failed is skipped this long.
+    pub failed_backoff_ms: Ms,
+    /// Jobs wanting less CPU than this are not worth moving for load.
+    pub min_share: f64,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            min_residency_ms: 10_000,
+            hysteresis: 0.25,
+            margin: 0.05,
+            mem_low: 32 << 20,
+            settle_ms: 6_000,
+            failed_backoff_ms: 30_000,
+            min_share: 0.2,
+        }
+    }
+}
+
+/// One node as the balancer sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub number: u32,
+    /// Speed-normalised load as reported (see `load.rs`).
+    pub load: f64,
+    pub speed: f64,
+    pub cpus: u32,
+    pub mem_free: u64,
+    pub state: NodeState,
+    pub accepts_guests: bool,
+}
+
+/// One job running on this node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LocalJob {
+    pub id: String,
+    pub pinned: bool,
+    /// CPUs it wants (1.0: one CPU-bound thread).
+    pub share: f64,
+    /// Milliseconds since it started or arrived here.
+    pub resident_ms: Ms,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Move {
+    pub job: String,
+    pub to: u32,
+    /// `balance` or `memory`.
+    pub reason: &'static str,
+    /// The job's load on the target (added there locally until the move settles).
+    pub add_there: f64,
+    /// The job's load here (taken off locally until the move settles).
+    pub add_here: f64,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    to: u32,
+    add_there: f64,
+    add_here: f64,
+    /// `None` while the migration runs; then when its effect stops being added.
+    until: Option<Ms>,
+}
+
+/// The balancer of one node: parameters and what it remembers between rounds.
+#[derive(Debug, Clone, Default)]
+pub struct Balancer {
+    pub params: Params,
+    pending: Vec<Pending>,
+    failed: BTreeMap<u32, Ms>,
+}
+
+/// The load one job of `share` adds to `node`.
+pub fn job_load(share: f64, node: &Node) -> f64 {
+    share * REFERENCE_SPEED / (node.speed.max(1e-9) * f64::from(node.cpus.max(1)))
+}
+
+impl Balancer {
+    pub fn new(params: Params) -> Self {
+        Balancer {
+            params,
+            ..Default::default()
+        }
+    }
+
+    /// Whether a migration from here is under way.
+    pub fn busy(&self) -> bool {
+        self.pending.iter().any(|p| p.until.is_none())
+    }
+
+    fn expire(&mut self, now: Ms) {
+        self.pending.retain(|p| p.until.is_none_or(|u| now < u));
+        let backoff = self.params.failed_backoff_ms;
+        self.failed.retain(|_, at| now < at.saturating_add(backoff));
+    }
+
+    /// Load of `n` with this node's in-flight and recent moves applied.
+    fn effective(&self, n: &Node, me: u32) -> f64 {
+        let mut l = n.load;
+        for p in &self.pending {
+            if p.to == n.number {
+                l += p.add_there;
+            }
+            if n.number == me {
+                l -= p.add_here;
+            }
+        }
+        l.max(0.0)
+    }
+
+    /// At most one move for this round. `me` is this node's own row (also allowed in `nodes`).
+    pub fn decide(
+        &mut self,
+        now: Ms,
+        me: &Node,
+        nodes: &[Node],
+        jobs: &[LocalJob],
+    ) -> Option<Move> {
+        self.expire(now);
+        if self.busy() {
+            return None;
+        }
+        let p = &self.params;
+        let peers: Vec<&Node> = nodes
+            .iter()
+            .filter(|n| {
+                n.number != me.number
+                    && n.state == NodeState::Up
+                    && n.accepts_guests
+                    && n.speed > 0.0
+                    && n.mem_free >= p.mem_low
+                    && !self.failed.contains_key(&n.number)
+            })
+            .collect();
+        if peers.is_empty() {
+            return None;
+        }
+        let movable: Vec<&LocalJob> = jobs
+            .iter()
+            .filter(|j| !j.pinned && j.resident_ms >= p.min_residency_ms)
+            .collect();
+        if movable.is_empty() {
+            return None;
+        }
+
+        // Short of memory: shed the job here longest to the peer with the most free memory.
+        if me.mem_free < p.mem_low {
+            let to = peers
+                .iter()
+                .max_by_key(|n| (n.mem_free, std::cmp::Reverse(n.number)))?;
+            let job = movable.iter().max_by(|a, b| {
+                a.resident_ms
+                    .cmp(&b.resident_ms)
+                    .then_with(|| b.id.cmp(&a.id))
+            })?;
+            return Some(Move {
+                job: job.id.clone(),
+                to: to.number,
+                reason: "memory",
+                add_there: job_load(job.share, to),
+                add_here: job_load(job.share, me),
+            });
+        }
+
+        let here = self.effective(me, me.number);
+        let mut best: Option<(f64, Ms, &LocalJob, &Node)> = None;
+        for j in movable.iter().filter(|j| j.share >= p.min_share) {
+            for n in &peers {
+                let there = self.effective(n, me.number);
+                let add = job_load(j.share, n);
+                if there + add * (1.0 + p.hysteresis) + p.margin >= here {
+                    continue;
+                }
+                let gain = j.share * (here - (there + add));
+                let better = match &best {
+                    None => true,
+                    Some((g, r, bj, bn)) => {
+                        (
+                            gain,
+                            j.resident_ms,
+                            std::cmp::Reverse(&j.id),
+                            std::cmp::Reverse(n.number),
+                        ) > (
+                            *g,
+                            *r,
+                            std::cmp::Reverse(&bj.id),
+                            std::cmp::Reverse(bn.number),
+                        )
+                    }
+                };
+                if better {
+                    best = Some((gain, j.resident_ms, j, n));
+                }
+            }
+        }
+        let (_, _, j, n) = best?;
+        Some(Move {
+            job: j.id.clone(),
+            to: n.number,
+            reason: "balance",
+            add_there: job_load(j.share, n),
+            add_here: job_load(j.share, me),
+        })
+    }
+
+    /// The caller starts `mv`: from now on its effect is added locally.
+    pub fn started(&mut self, mv: &Move) {
+        self.pending.push(Pending {
+            to: mv.to,
+            add_there: mv.add_there,
+            add_here: mv.add_here,
+            until: None,
+        });
+    }
+
+    /// The migration of `mv` ended at `now`: moved (its effect is kept until gossip shows it)
+    /// or not (forgotten, and the target skipped for a while).
+    pub fn finished(&mut self, now: Ms, mv: &Move, moved: bool) {
+        let settle = self.params.settle_ms;
+        if let Some(i) = self
+            .pending
+            .iter()
+            .position(|p| p.until.is_none() && p.to == mv.to)
+        {
+            if moved {
+                self.pending[i].until = Some(now + settle);
+            } else {
+                self.pending.remove(i);
+            }
+        }
+        if !moved {
+            self.failed.insert(mv.to, now);
+        }
+    }
+}
+
+/// CPU demand of a job from `/proc`: time running plus time waiting in the run queue
+/// (`/proc/PID/schedstat`), over wall time, summed over the processes of its session (the job's
+/// root is a session leader). A job on an overloaded node gets little CPU but still *wants* a
+/// whole one; usage alone would hide that.
+pub mod demand {
+    use std::collections::BTreeMap;
+
+    /// `(session, run+wait ns)` of one process from its `stat` and `schedstat` texts.
+    pub fn parse(stat: &str, schedstat: &str) -> Option<(i32, u64)> {
+        // The command name is in parentheses and may contain spaces: fields start after ')'.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest: state(3) ppid(4) pgrp(5) session(6) → indexes 0..; session is index 3.
+        let session = f.get(3)?.parse().ok()?;
+        let mut s = schedstat.split_whitespace();
+        let run: u64 = s.next()?.parse().ok()?;
+        let wait: u64 = s.next()?.parse().ok()?;
+        Some((session, run + wait))
+    }
+
+    /// Run+wait ns per session, from every process in `/proc`.
+    pub fn sample() -> BTreeMap<i32, u64> {
+        let mut out = BTreeMap::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let sched =
+                std::fs::read_to_string(format!("/proc/{pid}/schedstat")).unwrap_or_default();
+            if let Some((session, ns)) = parse(&stat, &sched) {
+                *out.entry(session).or_insert(0) += ns;
+            }
+        }
+        out
+    }
+
+    /// Demand (CPUs) between two samples `dt_ms` apart; `None` without both samples.
+    pub fn share(before: Option<u64>, after: Option<u64>, dt_ms: u64) -> Option<f64> {
+        let (b, a) = (before?, after?);
+        if dt_ms == 0 {
+            return None;
+        }
+        Some(a.saturating_sub(b) as f64 / (dt_ms as f64 * 1e6))
+    }
+}
+
+/// The balancer loop of the cluster daemon (runs on a thread of its own: migrations block).
+pub fn run(
+    shared: std::sync::Arc<crate::api::Shared>,
+    engine: std::sync::Arc<super::engine::Engine>,
+) {
+    use super::table::State as JobState;
+    use std::time::{Duration, Instant};
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpus = crate::load::cpus(&stat);
+    let mut balancer = Balancer::new(Params::default());
+    // Per job: where it is (pid), since when (local ms), last demand sample (ms, ns), share.
+    type Seen = (i32, Ms, Option<(Ms, u64)>, f64);
+    let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
+    let t0 = Instant::now();
+    crate::info!("jobs: balancer running (cpus {cpus}, rule in docs/migration.md)");
+    loop {
+        std::thread::sleep(Duration::from_millis(1000));
+        let now = t0.elapsed().as_millis() as Ms;
+        let (me, nodes) = {
+            let m = shared.membership();
+            let own = m.me().clone();
+            let me = Node {
+                number: own.number,
+                load: own.load.load,
+                speed: own.load.speed,
+                cpus,
+                mem_free: own.load.mem_free,
+                state: NodeState::Up,
+                accepts_guests: true,
+            };
+            let nodes: Vec<Node> = m
+                .members()
+                .values()
+                .map(|mb| Node {
+                    number: mb.entry.number,
+                    load: mb.entry.load.load,
+                    speed: mb.entry.load.speed,
+                    // Not in the load vector yet: assumed like this node.
+                    cpus,
+                    mem_free: mb.entry.load.mem_free,
+                    state: if mb.entry.leaving || mb.conflict.is_some() {
+                        NodeState::Down
+                    } else {
+                        mb.state
+                    },
+                    accepts_guests: true,
+                })
+                .collect();
+            (me, nodes)
+        };
+        {
+            let t = engine.table();
+            let live: Vec<_> = t
+                .list()
+                .into_iter()
+                .filter(|j| !j.state.is_final())
+                .collect();
+            let guests = live.iter().filter(|j| j.home != me.number).count();
+            let mut m = shared.membership();
+            let mut load = m.me().load.clone();
+            (load.jobs, load.guest_jobs) = (live.len() as u32, guests as u32);
+            m.set_load(load);
+        }
+        let samples = demand::sample();
+        let running: Vec<(String, i32, bool)> = engine
+            .table()
+            .list()
+            .into_iter()
+            .filter(|j| j.state == JobState::Running)
+            .filter_map(|j| Some((j.id, j.pid?, j.pinned)))
+            .collect();
+        seen.retain(|id, _| running.iter().any(|(r, _, _)| r == id));
+        let mut jobs = Vec::new();
+        for (id, pid, pinned) in running {
+            let ns = samples.get(&pid).copied();
+            let e = seen.entry(id.clone()).or_insert((pid, now, None, 1.0));
+            if e.0 != pid {
+                *e = (pid, now, None, 1.0);
+            }
+            if let (Some((t, before)), Some(after)) = (e.2, ns) {
+                if let Some(s) = demand::share(Some(before), Some(after), now - t) {
+                    // Smoothed like the load; a new job counts as CPU-bound until measured.
+                    e.3 = (e.3 + s.min(f64::from(cpus))) / 2.0;
+                }
+            }
+            if let Some(after) = ns {
+                e.2 = Some((now, after));
+            }
+            jobs.push(LocalJob {
+                id,
+                pinned,
+                share: e.3,
+                resident_ms: now - e.1,
+            });
+        }
+        let Some(mv) = balancer.decide(now, &me, &nodes, &jobs) else {
+            continue;
+        };
+        let Some((_, addr)) = super::api::resolve(&shared, &mv.to.to_string(), me.number) else {
+            continue;
+        };
+        crate::info!(
+            "jobs: balance: job {} to node {} ({}; load here {:.2}, jobs {:?})",
+            mv.job,
+            mv.to,
+            mv.reason,
+            me.load,
+            jobs.iter()
+                .map(|j| (&j.id, (j.share * 100.0).round() / 100.0))
+                .collect::<Vec<_>>()
+        );
+        balancer.started(&mv);
+        let rec = engine.migrate(&mv.job, mv.to, addr, mv.reason);
+        let done = t0.elapsed().as_millis() as Ms;
+        balancer.finished(done, &mv, rec.outcome == super::table::Outcome::Moved);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn node(number: u32, speed: f64) -> Node {
+        Node {
+            number,
+            load: 0.0,
+            speed,
+            cpus: 1,
+            mem_free: 1 << 30,
+            state: NodeState::Up,
+            accepts_guests: true,
+        }
+    }
+
+    /// A simulated cluster: per node its balancer and jobs; reported loads lag `lag` rounds
+    /// of one second; a migration takes `mig_rounds` rounds.
+    struct Sim {
+        nodes: Vec<Node>,
+        balancers: BTreeMap<u32, Balancer>,
+        /// job id → (node, pinned, arrived at ms)
+        jobs: BTreeMap<String, (u32, bool, Ms)>,
+        /// Reported loads of past rounds, newest last.
+        history: Vec<BTreeMap<u32, f64>>,
+        lag: usize,
+        /// Reported loads are the sampler's average (weight 0.5 a second), as in `load.rs`.
+        ema: bool,
+        smoothed: BTreeMap<u32, f64>,
+        now: Ms,
+        moves: Vec<(String, u32, u32, Ms)>,
+        /// In flight: (job, from, to, ends at)
+        flying: Vec<(String, u32, u32, Ms)>,
+        mig_ms: Ms,
+    }
+
+    impl Sim {
+        fn new(nodes: Vec<Node>) -> Self {
+            let balancers = nodes
+                .iter()
+                .map(|n| (n.number, Balancer::default()))
+                .collect();
+            Sim {
+                nodes,
+                balancers,
+                jobs: BTreeMap::new(),
+                history: Vec::new(),
+                lag: 2,
+                ema: false,
+                smoothed: BTreeMap::new(),
+                now: 0,
+                moves: Vec::new(),
+                flying: Vec::new(),
+                mig_ms: 2000,
+            }
+        }
+
+        fn add_jobs(&mut self, on: u32, n: usize, pinned: bool) {
+            for _ in 0..n {
+                let id = format!("{on}.{}", self.jobs.len() + 1);
+                self.jobs.insert(id, (on, pinned, self.now));
+            }
+        }
+
+        fn true_load(&self, n: &Node) -> f64 {
+            let count = self.jobs.values().filter(|j| j.0 == n.number).count();
+            count as f64 * job_load(1.0, n)
+        }
+
+        fn count(&self, n: u32) -> usize {
+            self.jobs.values().filter(|j| j.0 == n).count()
+        }
+
+        fn round(&mut self) {
+            self.now += 1000;
+            let now = self.now;
+            // Finish migrations.
+            let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flying)
+                .into_iter()
+                .partition(|f| f.3 <= now);
+            self.flying = still;
+            for (job, from, to, _) in done {
+                self.jobs.insert(job.clone(), (to, false, now));
+                let mv = Move {
+                    job,
+                    to,
+                    reason: "balance",
+                    add_there: 0.0,
+                    add_here: 0.0,
+                };
+                self.balancers
+                    .get_mut(&from)
+                    .unwrap()
+                    .finished(now, &mv, true);
+            }
+            let mut loads: BTreeMap<u32, f64> = self
+                .nodes
+                .iter()
+                .map(|n| (n.number, self.true_load(n)))
+                .collect();
+            if self.ema {
+                for (n, l) in loads.iter_mut() {
+                    let s = self.smoothed.entry(*n).or_insert(*l);
+                    *s += 0.5 * (*l - *s);
+                    *l = *s;
+                }
+            }
+            self.history.push(loads);
+            let reported = self.history[self.history.len().saturating_sub(1 + self.lag)].clone();
+            let view: Vec<Node> = self
+                .nodes
+                .iter()
+                .map(|n| Node {
+                    load: reported[&n.number],
+                    ..n.clone()
+                })
+                .collect();
+            for me in view.iter().filter(|n| n.state == NodeState::Up) {
+                let jobs: Vec<LocalJob> = self
+                    .jobs
+                    .iter()
+                    .filter(|(id, j)| j.0 == me.number && !self.flying.iter().any(|f| &f.0 == *id))
+                    .map(|(id, j)| LocalJob {
+                        id: id.clone(),
+                        pinned: j.1,
+                        share: 1.0,
+                        resident_ms: now - j.2,
+                    })
+                    .collect();
+                let b = self.balancers.get_mut(&me.number).unwrap();
+                if let Some(mv) = b.decide(now, me, &view, &jobs) {
+                    b.started(&mv);
+                    self.moves.push((mv.job.clone(), me.number, mv.to, now));
+                    self.flying
+                        .push((mv.job, me.number, mv.to, now + self.mig_ms));
+                }
+            }
+        }
+
+        fn rounds(&mut self, n: usize) {
+            for _ in 0..n {
+                self.round();
+            }
+        }
+    }
+
+    #[test]
+    fn six_jobs_on_one_of_three_idle_nodes_spread_two_two_two() {
+        let mut sim = Sim::new(vec![node(1, 100.0), node(2, 100.0), node(3, 100.0)]);
+        sim.add_jobs(1, 6, false);
+        sim.rounds(60);
+        assert_eq!(
+            (sim.count(1), sim.count(2), sim.count(3)),
+            (2, 2, 2),
+            "{:?}",
+            sim.moves
+        );
+        assert_eq!(
+            sim.moves.len(),
+            4,
+            "each job moves at most once: {:?}",
+            sim.moves
+        );
+        // The first move waits for the minimum residency; all are done well within a minute.
+        assert!(sim.moves[0].3 >= 10_000);
+        assert!(sim.moves.last().unwrap().3 <= 30_000, "{:?}", sim.moves);
+    }
+
+    #[test]
+    fn spreading_survives_long_gossip_lag() {
+        // Reports up to 4 s late, or the sampler's running average plus one gossip period.
+        for (lag, ema) in [
+            (0, false),
+            (1, false),
+            (3, false),
+            (4, false),
+            (1, true),
+            (2, true),
+        ] {
+            let mut sim = Sim::new(vec![node(1, 100.0), node(2, 100.0), node(3, 100.0)]);
+            sim.lag = lag;
+            sim.ema = ema;
+            sim.add_jobs(1, 6, false);
+            sim.rounds(120);
+            assert_eq!(
+                (sim.count(1), sim.count(2), sim.count(3)),
+                (2, 2, 2),
+                "lag {lag}: {:?}",
+                sim.moves
+            );
+            assert_eq!(sim.moves.len(), 4, "lag {lag}: {:?}", sim.moves);
+        }
+    }
+
+    #[test]
+    fn stable_loads_do_not_ping_pong() {
+        for (jobs, expect) in [(6usize, 4usize), (7, 4), (5, 3), (4, 2), (2, 1), (1, 0)] {
+            let mut sim = Sim::new(vec![node(1, 100.0), node(2, 100.0), node(3, 100.0)]);
+            sim.add_jobs(1, jobs, false);
+            sim.rounds(60);
+            let settled = sim.moves.len();
+            assert_eq!(settled, expect, "{jobs} jobs: {:?}", sim.moves);
+            sim.rounds(1000);
+            assert_eq!(sim.moves.len(), settled, "{jobs} jobs: {:?}", sim.moves);
+            let counts = [sim.count(1), sim.count(2), sim.count(3)];
+            assert!(
+                counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+                "{counts:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pinned_jobs_stay() {
+        let mut sim = Sim::new(vec![node(1, 100.0), node(2, 100.0), node(3, 100.0)]);
+        sim.add_jobs(1, 4, true);
+        sim.add_jobs(1, 2, false);
+        sim.rounds(100);
+        assert!(sim
+            .moves
+            .iter()
+            .all(|m| sim.jobs[&m.0].1 == false || m.1 != 1));
+        assert_eq!(sim.count(1), 4, "{:?}", sim.moves);
+        assert_eq!(sim.moves.len(), 2);
+        for (id, j) in &sim.jobs {
+            if j.1 {
+                assert_eq!(j.0, 1, "pinned job {id} moved");
+            }
+        }
+    }
+
+    #[test]
+    fn a_slower_node_gets_fewer_jobs() {
+        let mut sim = Sim::new(vec![node(1, 100.0), node(2, 100.0), node(3, 50.0)]);
+        sim.add_jobs(1, 6, false);
+        sim.rounds(100);
+        let (a, b, c) = (sim.count(1), sim.count(2), sim.count(3));
+        assert_eq!(a + b + c, 6);
+        assert!(c < a && c < b, "{a} {b} {c}: {:?}", sim.moves);
+        assert!(c >= 1, "the slow node is still used: {a} {b} {c}");
+        let n = sim.moves.len();
+        sim.rounds(500);
+        assert_eq!(sim.moves.len(), n, "no ping-pong: {:?}", sim.moves);
+    }
+
+    #[test]
+    fn down_suspect_refusing_and_full_nodes_are_never_chosen() {
+        let mut down = node(2, 100.0);
+        down.state = NodeState::Down;
+        let mut suspect = node(3, 100.0);
+        suspect.state = NodeState::Suspect;
+        let mut locked = node(4, 100.0);
+        locked.accepts_guests = false;
+        let mut full = node(5, 100.0);
+        full.mem_free = 1 << 20;
+        let mut sim = Sim::new(vec![
+            node(1, 100.0),
+            down,
+            suspect,
+            locked,
+            full,
+            node(6, 100.0),
+        ]);
+        sim.add_jobs(1, 6, false);
+        sim.rounds(100);
+        assert!(sim.moves.iter().all(|m| m.2 == 6), "{:?}", sim.moves);
+        assert_eq!((sim.count(1), sim.count(6)), (3, 3));
+    }
+
+    #[test]
+    fn one_outgoing_migration_at_a_time_and_failures_back_off() {
+        let me = Node {
+            load: 6.0,
+            ..node(1, 100.0)
+        };
+        let nodes = vec![me.clone(), node(2, 100.0), node(3, 100.0)];
+        let jobs: Vec<LocalJob> = (1..=6)
+            .map(|i| LocalJob {
+                id: format!("1.{i}"),
+                pinned: false,
+                share: 1.0,
+                resident_ms: 20_000,
+            })
+            .collect();
+        let mut b = Balancer::default();
+        let mv = b.decide(0, &me, &nodes, &jobs).unwrap();
+        assert_eq!((mv.to, mv.reason), (2, "balance"));
+        b.started(&mv);
+        assert!(b.busy());
+        assert_eq!(b.decide(100, &me, &nodes, &jobs), None);
+        // It failed: node 2 is skipped for a while, node 3 is next.
+        b.finished(200, &mv, false);
+        let mv = b.decide(300, &me, &nodes, &jobs).unwrap();
+        assert_eq!(mv.to, 3);
+        b.started(&mv);
+        b.finished(400, &mv, true);
+        // Until node 3's report shows them, moved jobs count there and not here: here 6 - 3,
+        // node 3 0 + 3 after three moves, so no fourth.
+        for t in [500, 600] {
+            let mv = b.decide(t, &me, &nodes, &jobs).unwrap();
+            assert_eq!(mv.to, 3);
+            b.started(&mv);
+            b.finished(t + 50, &mv, true);
+        }
+        assert_eq!(b.decide(700, &me, &nodes, &jobs), None);
+        // Node 2 comes back after the backoff.
+        let mv = b.decide(31_000, &me, &nodes, &jobs).unwrap();
+        assert_eq!(mv.to, 2);
+    }
+
+    #[test]
+    fn young_and_idle_jobs_stay_a_node_short_of_memory_sheds() {
+        let mut me = Node {
+            load: 3.0,
+            ..node(1, 100.0)
+        };
+        let mut roomy = node(3, 100.0);
+        roomy.load = 5.0;
+        roomy.mem_free = 4 << 30;
+        let nodes = vec![node(2, 100.0), roomy];
+        let young = LocalJob {
+            id: "1.1".into(),
+            pinned: false,
+            share: 1.0,
+            resident_ms: 3_000,
+        };
+        let idle = LocalJob {
+            id: "1.2".into(),
+            pinned: false,
+            share: 0.01,
+            resident_ms: 60_000,
+        };
+        let mut b = Balancer::default();
+        assert_eq!(
+            b.decide(0, &me, &nodes, &[young.clone(), idle.clone()]),
+            None
+        );
+        me.mem_free = 1 << 20;
+        let mv = b.decide(0, &me, &nodes, &[young, idle]).unwrap();
+        assert_eq!((mv.job.as_str(), mv.to, mv.reason), ("1.2", 3, "memory"));
+    }
+
+    #[test]
+    fn demand_from_proc_texts() {
+        let stat = "126 (awk (x) y) R 1 126 126 0 -1 4194560 100 0 0 0 50 3 0 0 20 0 1 0";
+        assert_eq!(
+            demand::parse(stat, "2000000000 500000000 40\n"),
+            Some((126, 2_500_000_000))
+        );
+        assert_eq!(demand::parse("garbage", "1 2 3"), None);
+        assert_eq!(demand::share(Some(0), Some(1_000_000_000), 1000), Some(1.0));
+        assert_eq!(demand::share(None, Some(1), 1000), None);
+    }
+}
