@@ -49,6 +49,13 @@ function mib(bytes) {
   return Math.floor(bytes / m) + "M";
 }
 
+// Image sizes: KiB below a MiB, so a small job does not show as 0M.
+function size(bytes) {
+  const b = Number(bytes) || 0;
+  if (b < 1 << 20) return Math.ceil(b / 1024) + "K";
+  return mib(b);
+}
+
 function heard(node, self) {
   if (node.number === self) return "self";
   const ms = node.last_heard_ms;
@@ -163,7 +170,7 @@ function renderMigrations() {
     el("td", {}, m.reason),
     el("td", { class: "num" }, m.freeze_ms + " ms"),
     el("td", { class: "num" }, m.total_ms + " ms"),
-    el("td", { class: "num" }, mib(m.bytes)),
+    el("td", { class: "num" }, size(m.bytes)),
     el("td", { class: "outcome-" + m.outcome }, m.outcome, m.error ? ": " + m.error : ""))));
 }
 
