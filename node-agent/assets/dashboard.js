@@ -6,7 +6,7 @@
 
 const KEY_NAME = "drove-cluster-key";
 const POLL_MS = 3000;
-const state = { cluster: null, jobs: [], jobsNode: null, migrations: [], job: null, to: null };
+const state = { cluster: null, jobs: [], jobsNode: null, migrations: [], job: null, to: null, dragging: false };
 
 const $ = (id) => document.getElementById(id);
 
@@ -92,7 +92,8 @@ async function getJson(path) {
 
 function renderCluster() {
   const c = state.cluster;
-  if (!c) return;
+  // Tables are not rebuilt under a drag in progress (that would drop the dragged row).
+  if (!c || state.dragging) return;
   $("cluster-name").textContent = c.cluster;
   const nodes = c.nodes || [];
   const count = (s) => nodes.filter((n) => n.state === s).length;
@@ -111,6 +112,17 @@ function renderCluster() {
       "data-number": n.number,
       title: n.conflict ? "conflict: " + (typeof n.conflict === "string" ? n.conflict : JSON.stringify(n.conflict)) : "click to pick as migration target",
       onclick: () => pickNode(n.number),
+      // Dropping a job on a node migrates it there.
+      ondragover: (e) => e.preventDefault(),
+      ondrop: (e) => {
+        e.preventDefault();
+        state.dragging = false;
+        const id = e.dataTransfer.getData("text/plain");
+        if (!id) return;
+        pickJob(id);
+        pickNode(n.number);
+        migrate(String(n.number));
+      },
     },
       el("td"),
       el("td", { class: "num" }, n.number),
@@ -137,13 +149,17 @@ function nodeName(number) {
 }
 
 function renderJobs() {
+  if (state.dragging) return;
   $("jobs-node").textContent = state.jobsNode ?? "?";
   replaceRows($("jobs-body"), state.jobs.map((j) => {
     const exit = j.exit_code !== null && j.exit_code !== undefined ? j.exit_code : (j.signal || "-");
     return el("tr", {
       class: j.id === state.job ? "selected" : undefined,
       "data-id": j.id,
-      title: "click to pick this job",
+      title: "click to pick this job, or drag it onto a node",
+      draggable: j.state === "exited" ? undefined : "true",
+      ondragstart: (e) => { e.dataTransfer.setData("text/plain", j.id); state.dragging = true; },
+      ondragend: () => { state.dragging = false; },
       onclick: () => pickJob(j.id),
     },
       el("td", {}, j.id),
