@@ -120,7 +120,12 @@ impl Agent {
     }
 
     pub fn launch(&self, cmd: &[String]) -> Result<Value, Error> {
-        self.ok("POST", "/api/jobs", Some(&json!({ "cmd": cmd })))
+        self.launch_pinned(cmd, false)
+    }
+
+    /// [`Agent::launch`]; a pinned job is never moved by the balancer.
+    pub fn launch_pinned(&self, cmd: &[String], pin: bool) -> Result<Value, Error> {
+        self.ok("POST", "/api/jobs", Some(&json!({ "cmd": cmd, "pin": pin })))
     }
 
     pub fn job(&self, id: &str) -> Result<Value, Error> {
@@ -307,6 +312,9 @@ pub enum JobCommand {
     Run {
         #[command(flatten)]
         agent: AgentArgs,
+        /// Never move the job automatically (the balancer leaves it where it starts).
+        #[arg(long)]
+        pin: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
@@ -337,9 +345,9 @@ pub enum JobCommand {
 /// Runs one job command; returns the process exit code.
 pub fn run_command(cmd: &JobCommand) -> anyhow::Result<i32> {
     match cmd {
-        JobCommand::Run { agent, cmd } => {
+        JobCommand::Run { agent, pin, cmd } => {
             let agent = agent.agent()?;
-            let job = agent.launch(cmd)?;
+            let job = agent.launch_pinned(cmd, *pin)?;
             let id = job["id"].as_str().unwrap_or_default().to_owned();
             eprintln!("drove: job {id} started on node {}", job["node"]);
             let done = agent.follow(
