@@ -51,6 +51,7 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
