@@ -41,7 +41,8 @@ pub struct Params {
     /// Relative hysteresis: the target must stay below the source by this fraction of the job's
     /// load there, on top of its load.
     pub hysteresis: f64,
-    /// Absolute margin (load units) against measurement noise.
+    /// Absolute margin (load units) against measurement noise; 0 with job-count loads, where
+    /// it would only stop a fast cluster (one job = 0.05 at speed 2000) from evening out.
     pub margin: f64,
     /// Below this free memory a node sheds jobs, and does not take any.
     pub mem_low: u64,
@@ -58,7 +59,7 @@ impl Default for Params {
         Params {
             min_residency_ms: 10_000,
             hysteresis: 0.25,
-            margin: 0.05,
+            margin: 0.0,
             mem_low: 32 << 20,
             settle_ms: 6_000,
             failed_backoff_ms: 30_000,
@@ -663,6 +664,31 @@ mod tests {
                 sim.moves
             );
             assert_eq!(sim.moves.len(), 4, "lag {lag}: {:?}", sim.moves);
+        }
+    }
+
+    #[test]
+    fn fast_nodes_with_slightly_different_speeds_even_out() {
+        // The VM test's nodes (speed 1000), and a real cluster's calibration spread.
+        for speeds in [
+            [1000.0, 1000.0, 1000.0],
+            [2000.0, 2000.0, 1800.0],
+            [1000.0, 1100.0, 900.0],
+        ] {
+            let mut sim = Sim::new(vec![
+                node(1, speeds[0]),
+                node(2, speeds[1]),
+                node(3, speeds[2]),
+            ]);
+            sim.add_jobs(1, 6, false);
+            sim.rounds(300);
+            assert_eq!(
+                (sim.count(1), sim.count(2), sim.count(3)),
+                (2, 2, 2),
+                "{speeds:?}: {:?}",
+                sim.moves
+            );
+            assert_eq!(sim.moves.len(), 4, "{speeds:?}: {:?}", sim.moves);
         }
     }
 
