@@ -125,7 +125,11 @@ impl Agent {
 
     /// [`Agent::launch`]; a pinned job is never moved by the balancer.
     pub fn launch_pinned(&self, cmd: &[String], pin: bool) -> Result<Value, Error> {
-        self.ok("POST", "/api/jobs", Some(&json!({ "cmd": cmd, "pin": pin })))
+        self.ok(
+            "POST",
+            "/api/jobs",
+            Some(&json!({ "cmd": cmd, "pin": pin })),
+        )
     }
 
     pub fn job(&self, id: &str) -> Result<Value, Error> {
