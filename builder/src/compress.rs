@@ -18,10 +18,29 @@ pub enum Compression {
 const ZSTD_LEVEL: i32 = 12;
 
 /// Wraps `out` in an encoder; call `finish` on the result to flush the stream's end.
-pub fn encoder<'a, W: Write + 'a>(kind: Compression, out: W) -> io::Result<Encoder<'a, W>> {
+/// Inputs below this are compressed on one thread with a small window: setting up the
+/// multi-threaded level-12 context alone took ~0.25 s, which dominated overlay-only rebuilds.
+const SMALL_INPUT: u64 = 1 << 20;
+
+/// `size_hint` is the expected uncompressed size; it only chooses settings, never limits input.
+pub fn encoder<'a, W: Write + 'a>(
+    kind: Compression,
+    out: W,
+    size_hint: u64,
+) -> io::Result<Encoder<'a, W>> {
+    let small = size_hint < SMALL_INPUT;
+    let threads = if small {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get()) as u32
+    };
     Ok(match kind {
+        Compression::Xz if small => {
+            let stream = xz2::stream::Stream::new_easy_encoder(6, xz2::stream::Check::Crc32)
+                .map_err(io::Error::other)?;
+            Encoder::Xz(xz2::write::XzEncoder::new_stream(out, stream))
+        }
         Compression::Xz => {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
             // Blocks of 4 MiB let the threads work in parallel; the kernel's xz decoder handles
             // multi-block streams but only CRC32 (or no) integrity checks, never CRC64.
             let stream = xz2::stream::MtStreamBuilder::new()
@@ -34,9 +53,11 @@ pub fn encoder<'a, W: Write + 'a>(kind: Compression, out: W) -> io::Result<Encod
             Encoder::Xz(xz2::write::XzEncoder::new_stream(out, stream))
         }
         Compression::Zstd => {
-            let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-            enc.multithread(threads)?;
+            let mut enc =
+                zstd::stream::write::Encoder::new(out, if small { 3 } else { ZSTD_LEVEL })?;
+            if threads > 1 {
+                enc.multithread(threads)?;
+            }
             Encoder::Zstd(enc)
         }
         Compression::None => Encoder::Plain(out),
@@ -88,7 +109,7 @@ mod tests {
         let data: Vec<u8> = (0..200_000u32)
             .flat_map(|i| (i % 251).to_le_bytes())
             .collect();
-        let mut enc = encoder(kind, Vec::new()).unwrap();
+        let mut enc = encoder(kind, Vec::new(), data.len() as u64).unwrap();
         enc.write_all(&data).unwrap();
         let packed = enc.finish().unwrap();
         assert!(packed.len() < data.len() / 4);
@@ -109,7 +130,7 @@ mod tests {
     #[test]
     fn xz_uses_crc32_and_decodes() {
         roundtrip_with("xz", &["-dc"], Compression::Xz);
-        let mut enc = encoder(Compression::Xz, Vec::new()).unwrap();
+        let mut enc = encoder(Compression::Xz, Vec::new(), 5).unwrap();
         enc.write_all(b"hello").unwrap();
         let packed = enc.finish().unwrap();
         // Stream flags (bytes 6..8): check type 0x01 = CRC32.

@@ -209,9 +209,18 @@ pub fn write_segment(
         std::fs::create_dir_all(dir).map_err(werr)?;
     }
     let staged = StagedFile::create(dest).map_err(werr)?;
+    let size_hint: u64 = entries
+        .iter()
+        .map(|e| match &e.body {
+            Body::File(p) => std::fs::metadata(p).map_or(0, |m| m.len()),
+            Body::Bytes(b) => b.len() as u64,
+            _ => 0,
+        })
+        .sum();
     let mut enc = compress::encoder(
         compression,
         BufWriter::with_capacity(1 << 20, staged.file()),
+        size_hint,
     )
     .map_err(werr)?;
     cpio::write(&mut enc, entries, mtime).map_err(|source| Error::Cpio {
