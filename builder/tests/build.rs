@@ -1,6 +1,8 @@
 //! Whole-build tests of `drove build` against the host's real kernel, CRIU and boot loaders
 //! (installed by `make deps`). No root and no QEMU; the media are booted by `qemu-tests`.
 
+#![allow(clippy::unwrap_used)]
+
 use drove::build::{build, Options};
 use drove::config::Loaded;
 use std::collections::BTreeMap;

@@ -716,10 +716,7 @@ mod tests {
         sim.add_jobs(1, 4, true);
         sim.add_jobs(1, 2, false);
         sim.rounds(100);
-        assert!(sim
-            .moves
-            .iter()
-            .all(|m| sim.jobs[&m.0].1 == false || m.1 != 1));
+        assert!(sim.moves.iter().all(|m| !sim.jobs[&m.0].1 || m.1 != 1));
         assert_eq!(sim.count(1), 4, "{:?}", sim.moves);
         assert_eq!(sim.moves.len(), 2);
         for (id, j) in &sim.jobs {

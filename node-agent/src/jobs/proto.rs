@@ -319,7 +319,7 @@ mod tests {
             .encode()
         )
         .is_err());
-        assert!(Msg::decode(&[b'Z']).is_err());
+        assert!(Msg::decode(b"Z").is_err());
         assert!(Msg::decode(&[]).is_err());
     }
 
