@@ -390,6 +390,22 @@ impl Cluster {
         })
     }
 
+    /// Console lines of every running node that contain `needle`, each prefixed `node<n>: `
+    /// (for failure messages: e.g. the agents' `jobs:` lines across the cluster).
+    pub fn console_lines_with(&self, needle: &str) -> String {
+        let mut out = String::new();
+        for n in self.running() {
+            let lines = self
+                .node(n)
+                .map(|node| node.vm.console_lines())
+                .unwrap_or_default();
+            for l in lines.iter().filter(|l| l.contains(needle)) {
+                out.push_str(&format!("node{n}: {l}\n"));
+            }
+        }
+        out
+    }
+
     /// Numbers of the running nodes.
     pub fn running(&self) -> Vec<u32> {
         self.nodes

@@ -21,22 +21,6 @@ const JOBS: usize = 6;
 /// Generous: TCG on a shared 2-core machine; unbalanced the 6 jobs need ~5 min on node 1.
 const DEADLINE: Duration = Duration::from_secs(900);
 
-fn job_lines(cluster: &Cluster) -> String {
-    let mut out = String::new();
-    for n in cluster.running() {
-        for l in cluster
-            .node(n)
-            .map(|node| node.vm.console_lines())
-            .unwrap_or_default()
-        {
-            if l.contains("jobs:") {
-                out.push_str(&format!("node{n}: {l}\n"));
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn six_jobs_started_on_node1_spread_and_all_finish() -> Result<(), Error> {
     let expected = std::process::Command::new("/bin/busybox")
@@ -81,7 +65,7 @@ fn six_jobs_started_on_node1_spread_and_all_finish() -> Result<(), Error> {
         assert!(
             t0.elapsed() < DEADLINE,
             "not all jobs finished in {DEADLINE:?}: {finished:?}\n{}",
-            job_lines(&cluster)
+            cluster.console_lines_with("jobs:")
         );
         for id in &ids {
             if finished.contains_key(id) {
@@ -122,7 +106,7 @@ fn six_jobs_started_on_node1_spread_and_all_finish() -> Result<(), Error> {
     for m in &migrations {
         eprintln!("migration: {m}");
     }
-    eprintln!("{}", job_lines(&cluster));
+    eprintln!("{}", cluster.console_lines_with("jobs:"));
     eprintln!("makespan {:.1} s", makespan.as_secs_f64());
 
     let balanced_to: BTreeSet<u64> = migrations

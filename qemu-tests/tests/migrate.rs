@@ -19,22 +19,6 @@ use drove_qemu_tests::{Cluster, Error};
 const PROGRAM: &str =
     "BEGIN {for(i=0;i<3000000;i++){s+=i; if(i%100000==0) print \"at\", i}; print s}";
 
-fn job_lines(cluster: &Cluster) -> String {
-    let mut out = String::new();
-    for n in cluster.running() {
-        for l in cluster
-            .node(n)
-            .map(|node| node.vm.console_lines())
-            .unwrap_or_default()
-        {
-            if l.contains("jobs:") {
-                out.push_str(&format!("node{n}: {l}\n"));
-            }
-        }
-    }
-    out
-}
-
 fn wait_output(agent: &Agent, id: &str, min_len: usize, timeout: Duration) -> usize {
     let t0 = Instant::now();
     loop {
@@ -78,7 +62,7 @@ fn awk_job_moves_to_node2_and_home_with_all_its_output() -> Result<(), Error> {
     assert!(
         first >= 20,
         "no output from job {id} in 60 s:\n{}",
-        job_lines(&cluster)
+        cluster.console_lines_with("jobs:")
     );
 
     let there = node1.migrate(&id, "2").unwrap();
@@ -87,7 +71,7 @@ fn awk_job_moves_to_node2_and_home_with_all_its_output() -> Result<(), Error> {
         there["outcome"],
         "moved",
         "{there}\n{}",
-        job_lines(&cluster)
+        cluster.console_lines_with("jobs:")
     );
     let on2 = node1.job(&id).unwrap();
     assert_eq!(
@@ -102,7 +86,7 @@ fn awk_job_moves_to_node2_and_home_with_all_its_output() -> Result<(), Error> {
     assert!(
         grown > before,
         "no output on node 2:\n{}",
-        job_lines(&cluster)
+        cluster.console_lines_with("jobs:")
     );
     let back = node1.migrate(&id, "home").unwrap();
     eprintln!("migration home: {back}");
@@ -111,7 +95,7 @@ fn awk_job_moves_to_node2_and_home_with_all_its_output() -> Result<(), Error> {
     assert!(
         came_home || node1.job(&id).unwrap()["state"] == "exited",
         "{back}\n{}",
-        job_lines(&cluster)
+        cluster.console_lines_with("jobs:")
     );
 
     let mut out = Vec::new();
@@ -119,7 +103,7 @@ fn awk_job_moves_to_node2_and_home_with_all_its_output() -> Result<(), Error> {
     let done = node1
         .follow(&id, &mut out, &mut err, Duration::from_millis(300))
         .unwrap();
-    eprintln!("{}", job_lines(&cluster));
+    eprintln!("{}", cluster.console_lines_with("jobs:"));
     eprintln!(
         "node 1 {}node 2 {}",
         ps_table(&node1.jobs().unwrap()),
