@@ -170,7 +170,7 @@ pub fn write(ctx: &OutputContext, payload: &BootPayload) -> Result<super::Artifa
     let extra = write_image(ctx, &plan, tmp.file(), &tmp_path)?;
 
     let mut components = plan.esp.components();
-    components.push(("syslinux".into(), extra.iter().map(|(_, n)| n).sum()));
+    components.push(("syslinux".into(), plan.esp.bytes_added_by_others(&extra)));
     let used: u64 = components.iter().map(|(_, n)| n).sum();
     components.push((
         "free and metadata".into(),
@@ -188,7 +188,7 @@ pub fn write(ctx: &OutputContext, payload: &BootPayload) -> Result<super::Artifa
     })
 }
 
-/// Writes the whole image into `file` (already created); returns the files syslinux added.
+/// Writes the whole image into `file` (already created); returns every file on the ESP afterwards (`/path`, size).
 fn write_image(
     ctx: &OutputContext,
     plan: &DiskLayout,
@@ -289,16 +289,7 @@ fn write_image(
         fat::Slice::new(&mut dev, plan.esp_offset(), plan.esp_sectors * SECTOR).map_err(create)?;
     let files = fat::fix_timestamps(slice, ctx.epoch, path).map_err(Error::Fat)?;
     dev.flush().map_err(create)?;
-    let planned: Vec<String> = plan
-        .esp
-        .files()
-        .iter()
-        .map(|f| format!("/{}", f.path))
-        .collect();
-    Ok(files
-        .into_iter()
-        .filter(|(p, _)| !planned.iter().any(|q| q.eq_ignore_ascii_case(p)))
-        .collect())
+    Ok(files)
 }
 
 fn patch(dev: &mut &File, offset: u64, bytes: &[u8]) -> std::io::Result<()> {

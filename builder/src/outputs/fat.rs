@@ -150,6 +150,21 @@ impl FatTree {
         dirs
     }
 
+    /// Bytes of the files in `found` (`/path`, size) that this tree did not plan: what a tool
+    /// such as the syslinux installer added to the volume. FAT names compare ignoring case.
+    pub fn bytes_added_by_others(&self, found: &[(String, u64)]) -> u64 {
+        found
+            .iter()
+            .filter(|(p, _)| {
+                !self
+                    .files
+                    .iter()
+                    .any(|f| p.trim_start_matches('/').eq_ignore_ascii_case(&f.path))
+            })
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     /// Bytes per component, in the order components first appear.
     pub fn components(&self) -> Vec<(String, u64)> {
         let mut out: Vec<(String, u64)> = Vec::new();

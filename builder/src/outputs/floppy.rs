@@ -167,17 +167,7 @@ pub fn write(ctx: &OutputContext) -> Result<super::Artifact, Error> {
     let files = write_image(ctx, &plan, tmp.file(), &tmp_path)?;
 
     let mut components = plan.tree.components();
-    let planned: Vec<String> = plan
-        .tree
-        .files()
-        .iter()
-        .map(|f| format!("/{}", f.path))
-        .collect();
-    let syslinux: u64 = files
-        .iter()
-        .filter(|(p, _)| !planned.iter().any(|q| q.eq_ignore_ascii_case(p)))
-        .map(|(_, n)| n)
-        .sum();
+    let syslinux = plan.tree.bytes_added_by_others(&files);
     components.push(("syslinux".into(), syslinux));
     let used: u64 = components.iter().map(|(_, n)| n).sum();
     components.push((
