@@ -1,4 +1,5 @@
-//! Client side of the agent's job API: `drove run`, `drove ps`, `drove migrate`, `drove kill`.
+//! Client side of the agent's job API: `drove run`, `drove ps`, `drove migrate`, `drove kill`,
+//! `drove freeze`, `drove continue`.
 //!
 //! Plain HTTP/1.0 over `std::net::TcpStream` (one request per connection, no chunked bodies),
 //! like `status`. Changes carry `Authorization: Bearer <hex cluster key>`. The caller always
@@ -9,7 +10,27 @@
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long `follow` keeps asking about a job whose node does not answer (a node that died is
+/// declared down, and its jobs lost, within seconds) before it gives up with the last error.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(60);
+
+/// Exit code of `drove run` for a job lost with its node (`EX_UNAVAILABLE`).
+pub const EXIT_LOST: i32 = 69;
+
+/// Exit code of `drove run` interrupted by Ctrl-C (128 + SIGINT, as a shell reports it).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// How a followed job ended for the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Followed {
+    /// The job's final record (`exited` or `lost`).
+    Ended(Value),
+    /// `stop` said so before the job ended.
+    Stopped,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -140,6 +161,12 @@ impl Agent {
         self.ok("GET", "/api/jobs", None)
     }
 
+    /// Every node's jobs and migrations, merged by the agent (`/api/cluster/jobs`): each job
+    /// once, where it runs; nodes that did not answer under `unreachable`.
+    pub fn cluster_jobs(&self) -> Result<Value, Error> {
+        self.ok("GET", "/api/cluster/jobs", None)
+    }
+
     /// Moves `id` to `to` (a node number, name or `home`); the migration record, whatever its
     /// outcome (a refused or failed migration answers 409 with the record).
     pub fn migrate(&self, id: &str, to: &str) -> Result<Value, Error> {
@@ -162,6 +189,16 @@ impl Agent {
         self.ok("POST", &format!("/api/jobs/{id}/kill"), None)
     }
 
+    /// SIGSTOP to every process of the job, wherever it runs; state `frozen`.
+    pub fn freeze(&self, id: &str) -> Result<Value, Error> {
+        self.ok("POST", &format!("/api/jobs/{id}/freeze"), None)
+    }
+
+    /// SIGCONT to every process of a frozen job; state `running` again.
+    pub fn resume(&self, id: &str) -> Result<Value, Error> {
+        self.ok("POST", &format!("/api/jobs/{id}/continue"), None)
+    }
+
     /// Output of `stream` from byte `offset` on.
     pub fn output(&self, id: &str, stream: &str, offset: u64) -> Result<Vec<u8>, Error> {
         let path = format!("/api/jobs/{id}/output?stream={stream}&offset={offset}");
@@ -178,8 +215,9 @@ impl Agent {
         Ok(a.body)
     }
 
-    /// Streams a job's stdout and stderr to `out`/`err` until it ends; returns the final job
-    /// record. Output is read by offset, so a migration in between changes nothing for the reader.
+    /// Streams a job's stdout and stderr to `out`/`err` until it ends (`exited` or `lost`);
+    /// returns the final job record. Output is read by offset, so a migration in between
+    /// changes nothing for the reader.
     pub fn follow(
         &self,
         id: &str,
@@ -187,17 +225,56 @@ impl Agent {
         err: &mut dyn Write,
         poll: Duration,
     ) -> Result<Value, Error> {
+        match self.follow_until(id, out, err, poll, &|| false)? {
+            Followed::Ended(job) => Ok(job),
+            Followed::Stopped => unreachable_stop(),
+        }
+    }
+
+    /// [`Agent::follow`] that also returns [`Followed::Stopped`] as soon as `stop()` holds
+    /// (checked between reads: Ctrl-C on `drove run`).
+    pub fn follow_until(
+        &self,
+        id: &str,
+        out: &mut dyn Write,
+        err: &mut dyn Write,
+        poll: Duration,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Followed, Error> {
         let mut offsets = [0u64; 2];
+        let mut failing_since: Option<Instant> = None;
         loop {
+            if stop() {
+                return Ok(Followed::Stopped);
+            }
             let got = self.drain(id, &mut offsets, out, err)?;
             if got > 0 {
                 continue;
             }
-            let job = self.job(id)?;
-            if job["state"] == "exited" {
+            let job = match self.job(id) {
+                Ok(job) => {
+                    failing_since = None;
+                    job
+                }
+                // The node running it may have just died: its home declares it lost shortly.
+                Err(
+                    e @ Error::Status {
+                        status: 502 | 404, ..
+                    },
+                ) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > UNREACHABLE_FOR {
+                        return Err(e);
+                    }
+                    std::thread::sleep(poll);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if job["state"] == "exited" || job["state"] == "lost" {
                 // Whatever was written between the last read and the end.
                 self.drain(id, &mut offsets, out, err)?;
-                return Ok(job);
+                return Ok(Followed::Ended(job));
             }
             std::thread::sleep(poll);
         }
@@ -223,6 +300,57 @@ impl Agent {
             let _ = w.flush();
         }
         Ok(total)
+    }
+}
+
+fn unreachable_stop() -> Result<Value, Error> {
+    // `follow` passes a `stop` that never holds.
+    Err(Error::Malformed {
+        method: "follow".into(),
+        path: "stopped without a stop condition".into(),
+        addr: String::new(),
+    })
+}
+
+/// Set by the SIGINT handler of `drove run`.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    // A second Ctrl-C while the kill is on its way: leave at once.
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(EXIT_INTERRUPTED) };
+    }
+}
+
+/// Catches SIGINT for `drove run`: the first Ctrl-C sets a flag the follow loop sees (it then
+/// kills the job wherever it runs), a second one exits at once.
+fn catch_sigint() {
+    let handler: extern "C" fn(libc::c_int) = on_sigint;
+    // SAFETY: installs a handler that only touches an atomic and calls _exit.
+    unsafe {
+        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+    }
+}
+
+/// The exit code and message of `drove run` for a job's final record.
+pub fn run_outcome(id: &str, job: &Value) -> (i32, Option<String>) {
+    if job["state"] == "lost" {
+        return (
+            EXIT_LOST,
+            Some(format!(
+                "drove: job {id} lost: {}",
+                job["reason"].as_str().unwrap_or("its node went down")
+            )),
+        );
+    }
+    match (job["exit_code"].as_i64(), job["signal"].as_str()) {
+        (Some(c), _) => (c as i32, None),
+        (None, Some(sig)) => (137, Some(format!("drove: job {id} killed by {sig}"))),
+        _ => (
+            1,
+            Some(format!("drove: job {id} ended without an exit status")),
+        ),
     }
 }
 
@@ -266,10 +394,22 @@ pub fn ps_table(jobs: &Value) -> String {
             j["id"].as_str().unwrap_or("?"),
             j["state"].as_str().unwrap_or("?"),
             j["home"].to_string(),
-            j["node"].to_string(),
+            if j["stale"] == true {
+                format!("{}?", j["node"])
+            } else {
+                j["node"].to_string()
+            },
             j["migrations"].to_string(),
             exit,
             cmd.join(" ")
+        ));
+    }
+    for u in jobs["unreachable"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "node {} ({}) did not answer: {}; its jobs are missing or shown stale (NODE?)\n",
+            u["number"],
+            u["addr"].as_str().unwrap_or("?"),
+            u["error"].as_str().unwrap_or("?")
         ));
     }
     out
@@ -323,11 +463,12 @@ pub enum JobCommand {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// List the jobs one node knows: id, state, home, node, migrations, exit, command.
+    /// List the jobs of the whole cluster (any node answers for all): id, state, home, the node
+    /// it runs on, migrations, exit, command; nodes that do not answer are named.
     Ps {
         #[command(flatten)]
         agent: AgentArgs,
-        /// Print the agent's JSON (jobs and migrations) instead of the table.
+        /// Print the agent's JSON (jobs, migrations, nodes, unreachable) instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -344,6 +485,18 @@ pub enum JobCommand {
         agent: AgentArgs,
         job: String,
     },
+    /// Stop every process of a job (SIGSTOP) where it runs; it is not migrated while frozen.
+    Freeze {
+        #[command(flatten)]
+        agent: AgentArgs,
+        job: String,
+    },
+    /// Resume a frozen job (SIGCONT to every process of it).
+    Continue {
+        #[command(flatten)]
+        agent: AgentArgs,
+        job: String,
+    },
 }
 
 /// Runs one job command; returns the process exit code.
@@ -354,25 +507,33 @@ pub fn run_command(cmd: &JobCommand) -> anyhow::Result<i32> {
             let job = agent.launch_pinned(cmd, *pin)?;
             let id = job["id"].as_str().unwrap_or_default().to_owned();
             eprintln!("drove: job {id} started on node {}", job["node"]);
-            let done = agent.follow(
+            catch_sigint();
+            let followed = agent.follow_until(
                 &id,
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
                 Duration::from_millis(300),
+                &|| INTERRUPTED.load(Ordering::SeqCst),
             )?;
-            Ok(
-                match (done["exit_code"].as_i64(), done["signal"].as_str()) {
-                    (Some(c), _) => c as i32,
-                    (None, Some(sig)) => {
-                        eprintln!("drove: job {id} killed by {sig}");
-                        137
+            match followed {
+                Followed::Ended(done) => {
+                    let (code, message) = run_outcome(&id, &done);
+                    if let Some(m) = message {
+                        eprintln!("{m}");
                     }
-                    _ => 1,
-                },
-            )
+                    Ok(code)
+                }
+                Followed::Stopped => {
+                    match agent.kill(&id) {
+                        Ok(_) => eprintln!("drove: interrupted: job {id} killed"),
+                        Err(e) => eprintln!("drove: interrupted; killing job {id} failed: {e}"),
+                    }
+                    Ok(EXIT_INTERRUPTED)
+                }
+            }
         }
         JobCommand::Ps { agent, json } => {
-            let v = agent.agent()?.jobs()?;
+            let v = agent.agent()?.cluster_jobs()?;
             if *json {
                 println!("{v:#}");
             } else {
@@ -401,6 +562,24 @@ pub fn run_command(cmd: &JobCommand) -> anyhow::Result<i32> {
             agent.agent()?.kill(job)?;
             Ok(0)
         }
+        JobCommand::Freeze { agent, job } => {
+            let j = agent.agent()?.freeze(job)?;
+            println!(
+                "job {job}: {} on node {}",
+                j["state"].as_str().unwrap_or("?"),
+                j["node"]
+            );
+            Ok(0)
+        }
+        JobCommand::Continue { agent, job } => {
+            let j = agent.agent()?.resume(job)?;
+            println!(
+                "job {job}: {} on node {}",
+                j["state"].as_str().unwrap_or("?"),
+                j["node"]
+            );
+            Ok(0)
+        }
     }
 }
 
@@ -420,6 +599,81 @@ mod tests {
     }
 
     #[test]
+    fn run_exit_codes() {
+        let lost = json!({"state": "lost", "reason": "node 3 went down (no heartbeat for 5 s) while running job 1.4"});
+        assert_eq!(
+            run_outcome("1.4", &lost),
+            (
+                EXIT_LOST,
+                Some("drove: job 1.4 lost: node 3 went down (no heartbeat for 5 s) while running job 1.4".into())
+            )
+        );
+        let done = json!({"state": "exited", "exit_code": 3, "signal": null});
+        assert_eq!(run_outcome("1.1", &done), (3, None));
+        let killed = json!({"state": "exited", "exit_code": null, "signal": "SIGKILL"});
+        assert_eq!(run_outcome("1.1", &killed).0, 137);
+    }
+
+    /// A fake agent: every request gets the next canned answer (the last one repeats).
+    fn fake_agent(answers: Vec<(u16, &'static str, &'static str)>) -> String {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            let mut i = 0;
+            for conn in l.incoming() {
+                let mut conn = conn.unwrap();
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let (status, state, body) = answers[i.min(answers.len() - 1)];
+                i += 1;
+                let _ = write!(conn, "HTTP/1.0 {status} X\r\nx-drove-state: {state}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn follow_stops_when_asked_and_ends_on_lost() {
+        // Output reads (stdout, stderr) get nothing; the job is running: only `stop` ends it.
+        let addr = fake_agent(vec![(200, "running", "")]);
+        let agent = Agent::new(&addr, None);
+        let calls = std::cell::Cell::new(0);
+        let got = agent
+            .follow_until(
+                "1.1",
+                &mut Vec::new(),
+                &mut Vec::new(),
+                Duration::from_millis(1),
+                &|| {
+                    calls.set(calls.get() + 1);
+                    calls.get() > 3
+                },
+            )
+            .unwrap();
+        assert_eq!(got, Followed::Stopped);
+        // stdout "ab", stderr "", then the job is lost.
+        let addr = fake_agent(vec![
+            (200, "moved", "ab"),
+            (200, "moved", ""),
+            (200, "moved", ""),
+            (200, "moved", ""),
+            (
+                200,
+                "lost",
+                "{\"id\":\"1.1\",\"state\":\"lost\",\"reason\":\"node 2 went down\"}",
+            ),
+            (200, "lost", ""),
+        ]);
+        let agent = Agent::new(&addr, None);
+        let mut out = Vec::new();
+        let got = agent
+            .follow("1.1", &mut out, &mut Vec::new(), Duration::from_millis(1))
+            .unwrap();
+        assert_eq!(got["state"], "lost");
+        assert_eq!(out, b"ab");
+    }
+
+    #[test]
     fn ps_lines() {
         let v = json!({"jobs": [{"id": "1.1", "state": "moved", "home": 1, "node": 2, "migrations": 1, "exit_code": null, "signal": null, "cmd": ["awk", "BEGIN {}"]}]});
         let t = ps_table(&v);
@@ -427,6 +681,19 @@ mod tests {
         assert_eq!(
             row,
             ["1.1", "moved", "1", "2", "1", "-", "awk", "BEGIN", "{}"],
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn ps_names_silent_nodes_and_stale_jobs() {
+        let v = json!({"jobs": [{"id": "1.1", "state": "moved", "home": 1, "node": 3, "migrations": 1, "exit_code": null, "signal": null, "cmd": ["x"], "stale": true}],
+            "unreachable": [{"number": 3, "addr": "10.10.0.3", "error": "no answer in 3 s"}]});
+        let t = ps_table(&v);
+        let row: Vec<&str> = t.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(row[3], "3?", "{t}");
+        assert!(
+            t.contains("node 3 (10.10.0.3) did not answer: no answer in 3 s"),
             "{t}"
         );
     }

@@ -1,12 +1,13 @@
 // drove dashboard: plain JS, no dependencies, served by every agent at `/`.
-// Reads /api/cluster, /api/jobs, /api/migrations (polled) and /api/events (SSE, live);
+// Reads /api/cluster and /api/cluster/jobs (every node's jobs and migrations, merged by the agent;
+// polled) and /api/events (SSE, live);
 // migrates with POST /api/jobs/:id/migrate and the cluster key as a bearer token.
 // Every piece of data goes into the page through textContent / createTextNode, never as markup.
 "use strict";
 
 const KEY_NAME = "drove-cluster-key";
 const POLL_MS = 3000;
-const state = { cluster: null, jobs: [], jobsNode: null, migrations: [], job: null, to: null, dragging: false };
+const state = { cluster: null, jobs: [], unreachable: [], migrations: [], job: null, to: null, dragging: false };
 
 const $ = (id) => document.getElementById(id);
 
@@ -150,11 +151,16 @@ function nodeName(number) {
 
 function renderJobs() {
   if (state.dragging) return;
-  $("jobs-node").textContent = state.jobsNode ?? "?";
+  $("jobs-silent").textContent = state.unreachable.length === 0 ? "" :
+    "not answering, their jobs are missing or stale: " +
+    state.unreachable.map((u) => nodeName(u.number) + " (" + u.error + ")").join(", ");
   replaceRows($("jobs-body"), state.jobs.map((j) => {
     const exit = j.exit_code !== null && j.exit_code !== undefined ? j.exit_code : (j.signal || "-");
+    const classes = [];
+    if (j.id === state.job) classes.push("selected");
+    if (j.stale) classes.push("stale");
     return el("tr", {
-      class: j.id === state.job ? "selected" : undefined,
+      class: classes.length ? classes.join(" ") : undefined,
       "data-id": j.id,
       title: "click to pick this job, or drag it onto a node",
       draggable: j.state === "exited" ? undefined : "true",
@@ -165,7 +171,8 @@ function renderJobs() {
       el("td", {}, j.id),
       el("td", {}, j.state),
       el("td", {}, nodeName(j.home)),
-      el("td", {}, j.state === "exited" ? "-" : nodeName(j.node)),
+      el("td", { title: j.stale ? "the node it went to did not answer" : undefined },
+        j.state === "exited" ? "-" : nodeName(j.node) + (j.stale ? " ?" : "")),
       el("td", { class: "num" }, j.migrations ?? 0),
       el("td", { class: "num" }, exit),
       el("td", {}, (j.cmd || []).join(" ")));
@@ -208,12 +215,11 @@ async function refreshCluster() {
 }
 
 async function refreshJobs() {
-  const j = await getJson("/api/jobs");
+  const j = await getJson("/api/cluster/jobs");
   state.jobs = j.jobs || [];
-  state.jobsNode = j.node;
+  state.unreachable = j.unreachable || [];
+  state.migrations = j.migrations || [];
   renderJobs();
-  const m = await getJson("/api/migrations");
-  state.migrations = m.migrations || [];
   renderMigrations();
 }
 

@@ -11,6 +11,7 @@
 //! | `POST /api/jobs/:id/migrate` `{"to": "2"\|"node2"\|"home"}` | key; the migration record |
 //! | `POST /api/jobs/:id/kill` | key; SIGKILL wherever the job runs |
 //! | `GET /api/migrations` | migrations this node sent |
+//! | `GET /api/cluster/jobs` | every node's jobs and migrations merged (see [`super::cluster`]) |
 
 use super::engine::Engine;
 use super::table::{Job, State};
@@ -25,6 +26,9 @@ use serde_json::{json, Value};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Header on requests one agent forwards to another.
+const FORWARDED: &str = "x-drove-forwarded";
 
 /// Largest body of one output read.
 const OUTPUT_MAX: usize = 1 << 20;
@@ -45,6 +49,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/api/jobs/:id/migrate", post(migrate))
         .route("/api/jobs/:id/kill", post(kill))
         .route("/api/migrations", get(migrations))
+        .route("/api/cluster/jobs", get(cluster_jobs))
         .with_state(ctx)
 }
 
@@ -116,6 +121,10 @@ async fn list(Extract(ctx): Extract<Ctx>) -> Json<Value> {
     Json(json!({ "node": ctx.engine.me, "jobs": t.list(), "migrations": t.migrations }))
 }
 
+async fn cluster_jobs(Extract(ctx): Extract<Ctx>) -> Json<Value> {
+    Json(super::cluster::gather(&ctx).await)
+}
+
 async fn migrations(Extract(ctx): Extract<Ctx>) -> Json<Value> {
     Json(json!({ "node": ctx.engine.me, "migrations": ctx.engine.table().migrations }))
 }
@@ -127,10 +136,25 @@ enum Where {
     Missing(String),
 }
 
-fn locate(ctx: &Ctx, id: &str) -> Where {
+/// `forwarded`: the request came from another node; then a job unknown here is not sent on to
+/// its home again (two nodes that each think the other has it would bounce it forever).
+fn locate(ctx: &Ctx, id: &str, forwarded: bool) -> Where {
     let job = match ctx.engine.table().get(id) {
         Ok(j) => j.clone(),
-        Err(e) => return Where::Missing(e.to_string()),
+        // Not known here (e.g. asked on a node seen in the cluster-wide list): its home knows
+        // where it went and forwards further.
+        Err(e) => {
+            let home = id.split('.').next().and_then(|h| h.parse::<u32>().ok());
+            return match home.filter(|h| *h != ctx.engine.me && !forwarded) {
+                Some(h) => match resolve(&ctx.shared, &h.to_string(), h) {
+                    Some((_, addr)) => Where::There(addr),
+                    None => Where::Missing(format!(
+                        "{e}, and its home node {h} is not in the cluster table"
+                    )),
+                },
+                None => Where::Missing(e.to_string()),
+            };
+        }
     };
     if job.state == State::Moved {
         match resolve(&ctx.shared, &job.node.to_string(), job.home) {
@@ -165,7 +189,7 @@ async fn one(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    match locate(&ctx, &id) {
+    match locate(&ctx, &id, headers.contains_key(FORWARDED)) {
         Where::Here(job) => Json(job).into_response(),
         Where::There(addr) => {
             forward(
@@ -197,7 +221,7 @@ async fn output(
 ) -> Response {
     let stream = q.stream.unwrap_or_else(|| "stdout".into());
     let offset = q.offset.unwrap_or(0);
-    match locate(&ctx, &id) {
+    match locate(&ctx, &id, headers.contains_key(FORWARDED)) {
         Where::Here(job) => match ctx.engine.output(&id, &stream, offset, OUTPUT_MAX) {
             Ok(bytes) => (
                 [
@@ -245,7 +269,7 @@ async fn migrate(
     if !ctx.shared.authorized(&headers) {
         return unauthorized();
     }
-    let job = match locate(&ctx, &id) {
+    let job = match locate(&ctx, &id, headers.contains_key(FORWARDED)) {
         Where::Here(job) => job,
         Where::There(addr) => {
             return forward(
@@ -301,7 +325,7 @@ async fn kill(
     if !ctx.shared.authorized(&headers) {
         return unauthorized();
     }
-    match locate(&ctx, &id) {
+    match locate(&ctx, &id, headers.contains_key(FORWARDED)) {
         Where::Here(_) => match ctx.engine.kill(&id) {
             Ok(job) => Json(job).into_response(),
             Err(e) => error(StatusCode::CONFLICT, crate::console::chain(&e)),
@@ -367,7 +391,7 @@ async fn forward(
 
 type Forwarded = (u16, Option<String>, Option<String>, Vec<u8>);
 
-async fn forward_raw(
+pub(crate) async fn forward_raw(
     addr: Ipv4Addr,
     port: u16,
     method: &str,
@@ -377,7 +401,7 @@ async fn forward_raw(
 ) -> std::io::Result<Forwarded> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect((addr, port)).await?;
-        let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}:{port}\r\nContent-Length: {}\r\nContent-Type: application/json\r\n", body.len());
+        let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}:{port}\r\nContent-Length: {}\r\nContent-Type: application/json\r\n{FORWARDED}: 1\r\n", body.len());
         if let Some(a) = auth {
             req.push_str(&format!("Authorization: {a}\r\n"));
         }

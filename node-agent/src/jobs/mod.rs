@@ -6,10 +6,12 @@
 //! - [`criu`]: CRIU command lines and the one wrapper that runs them;
 //! - [`engine`]: launch, reaping, the source and target sides of a migration;
 //! - [`balance`]: automatic load balancing (pure decision, and the daemon's loop);
-//! - [`api`]: the `/api/jobs` routes.
+//! - [`api`]: the `/api/jobs` routes;
+//! - [`cluster`]: every node's jobs and migrations merged (`/api/cluster/jobs`).
 
 pub mod api;
 pub mod balance;
+pub mod cluster;
 pub mod criu;
 pub mod engine;
 pub mod proto;
