@@ -85,4 +85,17 @@ minimum) and hashing every artifact for `manifest.json`, which is why the PXE-on
 MD
 # Boot to ready against a bare busybox init (issue 3's benchmark).
 ./scripts/bench-boot.sh >> docs/benchmarks.md
+# Plots beside the tables: drawn from the tables above and from target/bench/*.csv (curves other
+# benchmarks write, `series,x,y`); see bench-plot/src/main.rs. Keep this last, before the cat.
+./scripts/install-deps.sh bench
+cargo build --release --locked -p drove-bench-plot >&2
+pngs=$(target/release/bench-plot --markdown docs/benchmarks.md --series target/bench --out docs/img |
+    sed -n 's/^bench-plot: //p')
+{
+    printf '\n## Plots\n\nDrawn by `bench-plot` (`bench-plot/`) from the tables above and `target/bench/*.csv`.\n\n'
+    for png in $pngs; do
+        name=$(basename "$png" .png)
+        printf '![%s](img/%s.png)\n\n' "$name" "$name"
+    done
+} >> docs/benchmarks.md
 cat docs/benchmarks.md

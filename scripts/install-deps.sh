@@ -13,6 +13,10 @@ PKGS="linux-image-amd64 criu syslinux syslinux-common systemd-boot-efi ipxe
 if [ "${1:-}" = "kernel" ]; then
     PKGS="$PKGS $(grep -v '^#' "$(dirname "$0")/../kernel/packages.txt")"
 fi
+# `install-deps.sh bench` adds what bench-plot's text needs (fontconfig headers, a sans font).
+if [ "${1:-}" = "bench" ]; then
+    PKGS="$PKGS libfontconfig1-dev fonts-dejavu-core"
+fi
 [ -n "${DROVE_EXTRA_PKGS:-}" ] && PKGS="$PKGS $DROVE_EXTRA_PKGS"
 
 missing=""
