@@ -84,6 +84,25 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Lock a node (MOSIX `mosctl lock`): it takes no guest jobs; its own jobs stay and may
+    /// still move away. Shown in `drove status`; undone by `drove unlock` or a reboot.
+    Lock {
+        /// The node's agent, HOST[:PORT] (port 7030 by default).
+        #[arg(value_name = "NODE")]
+        node: String,
+        /// File holding the cluster key (64 hex digits); default: $DROVE_KEY_FILE.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
+    /// Unlock a node locked with `drove lock`: it takes guest jobs again.
+    Unlock {
+        /// The node's agent, HOST[:PORT] (port 7030 by default).
+        #[arg(value_name = "NODE")]
+        node: String,
+        /// File holding the cluster key (64 hex digits); default: $DROVE_KEY_FILE.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+    },
     #[command(flatten)]
     Jobs(drove::jobs_client::JobCommand),
 }
@@ -242,7 +261,30 @@ fn run(cli: Cli) -> Result<()> {
             );
             drove::top::run(&node, std::time::Duration::from_secs_f64(interval), once)?
         }
+        Command::Lock { node, key } => lock_node(node, key, true)?,
+        Command::Unlock { node, key } => lock_node(node, key, false)?,
         Command::Jobs(cmd) => std::process::exit(drove::jobs_client::run_command(&cmd)?),
     }
+    Ok(())
+}
+
+/// `drove lock` / `drove unlock`: the agent at `node` refuses (takes again) guest jobs.
+fn lock_node(node: String, key: Option<PathBuf>, locked: bool) -> Result<()> {
+    let agent = drove::jobs_client::AgentArgs { node, key }.agent()?;
+    let path = if locked {
+        "/api/node/lock"
+    } else {
+        "/api/node/unlock"
+    };
+    let v = agent.ok("POST", path, None)?;
+    println!(
+        "node {} {}",
+        v["number"],
+        if locked {
+            "locked: it takes no guest jobs"
+        } else {
+            "unlocked: it takes guest jobs"
+        }
+    );
     Ok(())
 }

@@ -104,6 +104,12 @@ pub struct Node {
     pub jobs: u64,
     #[serde(default)]
     pub guest_jobs: u64,
+    /// Usable CPUs (0: unknown, an older agent).
+    #[serde(default)]
+    pub cpus: u32,
+    /// Locked with `drove lock`: takes no guest jobs.
+    #[serde(default)]
+    pub refuses_guests: bool,
     #[serde(default)]
     pub last_heard_ms: Option<u64>,
     /// Set when two nodes claim this number (the agent's description of the clash).
@@ -442,12 +448,13 @@ pub fn render(cluster: &Cluster, seen_from: &str, style: Style) -> String {
         "LOAD",
         "",
         "SPEED",
+        "CPUS",
         "MEM FREE/TOTAL",
         "JOBS",
         "GUEST",
         "HEARD",
     ];
-    let rows: Vec<[String; 12]> = cluster
+    let rows: Vec<[String; 13]> = cluster
         .nodes
         .iter()
         .map(|n| {
@@ -464,6 +471,11 @@ pub fn render(cluster: &Cluster, seen_from: &str, style: Style) -> String {
                 format!("{:.2}", n.load),
                 load_bar(n.load),
                 format!("{:.0}", n.speed),
+                if n.cpus == 0 {
+                    "?".into()
+                } else {
+                    n.cpus.to_string()
+                },
                 format!("{}/{}", mib(n.mem_free), mib(n.mem_total)),
                 n.jobs.to_string(),
                 n.guest_jobs.to_string(),
@@ -479,7 +491,7 @@ pub fn render(cluster: &Cluster, seen_from: &str, style: Style) -> String {
     }
     // Numbers right-aligned, text left-aligned.
     let right = [
-        false, true, false, false, false, true, false, true, true, true, true, false,
+        false, true, false, false, false, true, false, true, true, true, true, true, false,
     ];
     let line = |cells: &[String], state: Option<State>| {
         let mut s = String::new();
@@ -506,6 +518,13 @@ pub fn render(cluster: &Cluster, seen_from: &str, style: Style) -> String {
     out.push_str(&line(&header.map(str::to_owned), None));
     for (row, node) in rows.iter().zip(&cluster.nodes) {
         out.push_str(&line(row, Some(node.state)));
+    }
+    for node in cluster.nodes.iter().filter(|n| n.refuses_guests) {
+        let _ = writeln!(
+            out,
+            "locked: node {} ({}) takes no guest jobs (drove unlock {})",
+            node.number, node.addr, node.addr
+        );
     }
     for node in cluster
         .nodes
@@ -598,7 +617,8 @@ mod tests {
       {"number": 1, "name": "node1", "addr": "10.10.0.1", "state": "up", "load": 0.25, "speed": 1000.0,
        "mem_free": 402653184, "mem_total": 520093696, "jobs": 2, "guest_jobs": 0, "last_heard_ms": 0, "conflict": null},
       {"number": 2, "name": "node2", "addr": "10.10.0.2", "state": "suspect", "load": 1.5, "speed": 812.5,
-       "mem_free": 3221225472, "mem_total": 4294967296, "jobs": 0, "guest_jobs": 1, "last_heard_ms": 2300, "conflict": null},
+       "mem_free": 3221225472, "mem_total": 4294967296, "jobs": 0, "guest_jobs": 1, "last_heard_ms": 2300, "conflict": null,
+       "cpus": 4, "refuses_guests": true},
       {"number": 3, "name": "node3", "addr": "10.10.0.3", "state": "down", "load": 0.0, "speed": 1000.0,
        "mem_free": 0, "mem_total": 520093696, "jobs": 0, "guest_jobs": 0, "last_heard_ms": 61000,
        "conflict": "also claimed by 10.10.0.9"}
@@ -613,10 +633,11 @@ mod tests {
         let text = render(&fixture(), "127.0.0.1:7030", Style { colour: false });
         let expected = "\
 cluster t seen from node 1 (127.0.0.1:7030): 3 nodes, 1 up, 1 suspect, 1 down
-   #  NAME   ADDRESS    STATE    LOAD                SPEED  MEM FREE/TOTAL  JOBS  GUEST  HEARD
-*  1  node1  10.10.0.1  up       0.25  [###       ]   1000       384M/496M     2      0  self
-   2  node2  10.10.0.2  suspect  1.50  [##########+    812       3.0G/4.0G     0      1  2.3s ago
-   3  node3  10.10.0.3  down     0.00  [          ]   1000         0M/496M     0      0  61s ago
+   #  NAME   ADDRESS    STATE    LOAD                SPEED  CPUS  MEM FREE/TOTAL  JOBS  GUEST  HEARD
+*  1  node1  10.10.0.1  up       0.25  [###       ]   1000     ?       384M/496M     2      0  self
+   2  node2  10.10.0.2  suspect  1.50  [##########+    812     4       3.0G/4.0G     0      1  2.3s ago
+   3  node3  10.10.0.3  down     0.00  [          ]   1000     ?         0M/496M     0      0  61s ago
+locked: node 2 (10.10.0.2) takes no guest jobs (drove unlock 10.10.0.2)
 conflict: node 3 (10.10.0.3): also claimed by 10.10.0.9
 ";
         assert_eq!(text, expected, "\n{text}");

@@ -9,6 +9,7 @@
 //! | `GET /api/events` | SSE: `event: joined|left|down|up|conflict`, `data: {"number","name","addr","at_ms"}` |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /api/node/poweroff` | key needed; 202 and the node powers off |
+//! | `POST /api/node/lock`, `/api/node/unlock` | key needed; this node refuses (takes) guest jobs |
 
 use crate::gossip::{Event, Membership, State};
 use axum::extract::State as Extract;
@@ -88,6 +89,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/events", get(events))
         .route("/metrics", get(metrics))
         .route("/api/node/poweroff", post(poweroff))
+        .route("/api/node/lock", post(lock))
+        .route("/api/node/unlock", post(unlock))
         .merge(crate::dashboard::router())
         .with_state(shared)
 }
@@ -279,6 +282,58 @@ async fn poweroff(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> 
     (StatusCode::ACCEPTED, Json(json!({"action": "poweroff"}))).into_response()
 }
 
+/// Where the lock is kept across daemon restarts (tmpfs: a reboot unlocks, as `mosctl lock` did).
+pub const LOCK_FILE: &str = "/run/drove/locked";
+
+async fn lock(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
+    set_lock(&shared, &headers, true)
+}
+
+async fn unlock(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
+    set_lock(&shared, &headers, false)
+}
+
+/// `drove lock`/`unlock`: the node refuses (takes again) guest jobs; its own jobs stay.
+fn set_lock(shared: &Shared, headers: &HeaderMap, locked: bool) -> Response {
+    if !shared.authorized(headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "this needs the cluster key: Authorization: Bearer <hex key>"})),
+        )
+            .into_response();
+    }
+    let number = {
+        let mut m = shared.membership();
+        m.set_refuses_guests(locked);
+        m.me().number
+    };
+    // Unit tests must not write to the host's /run.
+    let kept = if cfg!(test) {
+        Ok(())
+    } else if locked {
+        std::fs::create_dir_all("/run/drove").and_then(|()| std::fs::write(LOCK_FILE, b"locked\n"))
+    } else {
+        std::fs::remove_file(LOCK_FILE).or_else(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(()),
+            _ => Err(e),
+        })
+    };
+    if let Err(e) = kept {
+        crate::warn!(
+            "lock: cannot update {LOCK_FILE}: {e} (the lock holds until the daemon restarts)"
+        );
+    }
+    crate::info!(
+        "API: node {number} {}",
+        if locked {
+            "locked: takes no guest jobs"
+        } else {
+            "unlocked: takes guest jobs"
+        }
+    );
+    Json(json!({"number": number, "refuses_guests": locked})).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +361,7 @@ mod tests {
                 mem_total: 200,
                 jobs: 0,
                 guest_jobs: 0,
+                ..Load::default()
             },
             leaving: false,
         };
@@ -424,6 +480,35 @@ mod tests {
             StatusCode::ACCEPTED
         );
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // Lock and unlock: key needed; the flag shows in this node's row.
+        let lock = |path: &str, auth: Option<&str>| {
+            let mut r = Request::post(path);
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            r.body(Body::empty()).unwrap()
+        };
+        let good = format!("Bearer {KEY}");
+        assert_eq!(
+            call(&s, lock("/api/node/lock", None)).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert!(!s.membership().me().load.refuses_guests);
+        let (st, body) = call(&s, lock("/api/node/lock", Some(&good))).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        assert!(s.membership().me().load.refuses_guests);
+        let (_, body) = call(&s, get("/api/node")).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["refuses_guests"], true, "{v}");
+        assert_eq!(
+            call(&s, lock("/api/node/unlock", Some("Bearer 00")))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert!(s.membership().me().load.refuses_guests);
+        call(&s, lock("/api/node/unlock", Some(&good))).await;
+        assert!(!s.membership().me().load.refuses_guests);
         // Reads need nothing; a GET on the changing route is not a change.
         assert_eq!(
             call(&s, get("/api/node/poweroff")).await.0,

@@ -28,7 +28,13 @@ use std::net::Ipv4Addr;
 /// Milliseconds on the caller's monotonic clock.
 pub type Ms = u64;
 
-/// The load vector a node reports (MOSIX: load, speed, free memory; plus drove's job counts).
+/// The load vector a node reports (MOSIX: load, speed, free memory; plus drove's job counts,
+/// usable CPUs, the `mosctl lock` flag and a CPU-feature digest).
+///
+/// Wire compatibility: fields added after the first version are `#[serde(default)]`, and
+/// receivers ignore fields they do not know, so agents of both versions gossip with each other
+/// under the same `DRV1` framing. An old agent's entry reads as `cpus: 0` (unknown: the
+/// balancer assumes its own count), `refuses_guests: false` and `cpu: ""` (unknown digest).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Load {
     /// Run-queue load normalised by speed (see `load.rs`).
@@ -38,6 +44,15 @@ pub struct Load {
     pub mem_total: u64,
     pub jobs: u32,
     pub guest_jobs: u32,
+    /// CPUs this node can use (online CPUs in the agent's affinity mask); 0: unknown.
+    #[serde(default)]
+    pub cpus: u32,
+    /// Locked by the operator (`drove lock`): takes no guest jobs.
+    #[serde(default)]
+    pub refuses_guests: bool,
+    /// Digest of this node's `criu cpuinfo dump` image (`jobs/cpuinfo.rs`); "" when unknown.
+    #[serde(default)]
+    pub cpu: String,
 }
 
 /// One node as gossiped.
@@ -164,6 +179,12 @@ pub struct Row {
     pub mem_total: u64,
     pub jobs: u32,
     pub guest_jobs: u32,
+    /// Usable CPUs (0: unknown, an older agent or a map node never heard).
+    pub cpus: u32,
+    /// Locked: takes no guest jobs.
+    pub refuses_guests: bool,
+    /// Digest of its `criu cpuinfo dump` image ("" when unknown).
+    pub cpu: String,
     /// Milliseconds since its newest heartbeat was made; `null` for a map node never heard.
     pub last_heard_ms: Option<u64>,
     pub conflict: Option<String>,
@@ -228,8 +249,26 @@ impl Membership {
         &self.members
     }
 
+    /// Sets the sampled part of this node's load vector. The lock flag and the CPU digest are
+    /// not sampled: they are kept (see [`Membership::set_refuses_guests`], [`Membership::set_cpu`]).
     pub fn set_load(&mut self, load: Load) {
-        self.me.load = load;
+        let refuses_guests = self.me.load.refuses_guests;
+        let cpu = std::mem::take(&mut self.me.load.cpu);
+        self.me.load = Load {
+            refuses_guests,
+            cpu,
+            ..load
+        };
+    }
+
+    /// The operator's lock (`drove lock`/`unlock`): gossiped with the next heartbeat.
+    pub fn set_refuses_guests(&mut self, locked: bool) {
+        self.me.load.refuses_guests = locked;
+    }
+
+    /// This node's CPU-feature digest (`jobs/cpuinfo.rs`).
+    pub fn set_cpu(&mut self, digest: &str) {
+        self.me.load.cpu = digest.to_owned();
     }
 
     /// Marks this node as leaving and returns one datagram for every live member saying so.
@@ -415,6 +454,8 @@ impl Membership {
                 && e.load.load >= 0.0
                 && e.load.speed >= 0.0)
                 || e.name.len() > 64
+                || e.load.cpu.len() > 64
+                || e.load.cpus > 65_536
             {
                 return Err(Reject::Malformed(format!("bad entry for {}", e.addr)));
             }
@@ -624,6 +665,9 @@ impl Membership {
                     mem_total: 0,
                     jobs: 0,
                     guest_jobs: 0,
+                    cpus: 0,
+                    refuses_guests: false,
+                    cpu: String::new(),
                     last_heard_ms: None,
                     conflict: None,
                 });
@@ -663,6 +707,9 @@ fn row(e: &Entry, state: State, last: Option<u64>, conflict: Option<String>) -> 
         mem_total: e.load.mem_total,
         jobs: e.load.jobs,
         guest_jobs: e.load.guest_jobs,
+        cpus: e.load.cpus,
+        refuses_guests: e.load.refuses_guests,
+        cpu: e.load.cpu.clone(),
         last_heard_ms: last,
         conflict,
     }

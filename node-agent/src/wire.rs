@@ -115,6 +115,55 @@ mod tests {
     }
 
     #[test]
+    fn load_vector_fields_are_compatible_both_ways() {
+        use crate::gossip::{Entry, Load};
+        let k = b"k1";
+        // A datagram of an agent from before `cpus`, `refuses_guests` and `cpu`: accepted, the
+        // new fields read as unknown/unlocked.
+        let old = r#"{"cluster":"c","incarnation":1,"seq":2,"entries":[{"number":1,"name":"node1","addr":"10.0.0.1","incarnation":1,"heartbeat":3,"age_ms":0,"load":{"load":0.5,"speed":100.0,"mem_free":1,"mem_total":2,"jobs":1,"guest_jobs":0}}]}"#;
+        let mut m = mac(k);
+        m.update(MAGIC);
+        m.update(old.as_bytes());
+        let mut d = MAGIC.to_vec();
+        d.extend_from_slice(&m.finalize().into_bytes());
+        d.extend_from_slice(old.as_bytes());
+        let got = open(k, &d).unwrap();
+        let l = &got.entries[0].load;
+        assert_eq!(
+            (l.jobs, l.cpus, l.refuses_guests, l.cpu.as_str()),
+            (1, 0, false, "")
+        );
+        // The new fields round trip, and a newer agent's extra fields are ignored.
+        let mut msg = msg();
+        msg.entries.push(Entry {
+            number: 2,
+            name: "node2".into(),
+            addr: "10.0.0.2".parse().unwrap(),
+            incarnation: 1,
+            heartbeat: 1,
+            age_ms: 0,
+            load: Load {
+                cpus: 4,
+                refuses_guests: true,
+                cpu: "ab12".into(),
+                ..Load::default()
+            },
+            leaving: false,
+        });
+        assert_eq!(open(k, &seal(k, &msg)).unwrap(), msg);
+        let newer = serde_json::to_string(&msg)
+            .unwrap()
+            .replace("\"cpus\":4", "\"cpus\":4,\"gpus\":1");
+        let mut m = mac(k);
+        m.update(MAGIC);
+        m.update(newer.as_bytes());
+        let mut d = MAGIC.to_vec();
+        d.extend_from_slice(&m.finalize().into_bytes());
+        d.extend_from_slice(newer.as_bytes());
+        assert_eq!(open(k, &d).unwrap(), msg);
+    }
+
+    #[test]
     fn key_files_parse() {
         assert_eq!(
             parse_key(&format!("{}\n", "ab".repeat(32))).map(|k| k.len()),

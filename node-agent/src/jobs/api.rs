@@ -49,6 +49,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/api/jobs/:id/migrate", post(migrate))
         .route("/api/jobs/:id/kill", post(kill))
         .route("/api/migrations", get(migrations))
+        .route("/api/cpuinfo/check", post(super::cpuinfo::route))
         .route("/api/cluster/jobs", get(cluster_jobs))
         .with_state(ctx)
 }

@@ -1,21 +1,24 @@
 //! Automatic load balancing (MOSIX-like), decided by every node for its own jobs.
 //!
 //! [`Balancer::decide`] is pure: it takes the cluster as this node sees it (each node's
-//! speed-normalised load, speed, CPUs, free memory, state, whether it takes guests) and this
-//! node's jobs (id, pinned, CPU demand, time on this node), and returns at most one move.
-//! The rule:
+//! speed-normalised load, speed, usable CPUs, free memory, state, whether it takes guests and
+//! whether this node's jobs can be restored on its CPU) and this node's jobs (id, pinned, CPU
+//! demand, time on this node), and returns at most one move. The rule:
 //!
 //! - A job adds `share * REFERENCE_SPEED / (speed * cpus)` to a node's load (`share`: the CPUs
-//!   it wants, 1.0 for a CPU-bound single-threaded job).
+//!   it wants, 1.0 for a CPU-bound single-threaded job): load is per usable core, normalised by
+//!   speed.
 //! - Job `j` may go from this node (load `L`) to peer `p` (load `Lp`) when
-//!   `Lp + add_p(j) * (1 + hysteresis) + margin < L`: after the move it would run on a node
-//!   less loaded than the one it leaves, by a margin. Moving it back would need the opposite,
-//!   so a move is never undone while loads stay put (no ping-pong).
+//!   `Lp + add_p(j) * (1 + hysteresis) + margin < L`: this node exceeds the peer by more than
+//!   one job's share there (plus the hysteresis), so after the move the job runs on a node less
+//!   loaded than the one it leaves. Moving it back would need the opposite, so a move is never
+//!   undone while loads stay put (no ping-pong).
 //! - Among all (job, peer) pairs that qualify, the one that moves the most CPU to the least
 //!   load wins: `share * (L - (Lp + add_p(j)))`, ties to the job longest here, then by id.
 //! - Never: pinned jobs, jobs here for less than `min_residency_ms`, jobs that want almost no
-//!   CPU, peers that are not up, refuse guests, have no speed, are short of memory, or failed a
-//!   migration from here recently.
+//!   CPU, peers that are not up, refuse guests (`drove lock`), have no speed, are short of
+//!   memory, whose CPU cannot restore this node's images (`criu cpuinfo check`, see
+//!   `cpuinfo.rs`), or failed a migration from here recently.
 //! - A node short of memory (`mem_free < mem_low`) sheds one movable job to the peer with the
 //!   most free memory, whatever the loads.
 //! - At most one outgoing migration at a time, and in-flight moves are accounted for: gossip
@@ -78,7 +81,10 @@ pub struct Node {
     pub cpus: u32,
     pub mem_free: u64,
     pub state: NodeState,
+    /// False when the node is locked (`refuses_guests` in its load vector).
     pub accepts_guests: bool,
+    /// Whether this node's jobs can be restored on its CPU (`cpuinfo::Compat`).
+    pub cpu_ok: bool,
 }
 
 /// One job running on this node.
@@ -180,6 +186,7 @@ impl Balancer {
                 n.number != me.number
                     && n.state == NodeState::Up
                     && n.accepts_guests
+                    && n.cpu_ok
                     && n.speed > 0.0
                     && n.mem_free >= p.mem_low
                     && !self.failed.contains_key(&n.number)
@@ -355,8 +362,38 @@ pub fn run(
 ) {
     use super::table::State as JobState;
     use std::time::{Duration, Instant};
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let cpus = crate::load::cpus(&stat);
+    let cpus = crate::load::usable_cpus_proc();
+    if std::path::Path::new(crate::api::LOCK_FILE).exists() {
+        // Locked before the daemon restarted: still locked.
+        shared.membership().set_refuses_guests(true);
+        crate::info!("jobs: this node is locked (takes no guest jobs; `drove unlock` to undo)");
+    }
+    // CPU features, once: gossiped as a digest; peers with another digest are asked to check
+    // this node's image against their CPU before any job is sent there (cpuinfo.rs).
+    let image =
+        match super::cpuinfo::dump(engine.children(), std::path::Path::new(super::cpuinfo::DIR)) {
+            Ok(img) => {
+                let d = super::cpuinfo::digest(&img);
+                crate::info!("jobs: cpuinfo digest {d} (criu cpuinfo dump)");
+                shared.membership().set_cpu(&d);
+                Some(img)
+            }
+            Err(e) => {
+                crate::warn!(
+                    "jobs: criu cpuinfo dump failed, CPU compatibility is not checked: {}",
+                    crate::console::chain(&e)
+                );
+                None
+            }
+        };
+    let mut compat = super::cpuinfo::Compat::new(
+        image
+            .as_deref()
+            .map(super::cpuinfo::digest)
+            .unwrap_or_default(),
+    );
+    // The API listens one port below the migration listener (jobs/api.rs `start`).
+    let api_port = engine.port.wrapping_sub(1);
     let mut balancer = Balancer::new(Params::default());
     // Per job: where it is (pid), since when (local ms), last demand sample (ms, ns), share.
     type Seen = (i32, Ms, Option<(Ms, u64)>, f64);
@@ -380,6 +417,41 @@ pub fn run(
             (load.jobs, load.guest_jobs) = (live.len() as u32, guests as u32);
             m.set_load(load);
         }
+        let (my_number, peer_cpus): (u32, Vec<(u32, String)>) = {
+            let m = shared.membership();
+            let peers = m
+                .members()
+                .values()
+                .filter(|mb| mb.state == NodeState::Up)
+                .map(|mb| (mb.entry.number, mb.entry.load.cpu.clone()))
+                .collect();
+            (m.me().number, peers)
+        };
+        for (digest, number) in compat.to_ask(now, &peer_cpus) {
+            let target = super::api::resolve(&shared, &number.to_string(), my_number);
+            let answer = match (&image, target, shared.key_hex.as_deref()) {
+                (Some(img), Some((_, addr)), Some(key)) => {
+                    match super::cpuinfo::ask(addr, api_port, key, img) {
+                        Ok(ok) => {
+                            crate::info!(
+                                "jobs: cpuinfo: node {number} (cpu {digest}) {} jobs from here",
+                                if ok { "can restore" } else { "cannot restore" }
+                            );
+                            Some(ok)
+                        }
+                        Err(e) => {
+                            crate::warn!(
+                                "jobs: cpuinfo: {}; asking again later",
+                                crate::console::chain(&e)
+                            );
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            compat.record(now, &digest, answer);
+        }
         let (me, nodes) = {
             let m = shared.membership();
             let own = m.me().clone();
@@ -390,24 +462,30 @@ pub fn run(
                 cpus,
                 mem_free: own.load.mem_free,
                 state: NodeState::Up,
-                accepts_guests: true,
+                accepts_guests: !own.load.refuses_guests,
+                cpu_ok: true,
             };
             let nodes: Vec<Node> = m
                 .members()
                 .values()
-                .map(|mb| Node {
-                    number: mb.entry.number,
-                    load: count_load(mb.entry.load.jobs, mb.entry.load.speed, cpus),
-                    speed: mb.entry.load.speed,
-                    // Not in the load vector yet: assumed like this node.
-                    cpus,
-                    mem_free: mb.entry.load.mem_free,
-                    state: if mb.entry.leaving || mb.conflict.is_some() {
-                        NodeState::Down
-                    } else {
-                        mb.state
-                    },
-                    accepts_guests: true,
+                .map(|mb| {
+                    let l = &mb.entry.load;
+                    // An agent too old to say: assumed like this node.
+                    let peer_cpus = if l.cpus > 0 { l.cpus } else { cpus };
+                    Node {
+                        number: mb.entry.number,
+                        load: count_load(l.jobs, l.speed, peer_cpus),
+                        speed: l.speed,
+                        cpus: peer_cpus,
+                        mem_free: l.mem_free,
+                        state: if mb.entry.leaving || mb.conflict.is_some() {
+                            NodeState::Down
+                        } else {
+                            mb.state
+                        },
+                        accepts_guests: !l.refuses_guests,
+                        cpu_ok: compat.verdict(&l.cpu) == Some(true),
+                    }
                 })
                 .collect();
             (me, nodes)
@@ -481,6 +559,7 @@ mod tests {
             mem_free: 1 << 30,
             state: NodeState::Up,
             accepts_guests: true,
+            cpu_ok: true,
         }
     }
 
@@ -835,6 +914,219 @@ mod tests {
         me.mem_free = 1 << 20;
         let mv = b.decide(0, &me, &nodes, &[young, idle]).unwrap();
         assert_eq!((mv.job.as_str(), mv.to, mv.reason), ("1.2", 3, "memory"));
+    }
+
+    /// One round's decision for a table of situations: this node (load from its job count),
+    /// its peers and its jobs, and the move expected.
+    #[test]
+    fn decision_table() {
+        struct Case {
+            what: &'static str,
+            /// (jobs here, cpus here, mem_free here MiB)
+            me: (u32, u32, u64),
+            /// (number, jobs, cpus, speed, locked, cpu_ok, mem_free MiB, state)
+            peers: Vec<(u32, u32, u32, f64, bool, bool, u64, NodeState)>,
+            /// (id, pinned, share, resident s)
+            jobs: Vec<(&'static str, bool, f64, u64)>,
+            want: Option<(&'static str, u32, &'static str)>,
+        }
+        let up = NodeState::Up;
+        let job = |id, s| (id, false, 1.0, s);
+        let four = vec![
+            job("1.1", 60),
+            job("1.2", 30),
+            job("1.3", 20),
+            job("1.4", 15),
+        ];
+        let cases = vec![
+            Case {
+                what: "idle peer: the job here longest goes",
+                me: (4, 1, 512),
+                peers: vec![(2, 0, 1, 100.0, false, true, 512, up)],
+                jobs: four.clone(),
+                want: Some(("1.1", 2, "balance")),
+            },
+            Case {
+                what: "loads per usable core: a 4-core peer with 3 jobs is less loaded than 1 core with 4",
+                me: (4, 1, 512),
+                peers: vec![
+                    (2, 3, 4, 100.0, false, true, 512, up),
+                    (3, 2, 1, 100.0, false, true, 512, up),
+                ],
+                jobs: four.clone(),
+                want: Some(("1.1", 2, "balance")),
+            },
+            Case {
+                what: "exceeds the peer by exactly one job's share: no move (it would only swap)",
+                me: (2, 1, 512),
+                peers: vec![(2, 1, 1, 100.0, false, true, 512, up)],
+                jobs: vec![job("1.1", 60), job("1.2", 60)],
+                want: None,
+            },
+            Case {
+                what: "a 2-core node with 3 jobs against an idle 1-core peer: 1.5 vs 0 + 1 * 1.25",
+                me: (3, 2, 512),
+                peers: vec![(2, 0, 1, 100.0, false, true, 512, up)],
+                jobs: vec![job("1.1", 60), job("1.2", 60), job("1.3", 60)],
+                want: Some(("1.1", 2, "balance")),
+            },
+            Case {
+                what: "a 2-core node with 2 jobs is not overloaded for an idle 1-core peer",
+                me: (2, 2, 512),
+                peers: vec![(2, 0, 1, 100.0, false, true, 512, up)],
+                jobs: vec![job("1.1", 60), job("1.2", 60)],
+                want: None,
+            },
+            Case {
+                what: "locked and CPU-incompatible peers are skipped",
+                me: (4, 1, 512),
+                peers: vec![
+                    (2, 0, 1, 100.0, true, true, 512, up),
+                    (3, 0, 1, 100.0, false, false, 512, up),
+                    (4, 1, 1, 100.0, false, true, 512, up),
+                ],
+                jobs: four.clone(),
+                want: Some(("1.1", 4, "balance")),
+            },
+            Case {
+                what: "only locked, incompatible, suspect or full peers: nothing",
+                me: (4, 1, 512),
+                peers: vec![
+                    (2, 0, 1, 100.0, true, true, 512, up),
+                    (3, 0, 1, 100.0, false, false, 512, up),
+                    (4, 0, 1, 100.0, false, true, 512, NodeState::Suspect),
+                    (5, 0, 1, 100.0, false, true, 8, up),
+                ],
+                jobs: four.clone(),
+                want: None,
+            },
+            Case {
+                what: "pinned and young jobs stay; the movable one goes",
+                me: (4, 1, 512),
+                peers: vec![(2, 0, 1, 100.0, false, true, 512, up)],
+                jobs: vec![
+                    ("1.1", true, 1.0, 600),
+                    ("1.2", false, 1.0, 5),
+                    ("1.3", false, 1.0, 9),
+                    ("1.4", false, 1.0, 11),
+                ],
+                want: Some(("1.4", 2, "balance")),
+            },
+            Case {
+                what: "the job that gains most: a CPU-bound one before a half-idle one",
+                me: (3, 1, 512),
+                peers: vec![(2, 0, 1, 100.0, false, true, 512, up)],
+                jobs: vec![("1.1", false, 0.5, 90), ("1.2", false, 1.0, 20), job("1.3", 20)],
+                want: Some(("1.2", 2, "balance")),
+            },
+            Case {
+                what: "a faster peer takes a job sooner: speed 300 with 2 jobs is 0.67",
+                me: (2, 1, 512),
+                peers: vec![(2, 2, 1, 300.0, false, true, 512, up)],
+                jobs: vec![job("1.1", 60), job("1.2", 60)],
+                want: Some(("1.1", 2, "balance")),
+            },
+            Case {
+                what: "short of memory: shed to the roomiest peer even though it is busier",
+                me: (1, 1, 8),
+                peers: vec![
+                    (2, 3, 1, 100.0, false, true, 900, up),
+                    (3, 0, 1, 100.0, false, true, 100, up),
+                    (4, 0, 1, 100.0, true, true, 2000, up),
+                ],
+                jobs: vec![job("1.1", 60)],
+                want: Some(("1.1", 2, "memory")),
+            },
+        ];
+        for c in cases {
+            let me = Node {
+                number: 1,
+                load: count_load(c.me.0, 100.0, c.me.1),
+                speed: 100.0,
+                cpus: c.me.1,
+                mem_free: c.me.2 << 20,
+                state: NodeState::Up,
+                accepts_guests: true,
+                cpu_ok: true,
+            };
+            let peers: Vec<Node> = c
+                .peers
+                .iter()
+                .map(
+                    |&(number, jobs, cpus, speed, locked, cpu_ok, mem, state)| Node {
+                        number,
+                        load: count_load(jobs, speed, cpus),
+                        speed,
+                        cpus,
+                        mem_free: mem << 20,
+                        state,
+                        accepts_guests: !locked,
+                        cpu_ok,
+                    },
+                )
+                .collect();
+            let jobs: Vec<LocalJob> = c
+                .jobs
+                .iter()
+                .map(|&(id, pinned, share, s)| LocalJob {
+                    id: id.into(),
+                    pinned,
+                    share,
+                    resident_ms: s * 1000,
+                })
+                .collect();
+            let got = Balancer::default()
+                .decide(100_000, &me, &peers, &jobs)
+                .map(|m| (m.job, m.to, m.reason));
+            let want = c.want.map(|(j, t, r)| (j.to_string(), t, r));
+            assert_eq!(got, want, "{}", c.what);
+        }
+    }
+
+    #[test]
+    fn a_locked_node_gets_nothing_and_unlocking_lets_it_take_jobs() {
+        let mut locked = node(3, 100.0);
+        locked.accepts_guests = false;
+        let mut sim = Sim::new(vec![node(1, 100.0), node(2, 100.0), locked]);
+        sim.add_jobs(1, 6, false);
+        sim.rounds(100);
+        assert_eq!((sim.count(1), sim.count(2), sim.count(3)), (3, 3, 0));
+        sim.nodes[2].accepts_guests = true;
+        sim.rounds(100);
+        assert_eq!(
+            (sim.count(1), sim.count(2), sim.count(3)),
+            (2, 2, 2),
+            "{:?}",
+            sim.moves
+        );
+    }
+
+    #[test]
+    fn multi_core_nodes_get_jobs_by_usable_cores() {
+        // 12 jobs on a 1-core node; peers with 4 and 1 usable cores. Even would be 2 / 8 / 2
+        // (2.0 jobs per core everywhere); the hysteresis may stop one job short of it.
+        let mut quad = node(2, 100.0);
+        quad.cpus = 4;
+        let mut sim = Sim::new(vec![node(1, 100.0), quad, node(3, 100.0)]);
+        sim.add_jobs(1, 12, false);
+        sim.rounds(300);
+        let counts = (sim.count(1), sim.count(2), sim.count(3));
+        assert!(
+            (7..=9).contains(&counts.1)
+                && (1..=3).contains(&counts.0)
+                && (1..=3).contains(&counts.2),
+            "{counts:?}: {:?}",
+            sim.moves
+        );
+        let mut per_job: BTreeMap<&str, usize> = BTreeMap::new();
+        for m in &sim.moves {
+            *per_job.entry(m.0.as_str()).or_default() += 1;
+        }
+        assert!(per_job.values().all(|n| *n <= 2), "{per_job:?}");
+        assert!(sim.moves.len() <= 12, "{:?}", sim.moves);
+        let n = sim.moves.len();
+        sim.rounds(600);
+        assert_eq!(sim.moves.len(), n, "no ping-pong");
     }
 
     #[test]

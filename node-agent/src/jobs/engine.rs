@@ -115,6 +115,12 @@ impl Engine {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The child registry (other CRIU runs, e.g. `cpuinfo.rs`, must go through it: the reaper
+    /// would steal their exit status otherwise).
+    pub fn children(&self) -> &Children {
+        &self.children
+    }
+
     /// Makes this process a subreaper, starts the reaper and the migration listener.
     pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
         make_private_dir(&self.root)?;

@@ -6,12 +6,14 @@
 //! - [`criu`]: CRIU command lines and the one wrapper that runs them;
 //! - [`engine`]: launch, reaping, the source and target sides of a migration;
 //! - [`balance`]: automatic load balancing (pure decision, and the daemon's loop);
+//! - [`cpuinfo`]: CPU compatibility checks (`criu cpuinfo`) the balancer relies on;
 //! - [`api`]: the `/api/jobs` routes;
 //! - [`cluster`]: every node's jobs and migrations merged (`/api/cluster/jobs`).
 
 pub mod api;
 pub mod balance;
 pub mod cluster;
+pub mod cpuinfo;
 pub mod criu;
 pub mod engine;
 pub mod proto;
