@@ -103,6 +103,21 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         key: Option<PathBuf>,
     },
+    /// Write disk.img or floppy.img to a USB stick or disk, then read it back and compare.
+    /// Refuses mounted devices, the disk holding /, and internal (non-removable) disks unless
+    /// --force; shows the device's model and size and asks before writing.
+    Flash {
+        /// The image: out/disk.img or out/floppy.img.
+        image: PathBuf,
+        /// The whole block device, e.g. /dev/sdb.
+        device: PathBuf,
+        /// Do not ask; write at once.
+        #[arg(long)]
+        yes: bool,
+        /// Also write to a disk that does not say it is removable (never to a mounted one or /).
+        #[arg(long)]
+        force: bool,
+    },
     #[command(flatten)]
     Jobs(drove::jobs_client::JobCommand),
 }
@@ -263,6 +278,34 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Lock { node, key } => lock_node(node, key, true)?,
         Command::Unlock { node, key } => lock_node(node, key, false)?,
+        Command::Flash {
+            image,
+            device,
+            yes,
+            force,
+        } => {
+            let opts = drove::flash::Options {
+                yes,
+                force,
+                quiet: cli.quiet,
+            };
+            let done = drove::flash::flash(
+                &image,
+                &device,
+                &opts,
+                &drove::flash::Roots::system(),
+                &mut std::io::stdin().lock(),
+            )?;
+            println!(
+                "drove flash: wrote {} ({}) to {} in {:.1}s, read back and verified in {:.1}s; sha256 {}",
+                image.display(),
+                drove::progress::human(done.bytes),
+                device.display(),
+                done.write_secs,
+                done.verify_secs,
+                done.sha256
+            );
+        }
         Command::Jobs(cmd) => std::process::exit(drove::jobs_client::run_command(&cmd)?),
     }
     Ok(())
