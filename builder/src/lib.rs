@@ -19,6 +19,7 @@ pub mod manifest;
 pub mod outputs;
 pub mod overlay;
 pub mod progress;
+pub mod registry;
 pub mod serve;
 pub mod staged;
 pub mod status;

@@ -47,12 +47,31 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Serve a PXE directory over HTTP (with range requests) for netbooting nodes.
+    /// Serve a PXE directory over HTTP (with range requests) for netbooting nodes, and name the
+    /// nodes that boot from it in boot order (node1, node2, …).
     Serve {
         #[arg(long, default_value = "out/pxe")]
         dir: PathBuf,
         #[arg(long, default_value = "0.0.0.0:8080")]
         listen: SocketAddr,
+        /// Node registry file (default: nodes.json beside --dir, e.g. out/nodes.json).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Serve files only: nodes do not register and keep MAC-derived numbers.
+        #[arg(long, conflicts_with = "state")]
+        no_registry: bool,
+    },
+    /// List the nodes registered with the image server (number, MAC, hardware, boots).
+    Nodes {
+        /// Ask a running server, e.g. http://10.0.0.1:8080.
+        #[arg(long, value_name = "URL", conflicts_with = "state")]
+        server: Option<String>,
+        /// Read the registry file (default: out/nodes.json).
+        #[arg(long, value_name = "FILE")]
+        state: Option<PathBuf>,
+        /// Print the registry as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Compile the migration-enabled kernel (cached; see docs/kernel.md).
     Kernel {
@@ -226,7 +245,36 @@ fn run(cli: Cli) -> Result<()> {
                 loaded.map.nodes().len()
             );
         }
-        Command::Serve { dir, listen } => drove::serve::serve(&dir, listen)?,
+        Command::Serve {
+            dir,
+            listen,
+            state,
+            no_registry,
+        } => {
+            let state = (!no_registry)
+                .then(|| state.unwrap_or_else(|| drove::registry::default_state(&dir)));
+            drove::serve::serve(&dir, listen, state.as_deref())?
+        }
+        Command::Nodes {
+            server,
+            state,
+            json,
+        } => {
+            use drove::registry::Source;
+            let source = match (server, state) {
+                (Some(url), _) => Source::Server(url),
+                (None, Some(path)) => Source::State(path),
+                (None, None) => Source::State(drove::registry::default_state(
+                    std::path::Path::new(drove::serve::DEFAULT_DIR),
+                )),
+            };
+            let nodes = drove::registry::fetch(&source)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                print!("{}", drove::registry::render(&nodes));
+            }
+        }
         Command::Kernel {
             command:
                 KernelCommand::Build {

@@ -6,6 +6,10 @@
 //! (`..`, encoded or not). Every request is logged once through `tracing` (target `drove::serve`,
 //! level info): peer, method, path, status and the body bytes announced.
 //!
+//! With a node registry ([`Server::with_registry`], on by default in the CLI) it is also the image
+//! server that names nodes in boot order: see `crate::registry` for `/api/register`, `/api/nodes`
+//! and the `drove.server=` it adds to `boot.ipxe`.
+//!
 //! Two ways to run it: [`serve`] for the CLI (prints `drove: serving <dir> on http://<addr>/` and
 //! blocks until Ctrl-C or SIGTERM), and [`bind`] + [`Server::spawn`] for tests, which run the server
 //! in-process on its own thread and stop it when the returned [`Handle`] is dropped.
@@ -51,6 +55,8 @@ pub enum Error {
     },
     #[error("cannot start the HTTP runtime")]
     Runtime { source: std::io::Error },
+    #[error(transparent)]
+    Registry(#[from] crate::registry::Error),
     #[error("HTTP server on {addr} failed")]
     Serve {
         addr: SocketAddr,
@@ -65,6 +71,7 @@ pub struct Server {
     dir: PathBuf,
     listener: std::net::TcpListener,
     addr: SocketAddr,
+    registry: Option<std::sync::Arc<crate::registry::Registry>>,
 }
 
 /// Checks that `dir` is a directory and binds `listen` (port 0 picks a free port).
@@ -102,13 +109,18 @@ pub fn bind(dir: &Path, listen: SocketAddr) -> Result<Server, Error> {
         dir: dir.to_owned(),
         listener,
         addr,
+        registry: None,
     })
 }
 
 /// `drove serve`: binds, prints `drove: serving <dir> on http://<addr>/` on stdout and serves until
-/// Ctrl-C or SIGTERM.
-pub fn serve(dir: &Path, listen: SocketAddr) -> Result<(), Error> {
-    bind(dir, listen)?.run()
+/// Ctrl-C or SIGTERM; with `state`, nodes register in that registry file.
+pub fn serve(dir: &Path, listen: SocketAddr, state: Option<&Path>) -> Result<(), Error> {
+    let server = bind(dir, listen)?;
+    match state {
+        Some(state) => server.with_registry(state)?.run(),
+        None => server.run(),
+    }
 }
 
 impl Server {
@@ -122,6 +134,12 @@ impl Server {
         &self.dir
     }
 
+    /// Opens (and locks) the node registry at `state`: nodes then register here at boot.
+    pub fn with_registry(mut self, state: &Path) -> Result<Self, Error> {
+        self.registry = Some(std::sync::Arc::new(crate::registry::Registry::open(state)?));
+        Ok(self)
+    }
+
     /// `http://<addr>/`.
     pub fn url(&self) -> String {
         format!("http://{}/", self.addr)
@@ -131,6 +149,9 @@ impl Server {
     pub fn run(self) -> Result<(), Error> {
         let runtime = runtime()?;
         println!("drove: serving {} on {}", self.dir.display(), self.url());
+        if let Some(r) = &self.registry {
+            println!("drove: node registry {}", r.path().display());
+        }
         let addr = self.addr;
         let result = runtime.block_on(async move {
             let stop = async {
@@ -174,7 +195,7 @@ impl Server {
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
-        let app = router(&self.dir);
+        let app = router(&self.dir, self.registry.clone());
         let server = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -245,11 +266,14 @@ fn runtime() -> Result<tokio::runtime::Runtime, Error> {
         .map_err(|source| Error::Runtime { source })
 }
 
-fn router(dir: &Path) -> Router {
+fn router(dir: &Path, registry: Option<std::sync::Arc<crate::registry::Registry>>) -> Router {
     // No index.html magic and no directory listings: the directory holds boot files, nothing else.
     let files = ServeDir::new(dir).append_index_html_on_directories(false);
-    Router::new()
-        .fallback_service(files)
+    let mut app = Router::new();
+    if let Some(registry) = registry {
+        app = app.merge(crate::registry::routes(dir, registry));
+    }
+    app.fallback_service(files)
         .layer(middleware::from_fn(log_access))
 }
 

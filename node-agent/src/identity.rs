@@ -1,7 +1,8 @@
 //! Who this node is: its number and name.
 //!
-//! In order: the cluster map by address (`ClusterMap::number_for`), else a number derived from
-//! the MAC address. (The image server's registration comes first in a later issue.)
+//! In order: the cluster map by address (`ClusterMap::number_for`), else the number the image
+//! server assigned in boot order (`register`, only for nodes netbooted from `drove serve`; see
+//! [`registered`]), else a number derived from the MAC address.
 //!
 //! MAC scheme: take the numerically lowest MAC among the node's ethernet NICs (so the choice
 //! does not depend on which NIC answered first), hash its six bytes with 32-bit FNV-1a and map
@@ -19,6 +20,8 @@ pub const MAC_NUMBER_SPAN: u32 = 900_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Map,
+    /// Assigned by the image server (`drove serve`) at registration.
+    Registered,
     Mac,
     Address,
 }
@@ -82,6 +85,16 @@ pub fn choose(cfg: &NodeConfig, addr: Ipv4Addr, macs: &[Mac]) -> Identity {
     }
 }
 
+/// The identity for a number the image server assigned; used only when [`choose`] found no map
+/// entry (the map wins: the caller does not register a mapped node).
+pub fn registered(cfg: &NodeConfig, number: u32) -> Identity {
+    Identity {
+        number,
+        name: cfg.name_for(number),
+        source: Source::Registered,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +151,19 @@ mod tests {
             MAC_NUMBER_BASE + fnv1a32(&a) % MAC_NUMBER_SPAN
         );
         assert!((100_000..=999_999).contains(&mac_number(&a)));
+    }
+
+    #[test]
+    fn registered_numbers_name_the_node() {
+        let id = registered(&cfg(""), 2);
+        assert_eq!(
+            id,
+            Identity {
+                number: 2,
+                name: "node2".into(),
+                source: Source::Registered
+            }
+        );
     }
 
     #[test]

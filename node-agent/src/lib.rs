@@ -29,6 +29,7 @@ pub mod mounts;
 pub mod net;
 pub mod pid1;
 pub mod power;
+pub mod register;
 pub mod signals;
 pub mod sys;
 pub mod wire;

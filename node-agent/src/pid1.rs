@@ -418,7 +418,17 @@ fn network(agent: &Arc<Agent>, cfg: &NodeConfig) -> Result<(), Error> {
                 Err(_) => readiness.on_tick(&mut state, cfg, started.elapsed()),
             }
         };
-        if let Some((id, interface, addr)) = announce {
+        if let Some((mut id, interface, addr)) = announce {
+            if id.source != identity::Source::Map {
+                let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+                let macs = agent.state().macs.clone();
+                if let Some(reg) = crate::register::at_boot(&cmdline, cfg, addr, &macs, &id) {
+                    let mut state = agent.state();
+                    state.number = Some(reg.number);
+                    state.name = Some(reg.name.clone());
+                    id = reg;
+                }
+            }
             if let Err(e) = sys.set_hostname(&id.name) {
                 warn!("cannot set the hostname to {}: {e}", id.name);
             }
