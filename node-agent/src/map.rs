@@ -21,6 +21,10 @@ fn one() -> u32 {
     1
 }
 
+/// Most nodes one map may name (a /16 of addresses). Every node lists the whole map at start, so
+/// a typo like `1 10.0.0.1 8811811` must be an error, not millions of peers.
+pub const MAX_NODES: u64 = 65_536;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("{file}:{line}: expected `first-node-number IP-or-hostname count`, found {found:?}")]
@@ -45,6 +49,19 @@ pub enum Error {
         first: u32,
         last: u32,
         other_line: usize,
+    },
+    #[error("{file}:{line}: {count} nodes from number {first} run past the largest node number")]
+    NumberOverflow {
+        file: String,
+        line: usize,
+        first: u32,
+        count: u32,
+    },
+    #[error("{file}:{line}: the map names {total} nodes by this line; at most {MAX_NODES} are supported")]
+    TooMany {
+        file: String,
+        line: usize,
+        total: u64,
     },
     #[error("{file}:{line}: {count} addresses from {host} run past 255.255.255.255")]
     AddressOverflow {
@@ -127,8 +144,24 @@ impl ClusterMap {
     }
 
     fn validate_with_lines(&self, file: &str, lines: &[usize]) -> Result<(), Error> {
+        let mut total = 0u64;
         for (i, entry) in self.entries.iter().enumerate() {
-            let last = entry.first.saturating_add(entry.count - 1);
+            let Some(last) = entry.first.checked_add(entry.count - 1) else {
+                return Err(Error::NumberOverflow {
+                    file: file.into(),
+                    line: lines[i],
+                    first: entry.first,
+                    count: entry.count,
+                });
+            };
+            total += u64::from(entry.count);
+            if total > MAX_NODES {
+                return Err(Error::TooMany {
+                    file: file.into(),
+                    line: lines[i],
+                    total,
+                });
+            }
             if let Ok(ip) = entry.host.parse::<Ipv4Addr>() {
                 if u32::from(ip).checked_add(entry.count - 1).is_none() {
                     return Err(Error::AddressOverflow {
@@ -140,6 +173,7 @@ impl ClusterMap {
                 }
             }
             for (j, other) in self.entries[..i].iter().enumerate() {
+                // Checked above for every earlier entry.
                 let other_last = other.first.saturating_add(other.count - 1);
                 if entry.first <= other_last && other.first <= last {
                     return Err(Error::Overlap {
@@ -248,5 +282,32 @@ mod tests {
     fn address_overflow_is_rejected() {
         let err = ClusterMap::parse_mosix("1 255.255.255.250 10\n", "m").unwrap_err();
         assert!(matches!(err, Error::AddressOverflow { .. }));
+    }
+
+    // Found by `make fuzz` (mosix_map): a map this big made every node list millions of peers.
+    #[test]
+    fn huge_ranges_are_rejected() {
+        let err = ClusterMap::parse_mosix("1 12.0.102.1 8811811\n", "m").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "m:1: the map names 8811811 nodes by this line; at most 65536 are supported"
+        );
+        let err =
+            ClusterMap::parse_mosix("1 10.0.0.1 60000\n60001 10.1.0.1 6000\n", "m").unwrap_err();
+        assert!(matches!(err, Error::TooMany { line: 2, .. }), "{err}");
+        assert!(ClusterMap::parse_mosix("1 10.0.0.1 65536\n", "m").is_ok());
+    }
+
+    // Seen while fixing the above: `first + count` past u32::MAX passed (saturating) and then
+    // overflowed in `nodes()`; the mosix_map fuzz target checks `nodes()` for every accepted map.
+    #[test]
+    fn node_numbers_past_the_largest_are_rejected() {
+        let err = ClusterMap::parse_mosix("4294967295 10.0.0.1 2\n", "m").unwrap_err();
+        assert!(
+            matches!(err, Error::NumberOverflow { line: 1, .. }),
+            "{err}"
+        );
+        let map = ClusterMap::parse_mosix("4294967295 10.0.0.1 1\n", "m").unwrap();
+        assert_eq!(map.nodes(), vec![(u32::MAX, "10.0.0.1".to_string())]);
     }
 }
