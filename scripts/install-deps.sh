@@ -6,9 +6,11 @@ set -eu
 # Build and media: distro kernel + modules, CRIU, boot loaders, disk tools.
 # Tests: QEMU, OVMF, vde2; benchmark anchor: initramfs-tools (mkinitramfs);
 # busybox-static for the bare-boot benchmark and DHCP client.
+# The cluster file area: nfs-ganesha (+ its VFS backend and rpcbind) for `drove files serve`.
 PKGS="linux-image-amd64 criu syslinux syslinux-common systemd-boot-efi ipxe
       mtools gdisk fdisk cpio xz-utils zstd busybox-static
-      qemu-system-x86 ovmf vde2 initramfs-tools kmod"
+      qemu-system-x86 ovmf vde2 initramfs-tools kmod
+      nfs-ganesha nfs-ganesha-vfs rpcbind"
 # `install-deps.sh kernel` adds what compiling the kernel needs (kernel/packages.txt).
 if [ "${1:-}" = "kernel" ]; then
     PKGS="$PKGS $(grep -v '^#' "$(dirname "$0")/../kernel/packages.txt")"

@@ -447,6 +447,7 @@ pub fn node_config(loaded: &Loaded, release: &str, builtin: &[String]) -> NodeCo
         kernel_release: release.into(),
         server: Some(cfg.outputs.server.clone()),
         api_port: drove_agent::config::DEFAULT_API_PORT,
+        files: cfg.files.clone(),
     }
 }
 

@@ -4,6 +4,7 @@
 //! (`[[cluster.map]]` tables) or a file in the seed's `/etc/mosix.map` format (`cluster.map-file`).
 
 use crate::compress::Compression;
+use drove_agent::cluster_fs::{FilesConfig, NFS_MODULES};
 use drove_agent::config::{toml_message, Network};
 use drove_agent::map::{self, ClusterMap, MapEntry};
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,9 @@ pub struct Config {
     pub overlays: OverlaySection,
     #[serde(default)]
     pub outputs: OutputSection,
+    /// The cluster-wide file area (NFS) every node mounts (see docs/files.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FilesConfig>,
 }
 
 fn dhcp() -> Network {
@@ -239,6 +243,7 @@ impl Config {
             initramfs: InitramfsSection::default(),
             overlays: OverlaySection::default(),
             outputs: OutputSection::default(),
+            files: None,
         }
     }
 
@@ -292,6 +297,19 @@ impl Loaded {
             rel(p);
         }
         config.overlays.search.iter_mut().for_each(rel);
+        if let Some(files) = &config.files {
+            files.check().map_err(|message| Error::Invalid {
+                path: path.display().to_string(),
+                message,
+            })?;
+            // The NFS client: shipped and loaded at boot (built in with a compiled kernel).
+            let fold = |d: &str| d.replace('-', "_");
+            for m in NFS_MODULES {
+                if !config.kernel.drivers.iter().any(|d| fold(d) == fold(m)) {
+                    config.kernel.drivers.push((*m).to_string());
+                }
+            }
+        }
         let file = path.display().to_string();
         let mut map = ClusterMap {
             entries: config.cluster.map.clone(),
@@ -455,6 +473,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("10.0.0.300/24"));
+    }
+
+    #[test]
+    fn files_section_adds_the_nfs_client() {
+        let l = load("[cluster]\nname = \"lab\"\n[files]\nserver = \"10.0.2.2\"\nport = 20490\n")
+            .unwrap();
+        let f = l.config.files.clone().unwrap();
+        assert_eq!((f.mount.as_str(), f.port, f.mount_port), ("/cluster", 20490, 20048));
+        for m in NFS_MODULES {
+            assert!(l.config.kernel.drivers.iter().any(|d| d == m), "{m}");
+        }
+        // Loading twice (e.g. a rendered config) adds nothing twice.
+        let again = load(&l.config.to_toml()).unwrap();
+        assert_eq!(again.config.kernel.drivers, l.config.kernel.drivers);
+        let none = load("[cluster]\nname = \"lab\"\n").unwrap();
+        assert!(!none.config.kernel.drivers.iter().any(|d| d == "nfsv3"));
+        let err = load("[cluster]\nname = \"lab\"\n[files]\nserver = \"files.lan\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/site/cluster.toml") && err.contains("files.server"), "{err}");
+        let err = load("[cluster]\nname = \"lab\"\n[files]\nserver = \"10.0.0.1\"\nexprot = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/site/cluster.toml:5") && err.contains("exprot"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod compress;
 pub mod config;
 pub mod cpio;
 pub mod elf;
+pub mod files;
 pub mod flash;
 pub mod initramfs;
 pub mod jobs_client;

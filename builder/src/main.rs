@@ -137,6 +137,11 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// The cluster-wide file area (NFS) every node mounts at /cluster.
+    Files {
+        #[command(subcommand)]
+        command: FilesCommand,
+    },
     #[command(flatten)]
     Jobs(drove::jobs_client::JobCommand),
 }
@@ -163,6 +168,26 @@ enum KernelCommand {
         /// Build cache (default: ~/.cache/drove/kernel or $DROVE_KERNEL_CACHE).
         #[arg(long)]
         cache: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilesCommand {
+    /// Export DIR over NFSv3 (nfs-ganesha, run as root) until Ctrl-C; prints the `[files]`
+    /// section nodes need.
+    Serve {
+        /// The directory to export.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address and NFS port (127.0.0.1:PORT is what QEMU guests reach as 10.0.2.2:PORT).
+        #[arg(long, default_value = "0.0.0.0:2049")]
+        listen: SocketAddr,
+        /// Port of the MOUNT protocol.
+        #[arg(long, default_value_t = drove_agent::cluster_fs::DEFAULT_MOUNT_PORT)]
+        mount_port: u16,
+        /// The export's name, as nodes mount it.
+        #[arg(long, default_value = drove_agent::cluster_fs::DEFAULT_AREA)]
+        export: String,
     },
 }
 
@@ -354,6 +379,20 @@ fn run(cli: Cli) -> Result<()> {
                 done.sha256
             );
         }
+        Command::Files {
+            command:
+                FilesCommand::Serve {
+                    dir,
+                    listen,
+                    mount_port,
+                    export,
+                },
+        } => drove::files::serve(&drove::files::Server {
+            dir,
+            listen,
+            mount_port,
+            export,
+        })?,
         Command::Jobs(cmd) => std::process::exit(drove::jobs_client::run_command(&cmd)?),
     }
     Ok(())

@@ -5,7 +5,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /api/cluster` | `{"cluster", "self", "nodes": [row...]}` sorted by number, self included |
-//! | `GET /api/node` | this node's row plus `uptime_s`, `kernel`, `version`, `calibration` |
+//! | `GET /api/node` | this node's row plus `uptime_s`, `kernel`, `version`, `calibration`, `files` (the cluster file area: state, mount, source, reason) |
 //! | `GET /api/events` | SSE: `event: joined|left|down|up|conflict`, `data: {"number","name","addr","at_ms"}` |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /api/node/poweroff` | key needed; 202 and the node powers off |
@@ -124,6 +124,7 @@ pub fn node_json(shared: &Shared) -> Value {
         o.insert("kernel".into(), json!(shared.kernel));
         o.insert("version".into(), json!(crate::pid1::VERSION));
         o.insert("calibration".into(), json!(shared.calibration));
+        o.insert("files".into(), crate::cluster_fs::status_json());
     }
     row
 }

@@ -34,6 +34,9 @@ pub struct NodeConfig {
     pub server: Option<String>,
     #[serde(default = "default_api_port")]
     pub api_port: u16,
+    /// The cluster-wide file area (`[files]` of the cluster config), when the cluster has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<crate::cluster_fs::FilesConfig>,
 }
 
 fn default_api_port() -> u16 {
@@ -134,6 +137,7 @@ impl NodeConfig {
             kernel_release: release.into(),
             server: None,
             api_port: DEFAULT_API_PORT,
+            files: None,
         }
     }
 
@@ -183,6 +187,7 @@ mod tests {
             kernel_release: "6.1.0".into(),
             server: None,
             api_port: DEFAULT_API_PORT,
+            files: None,
         };
         let text = toml::to_string(&cfg).unwrap();
         assert_eq!(toml::from_str::<NodeConfig>(&text).unwrap(), cfg);

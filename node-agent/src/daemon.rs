@@ -62,6 +62,8 @@ pub fn main() -> i32 {
         error!("{}; cluster daemon uses defaults", console::chain(&e));
         NodeConfig::fallback("")
     });
+    // The file area mounts in the background: never before the ready line, never blocking.
+    crate::cluster_fs::start(cfg.files.clone());
     let env = parse_env(&std::fs::read_to_string(crate::pid1::STATE_FILE).unwrap_or_default());
     let (Some(addr), Some(number)) = (
         env.get("NODE_ADDR")

@@ -112,6 +112,7 @@ mod tests {
             kernel_release: "6.1".into(),
             server: None,
             api_port: 7030,
+            files: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod api;
 pub mod bench;
 pub mod children;
 pub mod client;
+pub mod cluster_fs;
 pub mod command;
 pub mod config;
 pub mod console;
