@@ -31,6 +31,7 @@ unit-test: build
 	$(CARGO) test $(CARGO_FLAGS) -p drove -p drove-agent
 
 qemu-test: image
+	@./scripts/install-deps.sh test
 	DROVE_OUT=$(CURDIR)/$(OUT) DROVE_BIN=$(CURDIR)/$(BIN)/drove \
 		$(CARGO) test $(CARGO_FLAGS) -p drove-qemu-tests -- --test-threads=2
 

@@ -11,6 +11,11 @@ PKGS="linux-image-amd64 criu syslinux syslinux-common systemd-boot-efi ipxe
       mtools gdisk fdisk cpio xz-utils zstd busybox-static
       qemu-system-x86 ovmf vde2 initramfs-tools kmod
       nfs-ganesha nfs-ganesha-vfs rpcbind"
+# `install-deps.sh test` adds what only the VM tests need: Debian's chromium for the
+# dashboard's browser test (large, so not part of `make image`).
+if [ "${1:-}" = "test" ]; then
+    PKGS="$PKGS chromium"
+fi
 # `install-deps.sh kernel` adds what compiling the kernel needs (kernel/packages.txt).
 if [ "${1:-}" = "kernel" ]; then
     PKGS="$PKGS $(grep -v '^#' "$(dirname "$0")/../kernel/packages.txt")"

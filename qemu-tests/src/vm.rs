@@ -173,6 +173,8 @@ pub struct VmBuilder {
     nics: Vec<Nic>,
     extra: Vec<OsString>,
     fatal: Vec<String>,
+    /// A guest reboot resets the machine instead of ending QEMU (`-no-reboot` left out).
+    reboot: bool,
 }
 
 impl VmBuilder {
@@ -194,7 +196,15 @@ impl VmBuilder {
             nics: Vec::new(),
             extra: Vec::new(),
             fatal: DEFAULT_FATAL.iter().map(|s| (*s).to_owned()).collect(),
+            reboot: false,
         })
+    }
+
+    /// Lets a guest reboot reset the machine (firmware, boot medium, network boot again), as a
+    /// PC does; by default QEMU exits on a reboot so that a test sees it.
+    pub fn allow_reboot(mut self) -> Self {
+        self.reboot = true;
+        self
     }
 
     /// The VM's work directory (exists already; kept when the test fails).
@@ -300,15 +310,10 @@ impl VmBuilder {
                 "-smp",
                 &self.cpus.to_string(),
             ])
-            .args([
-                "-display",
-                "none",
-                "-serial",
-                "stdio",
-                "-monitor",
-                "none",
-                "-no-reboot",
-            ]);
+            .args(["-display", "none", "-serial", "stdio", "-monitor", "none"]);
+        if !self.reboot {
+            cmd.arg("-no-reboot");
+        }
         if let Firmware::Ovmf { code, vars } = &self.firmware {
             let vars_copy = dir.join("OVMF_VARS.fd");
             std::fs::copy(vars, &vars_copy).map_err(|source| Error::Io {
