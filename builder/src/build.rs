@@ -224,10 +224,11 @@ pub fn build(loaded: &Loaded, opts: &Options) -> Result<Report, Error> {
                 path: seg,
             });
         }
+        let cmdline = with_image_id(&cfg.kernel.cmdline, &kernel.image, &initrds)?;
         Some(BootPayload {
             kernel: kernel.image.clone(),
             initrds,
-            cmdline: cfg.kernel.cmdline.clone(),
+            cmdline,
         })
     } else {
         None
@@ -492,6 +493,45 @@ fn require(path: &Path, what: &'static str, hint: &'static str) -> Result<(), Er
     }
 }
 
+/// The kernel parameter that names the image a node booted (`GET /api/node` shows it as
+/// `image`; `drove update` waits for every node to come back with the new one).
+pub const IMAGE_PARAM: &str = "drove.image=";
+
+/// `cmdline` plus `drove.image=<16 hex>`: a digest of the kernel (path, size, modification time)
+/// and of every initramfs segment's cache name, which carries the fingerprint of its content.
+/// Cheap (no file is read) and deterministic: the same inputs give the same id, a changed
+/// overlay, agent or kernel a new one. An `drove.image=` already in the config is replaced.
+fn with_image_id(cmdline: &str, image: &Path, initrds: &[Initrd]) -> Result<String, Error> {
+    let meta = std::fs::metadata(image).map_err(|source| kernel::Error::Read {
+        path: image.to_owned(),
+        source,
+    })?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let mut h = Sha256::new();
+    h.update(format!(
+        "drove-image-v1\n{}\n{}\n{mtime}\n",
+        image.display(),
+        meta.len()
+    ));
+    for i in initrds {
+        let cached = i.path.file_name().map(|n| n.to_string_lossy().into_owned());
+        h.update(format!("{}\n{}\n", i.name, cached.unwrap_or_default()));
+    }
+    let kept: Vec<&str> = cmdline
+        .split_whitespace()
+        .filter(|w| !w.starts_with(IMAGE_PARAM))
+        .collect();
+    h.update(kept.join(" "));
+    let id = hex::encode(&h.finalize()[..8]);
+    Ok(format!("{} {IMAGE_PARAM}{id}", kept.join(" "))
+        .trim_start()
+        .to_owned())
+}
+
 fn file_len(p: &Path) -> Result<u64, Error> {
     Ok(std::fs::metadata(p)
         .map_err(|source| kernel::Error::Read {
@@ -555,4 +595,47 @@ pub fn source_date_epoch() -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(config::DEFAULT_EPOCH)
+}
+
+#[cfg(test)]
+mod image_id_tests {
+    use super::*;
+
+    fn initrd(name: &str, cached: &str) -> Initrd {
+        Initrd {
+            name: name.into(),
+            path: PathBuf::from(format!("/x/.cache/{cached}")),
+        }
+    }
+
+    #[test]
+    fn image_id_follows_the_segments_and_replaces_an_old_one() {
+        let d = tempfile::tempdir().unwrap();
+        let k = d.path().join("vmlinuz");
+        std::fs::write(&k, b"kernel").unwrap();
+        let base = initrd("initramfs.img", "initramfs-0123456789abcdef.img");
+        let ov1 = initrd("overlay-x.img", "aaaaaaaaaaaaaaaa-overlay-x.img");
+        let ov2 = initrd("overlay-x.img", "bbbbbbbbbbbbbbbb-overlay-x.img");
+        let one = with_image_id("console=ttyS0 quiet", &k, &[base.clone(), ov1.clone()]).unwrap();
+        let again = with_image_id("console=ttyS0 quiet", &k, &[base.clone(), ov1]).unwrap();
+        let other = with_image_id("console=ttyS0 quiet", &k, &[base.clone(), ov2]).unwrap();
+        assert_eq!(one, again);
+        assert_ne!(one, other);
+        let re = regex_like(&one);
+        assert!(one.starts_with("console=ttyS0 quiet drove.image="), "{one}");
+        assert_eq!(re.len(), 16, "{one}");
+        // An id already on the command line (a config copied from a manifest) is replaced.
+        let replaced =
+            with_image_id(&format!("{one} panic=30"), &k, std::slice::from_ref(&base)).unwrap();
+        assert_eq!(replaced.matches(IMAGE_PARAM).count(), 1, "{replaced}");
+        assert!(replaced.contains("panic=30"), "{replaced}");
+    }
+
+    fn regex_like(cmdline: &str) -> String {
+        cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(IMAGE_PARAM))
+            .unwrap_or_default()
+            .to_owned()
+    }
 }

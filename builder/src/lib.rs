@@ -25,3 +25,4 @@ pub mod serve;
 pub mod staged;
 pub mod status;
 pub mod top;
+pub mod update;

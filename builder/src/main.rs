@@ -142,6 +142,35 @@ enum Command {
         #[command(subcommand)]
         command: FilesCommand,
     },
+    /// Rolling update after a rebuild: node by node, move its jobs away, reboot it into the
+    /// image the server now hands out, wait until it is back on that image (docs/operations.md).
+    Update {
+        /// An agent to ask for the cluster table and jobs, HOST[:PORT] (repeatable; the others
+        /// are asked too when it is the one rebooting).
+        #[arg(long = "cluster", value_name = "ADDR[:PORT]", required = true)]
+        cluster: Vec<String>,
+        /// The image server: the new image id is read from its boot.ipxe.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["manifest", "image"])]
+        server: Option<String>,
+        /// Or the build's manifest.json (the id is on its kernel command line).
+        #[arg(long, value_name = "FILE", conflicts_with = "image")]
+        manifest: Option<PathBuf>,
+        /// Or the image id itself (`drove.image=` of the new build).
+        #[arg(long, value_name = "ID")]
+        image: Option<String>,
+        /// File holding the cluster key (64 hex digits); default: $DROVE_KEY_FILE.
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// Reach node N's API at HOST:PORT instead of its cluster address (NAT, port forwards).
+        #[arg(long = "node-api", value_name = "N=HOST:PORT", value_parser = drove::update::parse_node_api)]
+        node_api: Vec<(u32, String)>,
+        /// Seconds a node may take from the reboot until it is back on the new image.
+        #[arg(long, default_value_t = 300)]
+        come_back: u64,
+        /// Seconds a node may take to be drained of its jobs.
+        #[arg(long, default_value_t = 600)]
+        drain: u64,
+    },
     #[command(flatten)]
     Jobs(drove::jobs_client::JobCommand),
 }
@@ -393,6 +422,64 @@ fn run(cli: Cli) -> Result<()> {
             mount_port,
             export,
         })?,
+        Command::Update {
+            cluster,
+            server,
+            manifest,
+            image,
+            key,
+            node_api,
+            come_back,
+            drain,
+        } => {
+            use drove::update;
+            let image = match (server, manifest, image) {
+                (Some(url), _, _) => update::image_from_server(&url)?,
+                (_, Some(m), _) => update::image_from_manifest(&m)?,
+                (_, _, Some(id)) => id,
+                _ => anyhow::bail!(
+                    "say which image to update to: --server URL, --manifest FILE or --image ID"
+                ),
+            };
+            let key_file = key
+                .or_else(|| std::env::var_os("DROVE_KEY_FILE").map(Into::into))
+                .context("the update needs the cluster key: --key FILE or $DROVE_KEY_FILE")?;
+            let key = std::fs::read_to_string(&key_file)
+                .with_context(|| format!("cannot read the cluster key {}", key_file.display()))?
+                .trim()
+                .to_owned();
+            let entry = cluster
+                .iter()
+                .map(|a| drove::status::normalize_addr(a))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut agents = update::Agents::new(entry, key, node_api.into_iter().collect());
+            let plan = update::Plan {
+                image,
+                come_back: std::time::Duration::from_secs(come_back),
+                drain: std::time::Duration::from_secs(drain),
+            };
+            let t0 = std::time::Instant::now();
+            let quiet = cli.quiet;
+            let done = update::run(&mut agents, &plan, &mut |line| {
+                if !quiet {
+                    eprintln!("drove: [{:>7.1}s] {line}", t0.elapsed().as_secs_f64());
+                }
+            })?;
+            let updated = done
+                .iter()
+                .filter(|(_, o)| matches!(o, update::Outcome::Updated { .. }))
+                .count();
+            println!(
+                "drove update: {updated} node(s) updated, {} already current, {} down and skipped; image {}",
+                done.iter()
+                    .filter(|(_, o)| *o == update::Outcome::AlreadyCurrent)
+                    .count(),
+                done.iter()
+                    .filter(|(_, o)| *o == update::Outcome::SkippedDown)
+                    .count(),
+                plan.image
+            );
+        }
         Command::Jobs(cmd) => std::process::exit(drove::jobs_client::run_command(&cmd)?),
     }
     Ok(())

@@ -9,6 +9,7 @@
 //! | `GET /api/events` | SSE: `event: joined|left|down|up|conflict`, `data: {"number","name","addr","at_ms"}` |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /api/node/poweroff` | key needed; 202 and the node powers off |
+//! | `POST /api/node/reboot` | key needed; 202 and the node reboots (409 while it has jobs, unless `?force=1`) |
 //! | `POST /api/node/lock`, `/api/node/unlock` | key needed; this node refuses (takes) guest jobs |
 
 use crate::gossip::{Event, Membership, State};
@@ -49,6 +50,8 @@ pub struct Shared {
     pub uptime_at_start: f64,
     /// Called by `POST /api/node/poweroff`.
     pub poweroff: Box<dyn Fn() + Send + Sync>,
+    /// Called by `POST /api/node/reboot` (a netbooted node comes back with the server's image).
+    pub reboot: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Shared {
@@ -89,6 +92,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/events", get(events))
         .route("/metrics", get(metrics))
         .route("/api/node/poweroff", post(poweroff))
+        .route("/api/node/reboot", post(reboot))
         .route("/api/node/lock", post(lock))
         .route("/api/node/unlock", post(unlock))
         .merge(crate::dashboard::router())
@@ -124,6 +128,7 @@ pub fn node_json(shared: &Shared) -> Value {
         o.insert("kernel".into(), json!(shared.kernel));
         o.insert("version".into(), json!(crate::pid1::VERSION));
         o.insert("calibration".into(), json!(shared.calibration));
+        o.insert("image".into(), json!(image_id()));
         o.insert("files".into(), crate::cluster_fs::status_json());
     }
     row
@@ -270,6 +275,60 @@ async fn metrics(Extract(shared): Extract<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// The image this node booted: `drove.image=` on the kernel command line (the builder puts it
+/// there); `None` for an image built before image ids, or booted by hand without it.
+pub fn image_id() -> Option<String> {
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        image_id_in(&cmdline)
+    })
+    .clone()
+}
+
+fn image_id_in(cmdline: &str) -> Option<String> {
+    cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("drove.image="))
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
+}
+
+#[derive(serde::Deserialize, Default)]
+struct RebootQuery {
+    force: Option<String>,
+}
+
+/// `drove update` reboots a drained node; a node that still runs jobs would lose them, so that
+/// needs `?force=1`.
+async fn reboot(
+    Extract(shared): Extract<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Option<axum::extract::Query<RebootQuery>>,
+) -> Response {
+    if !shared.authorized(&headers) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "this needs the cluster key: Authorization: Bearer <hex key>"})),
+        )
+            .into_response();
+    }
+    let force = query
+        .and_then(|q| q.0.force)
+        .is_some_and(|f| f == "1" || f == "true");
+    let jobs = shared.membership().me().load.jobs;
+    if jobs > 0 && !force {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({"error": format!("this node runs {jobs} job(s), which a reboot would kill: move them first (drove update drains nodes) or add ?force=1")})),
+        )
+            .into_response();
+    }
+    crate::info!("API: reboot requested");
+    (shared.reboot)();
+    (StatusCode::ACCEPTED, Json(json!({"action": "reboot"}))).into_response()
+}
+
 async fn poweroff(Extract(shared): Extract<Arc<Shared>>, headers: HeaderMap) -> Response {
     if !shared.authorized(&headers) {
         return (
@@ -387,6 +446,7 @@ mod tests {
             poweroff: Box::new(move || {
                 calls.fetch_add(1, Ordering::SeqCst);
             }),
+            reboot: Box::new(|| {}),
         })
     }
 
@@ -527,6 +587,50 @@ mod tests {
             call(&s, get("/assets/dashboard.js")).await.0,
             StatusCode::OK
         );
+    }
+
+    #[test]
+    fn image_id_from_the_command_line() {
+        assert_eq!(
+            image_id_in("console=ttyS0 drove.image=0123abcd quiet\n").as_deref(),
+            Some("0123abcd")
+        );
+        assert_eq!(image_id_in("console=ttyS0 drove.image= quiet"), None);
+        assert_eq!(image_id_in("console=ttyS0"), None);
+    }
+
+    #[tokio::test]
+    async fn reboot_needs_the_key_and_no_jobs() {
+        let s = shared(Arc::default());
+        let post = |uri: &str, auth: bool| {
+            let mut r = Request::post(uri);
+            if auth {
+                r = r.header("authorization", format!("Bearer {KEY}"));
+            }
+            r.body(Body::empty()).unwrap()
+        };
+        assert_eq!(
+            call(&s, post("/api/node/reboot", false)).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            call(&s, post("/api/node/reboot", true)).await.0,
+            StatusCode::ACCEPTED
+        );
+        s.membership().set_load(Load {
+            jobs: 2,
+            ..Load::default()
+        });
+        let (st, body) = call(&s, post("/api/node/reboot", true)).await;
+        assert_eq!(st, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("runs 2 job(s)"), "{body}");
+        assert_eq!(
+            call(&s, post("/api/node/reboot?force=1", true)).await.0,
+            StatusCode::ACCEPTED
+        );
+        let (_, body) = call(&s, get("/api/node")).await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert!(v.get("image").is_some(), "{v}");
     }
 
     #[tokio::test]

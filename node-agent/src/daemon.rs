@@ -140,6 +140,12 @@ pub fn main() -> i32 {
                 crate::client::signal_for(crate::power::PowerAction::Poweroff),
             );
         }),
+        reboot: Box::new(|| {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(1),
+                crate::client::signal_for(crate::power::PowerAction::Reboot),
+            );
+        }),
     });
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
