@@ -144,6 +144,39 @@ impl Agent {
         self.launch_pinned(cmd, false)
     }
 
+    /// [`Agent::launch`] in working directory `cwd` (default: the cluster file area, if any)
+    /// with `env` set on top of the node's environment.
+    pub fn launch_in(
+        &self,
+        cmd: &[String],
+        pin: bool,
+        cwd: Option<&str>,
+        env: &[(String, String)],
+    ) -> Result<Value, Error> {
+        self.launch_checkpointed(cmd, pin, cwd, env, None)
+    }
+
+    /// [`Agent::launch_in`], checkpointed every `checkpoint_every` seconds when given (the
+    /// checkpoint is kept on another node; the job restarts from it if its node dies).
+    pub fn launch_checkpointed(
+        &self,
+        cmd: &[String],
+        pin: bool,
+        cwd: Option<&str>,
+        env: &[(String, String)],
+        checkpoint_every: Option<u64>,
+    ) -> Result<Value, Error> {
+        let env: serde_json::Map<String, Value> = env
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let mut body = json!({ "cmd": cmd, "pin": pin, "cwd": cwd, "env": env });
+        if let Some(every) = checkpoint_every {
+            body["checkpoint_every"] = json!(every);
+        }
+        self.ok("POST", "/api/jobs", Some(&body))
+    }
+
     /// [`Agent::launch`]; a pinned job is never moved by the balancer.
     pub fn launch_pinned(&self, cmd: &[String], pin: bool) -> Result<Value, Error> {
         self.ok(
@@ -403,6 +436,9 @@ pub fn ps_table(jobs: &Value) -> String {
             exit,
             cmd.join(" ")
         ));
+        if let Some(reason) = j["reason"].as_str() {
+            out.push_str(&format!("{:<8} ^ {reason}\n", ""));
+        }
     }
     for u in jobs["unreachable"].as_array().into_iter().flatten() {
         out.push_str(&format!(
@@ -459,6 +495,22 @@ pub enum JobCommand {
         /// Never move the job automatically (the balancer leaves it where it starts).
         #[arg(long)]
         pin: bool,
+        /// Working directory on the node; default: the cluster file area (/cluster) when the
+        /// cluster has one, else /.
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<String>,
+        /// Set a variable in the job's environment (repeatable); `--env NAME` copies NAME from
+        /// this shell.
+        #[arg(long = "env", value_name = "NAME=VALUE|NAME")]
+        env: Vec<String>,
+        /// Copy this shell's environment into the job, as mosrun's jobs inherit it (except what
+        /// only makes sense here: HOME, PWD, SHELL, TERM, DISPLAY, SSH_*, XDG_*, ...).
+        #[arg(long)]
+        copy_env: bool,
+        /// Checkpoint the job every SECS seconds to another node (its home, or the next node
+        /// when it runs at home); if its node dies it restarts there from the latest checkpoint.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        checkpoint_every: Option<u64>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
@@ -502,9 +554,20 @@ pub enum JobCommand {
 /// Runs one job command; returns the process exit code.
 pub fn run_command(cmd: &JobCommand) -> anyhow::Result<i32> {
     match cmd {
-        JobCommand::Run { agent, pin, cmd } => {
+        JobCommand::Run {
+            agent,
+            pin,
+            cwd,
+            env,
+            copy_env,
+            checkpoint_every,
+            cmd,
+        } => {
             let agent = agent.agent()?;
-            let job = agent.launch_pinned(cmd, *pin)?;
+            let env = crate::files::job_env(env, *copy_env, std::env::vars())
+                .map_err(anyhow::Error::msg)?;
+            let job =
+                agent.launch_checkpointed(cmd, *pin, cwd.as_deref(), &env, *checkpoint_every)?;
             let id = job["id"].as_str().unwrap_or_default().to_owned();
             eprintln!("drove: job {id} started on node {}", job["node"]);
             catch_sigint();

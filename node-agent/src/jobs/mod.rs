@@ -4,6 +4,7 @@
 //! - [`table`]: jobs, their states and the migration records (pure);
 //! - [`proto`]: the transfer protocol (handshake, frames);
 //! - [`criu`]: CRIU command lines and the one wrapper that runs them;
+//! - [`files`]: whether a job's open files let it move (all in the cluster file area);
 //! - [`engine`]: launch, reaping, the source and target sides of a migration;
 //! - [`balance`]: automatic load balancing (pure decision, and the daemon's loop);
 //! - [`cpuinfo`]: CPU compatibility checks (`criu cpuinfo`) the balancer relies on;
@@ -16,5 +17,6 @@ pub mod cluster;
 pub mod cpuinfo;
 pub mod criu;
 pub mod engine;
+pub mod files;
 pub mod proto;
 pub mod table;
