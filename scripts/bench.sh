@@ -85,6 +85,8 @@ minimum) and hashing every artifact for `manifest.json`, which is why the PXE-on
 MD
 # Boot to ready against a bare busybox init (issue 3's benchmark).
 ./scripts/bench-boot.sh >> docs/benchmarks.md
+# A job reading its input from /cluster (NFS) against a local copy (issue 8's benchmark; root).
+./scripts/bench-files.sh >> docs/benchmarks.md
 # Plots beside the tables: drawn from the tables above and from target/bench/*.csv (curves other
 # benchmarks write, `series,x,y`); see bench-plot/src/main.rs. Keep this last, before the cat.
 ./scripts/install-deps.sh bench

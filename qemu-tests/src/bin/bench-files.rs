@@ -1,0 +1,172 @@
+//! File-area benchmark (issue 8): one node mounting `drove files serve`'s export (nfs-ganesha on
+//! the host's 127.0.0.1, reached as 10.0.2.2 through QEMU's user-mode networking). The same job
+//! reads a 50 MB input from /cluster (page cache dropped first: every byte comes over NFS) and
+//! from a local copy in the node's RAM (/tmp), runs interleaved, medians. Prints a markdown
+//! section for docs/benchmarks.md on stdout (progress on stderr). Needs root (ganesha).
+//!
+//! Usage: `bench-files [--runs N]` (default 3, or `$RUNS`).
+
+use std::time::{Duration, Instant};
+
+use drove::jobs_client::Agent;
+use drove_qemu_tests::cluster::{cluster_config, free_port};
+use drove_qemu_tests::{drove_bin, workspace_root, Cluster, ClusterImage, Error};
+
+const INPUT_MB: usize = 50;
+
+fn main() {
+    let mut runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next().and_then(|n| n.parse().ok())) {
+            ("--runs", Some(n)) if n > 0 => runs = n,
+            _ => {
+                eprintln!("usage: bench-files [--runs N]");
+                std::process::exit(2);
+            }
+        }
+    }
+    if let Err(e) = run(runs) {
+        eprintln!("bench-files: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Runs `script` as a job on the node (cwd /) and returns its stdout.
+fn job(agent: &Agent, script: &str) -> Result<String, String> {
+    let j = agent
+        .launch_in(
+            &[
+                "/bin/busybox".into(),
+                "sh".into(),
+                "-c".into(),
+                script.into(),
+            ],
+            true,
+            Some("/"),
+            &[],
+        )
+        .map_err(|e| e.to_string())?;
+    let id = j["id"].as_str().unwrap_or_default().to_owned();
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let done = agent
+        .follow(&id, &mut out, &mut err, Duration::from_millis(300))
+        .map_err(|e| e.to_string())?;
+    if done["exit_code"].as_i64() != Some(0) {
+        return Err(format!(
+            "job {id} failed: {done}\n{}",
+            String::from_utf8_lossy(&err)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Seconds the reading command took, timed inside the node from /proc/uptime (10 ms steps).
+fn timed(agent: &Agent, prep: &str, cmd: &str) -> Result<f64, String> {
+    let script = format!(
+        "{prep}; a=$(cut -d' ' -f1 /proc/uptime); {cmd} >/dev/null; b=$(cut -d' ' -f1 /proc/uptime); echo \"$a $b\""
+    );
+    let out = job(agent, &script)?;
+    let v: Vec<f64> = out
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    match v[..] {
+        [a, b] if b > a => Ok(b - a),
+        _ => Err(format!("cannot read the timing from {out:?}")),
+    }
+}
+
+fn run(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let work = workspace_root()
+        .join("target/tmp/drove-bench-files")
+        .join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&work);
+    let export = work.join("export");
+    std::fs::create_dir_all(&export)?;
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut data = vec![0u8; INPUT_MB << 20];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(export.join("in.dat"), &data)?;
+    let server = drove::files::Server {
+        dir: export.clone(),
+        listen: ([127, 0, 0, 1], free_port()?).into(),
+        mount_port: free_port()?,
+        export: "/cluster".into(),
+    };
+    let _running = drove::files::start(&server)?;
+    let mut config = cluster_config(1, 1);
+    config.push_str(&drove::files::client_config(&server, "10.0.2.2"));
+    let image = ClusterImage::build(&drove_bin()?, &work.join("image"), &config)?;
+    let cluster = Cluster::start_named("bench-files", 1, &image)?;
+    let agent = Agent::new(&cluster.api(1)?.to_string(), Some(image.key_hex()?));
+    let t0 = Instant::now();
+    loop {
+        let files = cluster.get_json(1, "/api/node")?["files"].clone();
+        if files["state"] == "mounted" {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(90) {
+            return Err(Box::new(Error::Cluster {
+                what: format!("file area not mounted after 90 s: {files}"),
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    job(&agent, "cp /cluster/in.dat /tmp/in.dat")?;
+    let drop = "sync; echo 3 > /proc/sys/vm/drop_caches";
+    let mut rows = Vec::new();
+    for (name, cmd) in [("`cat FILE`", "cat"), ("`md5sum FILE`", "md5sum")] {
+        let (mut local, mut nfs) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            let l = timed(&agent, drop, &format!("{cmd} /tmp/in.dat"))?;
+            let n = timed(&agent, drop, &format!("{cmd} /cluster/in.dat"))?;
+            eprintln!(
+                "bench-files: {cmd} run {}: local {l:.2} s, /cluster {n:.2} s",
+                i + 1
+            );
+            local.push(INPUT_MB as f64 / l);
+            nfs.push(INPUT_MB as f64 / n);
+        }
+        rows.push((name, median(local), median(nfs)));
+    }
+    println!("\n## Cluster file area (NFS)\n");
+    println!(
+        "`scripts/bench-files.sh` (`qemu-tests/src/bin/bench-files.rs`) on {}: one node (TCG, 512 MiB) mounts\n\
+         `drove files serve`'s nfs-ganesha export on the host (through QEMU user-mode networking) at\n\
+         /cluster; the same job reads a {INPUT_MB} MiB file from /cluster (page cache dropped before each\n\
+         run, so every byte crosses the network) and from a copy in the node's RAM (/tmp), runs\n\
+         interleaved, medians of {runs}. Timed inside the node from /proc/uptime. Goal: /cluster at\n\
+         least 80 % of local.\n",
+        std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%d"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    );
+    println!("| job | local /tmp MiB/s | /cluster MiB/s | ratio | goal |");
+    println!("|---|---|---|---|---|");
+    for (name, l, n) in rows {
+        println!("| {name} | {l:.1} | {n:.1} | {:.2} | ≥ 0.80 |", n / l);
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
