@@ -26,6 +26,9 @@ use crate::{
 /// The agent's API port inside the guest.
 pub const API_PORT: u16 = 7030;
 
+/// The agent's migration listener inside the guest (API port + 1).
+pub const MIGRATE_PORT: u16 = API_PORT + 1;
+
 /// Memory per node (TCG on 2 shared cores: keep four nodes affordable).
 pub const NODE_MEMORY_MIB: u32 = 512;
 
@@ -209,6 +212,8 @@ pub struct Node {
     pub vm: Vm,
     /// Host side of the API forward: `127.0.0.1:<port>`.
     pub api: SocketAddr,
+    /// Host side of the forward to the migration listener (tests of its authentication).
+    pub migrate: SocketAddr,
     /// The ready line it printed.
     pub ready: String,
     /// The node name from the ready line (`nodeN` for mapped nodes; outside the map the agent
@@ -289,6 +294,7 @@ impl Cluster {
             format!("{}-node{number}-boot{boots}", self.prefix)
         };
         let port = free_port()?;
+        let migrate_port = free_port()?;
         let vm = VmBuilder::new(&name)?
             .memory_mib(NODE_MEMORY_MIB)
             .kernel(&image.kernel, Some(image.initrd.clone()), &image.cmdline)
@@ -296,13 +302,15 @@ impl Cluster {
             .nic(
                 Nic::user()
                     .mac(format!("52:54:00:00:01:{number:02x}"))
-                    .hostfwd(port, API_PORT),
+                    .hostfwd(port, API_PORT)
+                    .hostfwd(migrate_port, MIGRATE_PORT),
             )
             .spawn()?;
         Ok(Node {
             number,
             vm,
             api: SocketAddr::from(([127, 0, 0, 1], port)),
+            migrate: SocketAddr::from(([127, 0, 0, 1], migrate_port)),
             ready: String::new(),
             name: String::new(),
             boot_time: Duration::ZERO,

@@ -4,12 +4,13 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /api/jobs` `{"cmd": [...]}` | key; 201 and the job |
+//! | `POST /api/jobs` `{"cmd": [...], "pin", "cwd", "env": {"K": "V"}}` | key; 201 and the job |
 //! | `GET /api/jobs` | `{"node", "jobs": [...], "migrations": [...]}` of this node |
 //! | `GET /api/jobs/:id` | the job, from the node that runs it |
 //! | `GET /api/jobs/:id/output?stream=stdout&offset=N` | raw bytes of the output from byte N |
 //! | `POST /api/jobs/:id/migrate` `{"to": "2"\|"node2"\|"home"}` | key; the migration record |
 //! | `POST /api/jobs/:id/kill` | key; SIGKILL wherever the job runs |
+//! | `POST /api/jobs/:id/freeze`, `/continue` | key; SIGSTOP / SIGCONT to the whole job |
 //! | `GET /api/migrations` | migrations this node sent |
 //! | `GET /api/cluster/jobs` | every node's jobs and migrations merged (see [`super::cluster`]) |
 
@@ -48,6 +49,8 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/api/jobs/:id/output", get(output))
         .route("/api/jobs/:id/migrate", post(migrate))
         .route("/api/jobs/:id/kill", post(kill))
+        .route("/api/jobs/:id/freeze", post(freeze))
+        .route("/api/jobs/:id/continue", post(thaw))
         .route("/api/migrations", get(migrations))
         .route("/api/cpuinfo/check", post(super::cpuinfo::route))
         .route("/api/cluster/jobs", get(cluster_jobs))
@@ -68,17 +71,128 @@ pub fn start(shared: Arc<Shared>, api_port: u16) -> Router {
     if let Err(e) = engine.start() {
         crate::error!("jobs: cannot start the job engine: {e}");
     }
+    {
+        // Why each job cannot move (files outside the cluster file area), for `drove ps`.
+        let e = engine.clone();
+        let _ = std::thread::Builder::new()
+            .name("job-files".into())
+            .spawn(move || {
+                super::files::watch(
+                    || {
+                        e.table()
+                            .list()
+                            .into_iter()
+                            .filter(|j| j.state == State::Running)
+                            .filter_map(|j| {
+                                Some((j.id.clone(), j.pid?, e.job_dir(&j.id), j.reason))
+                            })
+                            .collect()
+                    },
+                    |id, reason| e.table().set_reason(id, reason),
+                )
+            });
+    }
     if shared.key_hex.is_some() {
         let (s, e) = (shared.clone(), engine.clone());
         let _ = std::thread::Builder::new()
             .name("balance".into())
             .spawn(move || super::balance::run(s, e));
     }
+    {
+        let (s, e) = (shared.clone(), engine.clone());
+        let _ = std::thread::Builder::new()
+            .name("job-watch".into())
+            .spawn(move || watch_nodes(&s, &e));
+    }
+    if shared.key_hex.is_some() {
+        let (s, e) = (shared.clone(), engine.clone());
+        let _ = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || checkpoint_loop(&s, &e));
+    }
     router(Ctx {
         shared,
         engine,
         api_port,
     })
+}
+
+/// Once a second: the jobs due for a checkpoint are checkpointed, one after the other, to
+/// their home node, or to the next node up when they run at home.
+fn checkpoint_loop(shared: &Shared, engine: &Engine) {
+    // Jobs already warned about (no holder), so the log says it once, not every second.
+    let mut homeless = std::collections::BTreeSet::new();
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        for job in engine.checkpoints_due() {
+            let Some((holder, addr)) = checkpoint_holder(shared, engine.me, job.home) else {
+                if homeless.insert(job.id.clone()) {
+                    crate::warn!("jobs: no node up to hold the checkpoint of job {}", job.id);
+                }
+                continue;
+            };
+            homeless.remove(&job.id);
+            if let Err(e) = engine.checkpoint(&job.id, holder, addr) {
+                crate::warn!(
+                    "jobs: checkpoint of job {} to node {holder} failed: {}",
+                    job.id,
+                    crate::console::chain(&e)
+                );
+            }
+        }
+    }
+}
+
+/// Who keeps the checkpoints of a job of `home` running on `me`: its home, or when it runs at
+/// home, the next node up after it (by number, wrapping).
+pub fn checkpoint_holder(shared: &Shared, me: u32, home: u32) -> Option<(u32, Ipv4Addr)> {
+    let rows = {
+        let now = shared.now();
+        shared.membership().table(now)
+    };
+    let up: Vec<(u32, Ipv4Addr)> = rows
+        .iter()
+        .filter(|r| r.state == crate::gossip::State::Up)
+        .filter_map(|r| Some((r.number, r.addr.parse().ok()?)))
+        .collect();
+    pick_holder(&up, me, home)
+}
+
+/// [`checkpoint_holder`] over the nodes up, as (number, address).
+pub fn pick_holder(up: &[(u32, Ipv4Addr)], me: u32, home: u32) -> Option<(u32, Ipv4Addr)> {
+    if home != me {
+        return up.iter().find(|(n, _)| *n == home).copied();
+    }
+    let mut others: Vec<(u32, Ipv4Addr)> = up.iter().filter(|(n, _)| *n != me).copied().collect();
+    others.sort();
+    others
+        .iter()
+        .find(|(n, _)| *n > me)
+        .or_else(|| others.first())
+        .copied()
+}
+
+/// Once a second: the jobs that moved from here to a node now `down` restart from the
+/// checkpoints held here, or else are lost (never silently: the record says which node, how
+/// long it has been silent and which job).
+fn watch_nodes(shared: &Shared, engine: &Engine) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let rows = {
+            let now = shared.now();
+            shared.membership().table(now)
+        };
+        for r in rows {
+            if r.state == crate::gossip::State::Down && r.number != engine.me {
+                let why = match r.last_heard_ms {
+                    Some(ms) => format!("went down (no heartbeat for {:.0} s)", ms as f64 / 1e3),
+                    None => "went down (never heard)".to_string(),
+                };
+                engine.restart_from_checkpoints(r.number, &why);
+                engine.node_lost(r.number, &why);
+            }
+        }
+    }
 }
 
 fn error(status: StatusCode, text: impl std::fmt::Display) -> Response {
@@ -97,6 +211,15 @@ struct LaunchBody {
     cmd: Vec<String>,
     #[serde(default)]
     pin: bool,
+    /// Working directory (default: the cluster file area, if any, else `/`).
+    #[serde(default)]
+    cwd: Option<String>,
+    /// Environment variables set on top of the agent's.
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    /// Seconds between checkpoints kept on another node (none by default).
+    #[serde(default)]
+    checkpoint_every: Option<u64>,
 }
 
 async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
@@ -109,8 +232,31 @@ async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> 
             "body must be {\"cmd\": [\"program\", \"arg\", ...]}",
         );
     };
+    let start = super::files::Start {
+        cwd: req.cwd,
+        env: req.env.into_iter().collect(),
+    };
+    if let Err(e) = start.check() {
+        return error(StatusCode::BAD_REQUEST, e);
+    }
+    if req.checkpoint_every == Some(0) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "checkpoint_every must be at least 1 s",
+        );
+    }
     let engine = ctx.engine.clone();
-    match tokio::task::spawn_blocking(move || engine.launch_pinned(&req.cmd, req.pin)).await {
+    let every = req.checkpoint_every;
+    let launched = move || {
+        let job = engine.launch_with(&req.cmd, req.pin, &start)?;
+        match every {
+            Some(_) => Ok::<Job, super::engine::Error>(
+                engine.table().set_checkpoint_every(&job.id, every)?,
+            ),
+            None => Ok(job),
+        }
+    };
+    match tokio::task::spawn_blocking(launched).await {
         Ok(Ok(job)) => (StatusCode::CREATED, Json(job)).into_response(),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, crate::console::chain(&e)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -346,6 +492,51 @@ async fn kill(
     }
 }
 
+/// `POST /api/jobs/:id/<action>` for a job-wide signal (kill, freeze, continue): here or
+/// forwarded to the node running the job.
+async fn signal_route(ctx: Ctx, id: String, action: &'static str, headers: HeaderMap) -> Response {
+    if !ctx.shared.authorized(&headers) {
+        return unauthorized();
+    }
+    match locate(&ctx, &id, headers.contains_key(FORWARDED)) {
+        Where::Here(_) => {
+            let result = match action {
+                "freeze" => ctx.engine.freeze(&id),
+                "continue" => ctx.engine.thaw(&id),
+                _ => ctx.engine.kill(&id),
+            };
+            match result {
+                Ok(job) => Json(job).into_response(),
+                Err(e) => error(StatusCode::CONFLICT, crate::console::chain(&e)),
+            }
+        }
+        Where::There(addr) => {
+            forward(
+                &ctx,
+                addr,
+                Method::POST,
+                &format!("/api/jobs/{id}/{action}"),
+                &headers,
+                Bytes::new(),
+            )
+            .await
+        }
+        Where::Missing(e) => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+async fn freeze(
+    Extract(ctx): Extract<Ctx>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    signal_route(ctx, id, "freeze", headers).await
+}
+
+async fn thaw(Extract(ctx): Extract<Ctx>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    signal_route(ctx, id, "continue", headers).await
+}
+
 /// Sends the same request to `addr`'s API (HTTP/1.0, one request per connection) and returns
 /// its answer as is.
 async fn forward(
@@ -448,6 +639,20 @@ pub fn parse_response(resp: &[u8]) -> Option<Forwarded> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_holders() {
+        let a = |n: u8| Ipv4Addr::new(10, 10, 0, n);
+        let up = [(1, a(1)), (2, a(2)), (3, a(3))];
+        // Away from home: the home keeps it.
+        assert_eq!(pick_holder(&up, 2, 1), Some((1, a(1))));
+        // At home: the next node, wrapping.
+        assert_eq!(pick_holder(&up, 1, 1), Some((2, a(2))));
+        assert_eq!(pick_holder(&up, 3, 3), Some((1, a(1))));
+        // Home down: nobody (the job's record lives there).
+        assert_eq!(pick_holder(&up[1..], 2, 1), None);
+        assert_eq!(pick_holder(&up[..1], 1, 1), None);
+    }
 
     #[test]
     fn forwarded_answers_parse() {

@@ -65,6 +65,35 @@ pub enum Error {
     },
     #[error("{0}")]
     Other(String),
+    #[error("no commit from node {from}: {source}")]
+    NoCommit { from: u32, source: proto::Error },
+}
+
+/// How long a target holding a restored, uncommitted copy keeps asking the source who owns the
+/// job before it gives up on it.
+const ASK_OWNER_FOR: Duration = Duration::from_secs(300);
+
+/// What a target does with a restored copy whose commit never came, from the source's answer
+/// to `GET /api/jobs/<id>` (`None`: no answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The source killed its copy and recorded the job as moved here: run ours.
+    Resume,
+    /// The source still has the job (it resumed after the failure) or it ended there: drop ours.
+    Drop,
+    /// No answer, or one that says neither: ask again.
+    Ask,
+}
+
+pub fn owner_verdict(answer: Option<(u16, &serde_json::Value)>, me: u32) -> Verdict {
+    match answer {
+        Some((200, job)) => match job["state"].as_str() {
+            Some("moved") if job["node"].as_u64() == Some(u64::from(me)) => Verdict::Resume,
+            Some("running" | "migrating" | "frozen" | "exited" | "moved") => Verdict::Drop,
+            _ => Verdict::Ask,
+        },
+        _ => Verdict::Ask,
+    }
 }
 
 fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -80,16 +109,39 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Where checkpoints held for other nodes' jobs live (`<id>/current`, `<id>/incoming`).
+pub const CHECKPOINTS_DIR: &str = "/run/drove/checkpoints";
+
+/// What a connection carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Kind {
+    /// A migration: restore, wait for the commit, run.
+    #[default]
+    Migrate,
+    /// A checkpoint to keep (not restored unless the job's node dies).
+    Checkpoint,
+    /// The job ended: drop its checkpoint.
+    Drop,
+}
+
 /// What the source sends first.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Header {
     job: Job,
     offsets: Offsets,
     from: u32,
+    #[serde(default)]
+    kind: Kind,
 }
 
 pub struct Engine {
     table: Mutex<Table>,
+    /// Jobs checkpointed from here: the node holding the latest checkpoint, its address and
+    /// when it was taken.
+    checkpointed: Mutex<std::collections::BTreeMap<String, (u32, Ipv4Addr, Instant)>>,
+    /// Where held checkpoints live.
+    checkpoint_root: PathBuf,
     children: Arc<Children>,
     key: Option<Vec<u8>>,
     /// This node's number.
@@ -103,6 +155,8 @@ impl Engine {
     pub fn new(me: u32, key: Option<Vec<u8>>, root: PathBuf, port: u16) -> Self {
         Engine {
             table: Mutex::new(Table::default()),
+            checkpointed: Mutex::new(Default::default()),
+            checkpoint_root: CHECKPOINTS_DIR.into(),
             children: Arc::new(Children::new()),
             key,
             me,
@@ -170,12 +224,19 @@ impl Engine {
             };
             if let Some(id) = table.exited(pid.as_raw(), code, signal) {
                 info!("jobs: job {id} ended ({exit})");
+                self.drop_checkpoint(&id);
             }
         }
     }
 
     pub fn job_dir(&self, id: &str) -> PathBuf {
         self.root.join(id)
+    }
+
+    /// Why job `id` (running here) cannot migrate now, if it cannot (see [`super::files`]).
+    pub fn unmovable(&self, id: &str) -> Option<String> {
+        let pid = self.table().get(id).ok()?.pid?;
+        super::files::unmovable(pid, &self.job_dir(id))
     }
 
     /// Starts `cmd` as the init of a new PID namespace, in a session of its own, stdin from
@@ -186,7 +247,19 @@ impl Engine {
 
     /// [`Engine::launch`]; a pinned job is never moved by the balancer.
     pub fn launch_pinned(&self, cmd: &[String], pinned: bool) -> Result<Job, Error> {
+        self.launch_with(cmd, pinned, &super::files::Start::default())
+    }
+
+    /// [`Engine::launch_pinned`] in a working directory (default: the cluster file area when
+    /// the cluster has one) with extra environment variables (see [`super::files::Start`]).
+    pub fn launch_with(
+        &self,
+        cmd: &[String],
+        pinned: bool,
+        start: &super::files::Start,
+    ) -> Result<Job, Error> {
         let (program, args) = cmd.split_first().ok_or(Error::EmptyCommand)?;
+        let cwd = start.cwd().map_err(Error::Other)?;
         let mut table = self.table();
         let root = self.root.clone();
         let id = table.next_id(self.me, |id| root.join(id).exists());
@@ -198,7 +271,8 @@ impl Engine {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::NoPid(e.into()))?;
         let w = pid_w.as_raw_fd();
         let mut command = Command::new(program);
-        command.args(args).stdout(out).stderr(err).current_dir("/");
+        command.args(args).stdout(out).stderr(err).current_dir(&cwd);
+        command.envs(start.env(&id, &cwd));
         // SAFETY: runs in the forked child before exec and calls only async-signal-safe
         // functions (unshare, fork, setsid, write, close, _exit) on plain integers and a
         // stack buffer. The middle process exits at once; its child, pid 1 of the new PID
@@ -251,6 +325,8 @@ impl Engine {
             started_ms: unix_ms(),
             migrations: 0,
             pinned,
+            reason: None,
+            checkpoint_every: None,
         };
         table.insert(job.clone())?;
         info!(
@@ -263,11 +339,15 @@ impl Engine {
         Ok(job)
     }
 
-    /// SIGKILL to a job running here.
+    /// SIGKILL to a job running here (frozen or not: SIGKILL ends stopped processes too).
+    /// The root is the init of the job's PID namespace: its death takes every process of the
+    /// namespace with it.
     pub fn kill(&self, id: &str) -> Result<Job, Error> {
         let job = self.table().get(id)?.clone();
         match (job.state, job.pid) {
-            (State::Running | State::Migrating, Some(pid)) => signal(pid, Signal::SIGKILL)?,
+            (State::Running | State::Migrating | State::Frozen, Some(pid)) => {
+                signal(pid, Signal::SIGKILL)?
+            }
             (state, _) => {
                 return Err(super::table::Error::WrongState {
                     id: id.into(),
@@ -278,6 +358,39 @@ impl Engine {
             }
         }
         Ok(job)
+    }
+
+    /// `drove freeze`: SIGSTOP to every process of the job (all of its PID namespace), state
+    /// `frozen`. The table changes first, so the balancer never picks a job being frozen.
+    pub fn freeze(&self, id: &str) -> Result<Job, Error> {
+        let pid = self.table().freeze(id)?;
+        let stopped = signal_tree(pid, Signal::SIGSTOP);
+        if let Err(e) = stopped {
+            let _ = self.table().thaw(id);
+            return Err(e);
+        }
+        info!("jobs: job {id} frozen");
+        Ok(self.table().get(id)?.clone())
+    }
+
+    /// `drove continue`: SIGCONT to every process of a frozen job, state `running`.
+    pub fn thaw(&self, id: &str) -> Result<Job, Error> {
+        let pid = self.table().thaw(id)?;
+        signal_tree(pid, Signal::SIGCONT)?;
+        info!("jobs: job {id} continued");
+        Ok(self.table().get(id)?.clone())
+    }
+
+    /// Marks the jobs that moved from here to `node` lost, `reason` naming the node and why
+    /// (its heartbeat stopped). Returns their ids.
+    pub fn node_lost(&self, node: u32, why: &str) -> Vec<String> {
+        let ids = self.table().node_lost(node, |id| {
+            format!("node {node} {why} while running job {id}")
+        });
+        for id in &ids {
+            warn!("jobs: job {id} lost: node {node} {why}");
+        }
+        ids
     }
 
     /// Up to `max` bytes of the job's `stream` (stdout or stderr) from `offset`.
@@ -315,6 +428,13 @@ impl Engine {
             error: None,
             at_ms: unix_ms(),
         };
+        // Files only this node has would break the restore (or worse): refuse before any freeze.
+        if let Some(why) = self.unmovable(id) {
+            rec.error = Some(format!("refused: job {id} {why}"));
+            warn!("jobs: migration of {id} to node {to} refused: {why}");
+            self.table().migrations.push(rec.clone());
+            return rec;
+        }
         let pid = match self.table().begin_migration(id) {
             Ok(pid) => pid,
             Err(e) => {
@@ -413,6 +533,8 @@ impl Engine {
             &dir.join("dump.log"),
             CRIU_TIMEOUT,
         )?;
+        // The job's writes to the file area must be on the server before the target opens them.
+        crate::cluster_fs::flush().map_err(Error::Other)?;
         let len = |n: &str| fs::metadata(dir.join(n)).map_or(0, |m| m.len());
         let offsets = Offsets {
             stdout: len("stdout"),
@@ -423,47 +545,20 @@ impl Engine {
             job,
             offsets,
             from: self.me,
+            kind: Kind::Migrate,
         };
         ch.send(&Msg::Header(
             serde_json::to_string(&header).map_err(|e| Error::Other(e.to_string()))?,
         ))?;
-        let mut files: Vec<(String, PathBuf)> = Vec::new();
-        for entry in fs::read_dir(images).map_err(file_err(images))? {
-            let entry = entry.map_err(file_err(images))?;
-            files.push((
-                format!("img/{}", entry.file_name().to_string_lossy()),
-                entry.path(),
-            ));
-        }
-        files.sort();
+        let mut files = image_files(images)?;
         files.push(("out/stdout".into(), dir.join("stdout")));
         files.push(("out/stderr".into(), dir.join("stderr")));
         for (name, path) in files {
-            let data = fs::read(&path).map_err(file_err(&path))?;
-            ch.send(&Msg::File {
-                name,
-                mode: 0o600,
-                size: data.len() as u64,
-            })?;
-            for chunk in data.chunks(proto::CHUNK) {
-                ch.send(&Msg::Data(chunk.to_vec()))?;
-            }
-            *bytes += data.len() as u64;
+            *bytes += send_file(&mut ch, &name, &path, None)?;
         }
         ch.send(&Msg::End)?;
         ch.flush()?;
-        match ch.recv()? {
-            Msg::Restored(j) => {
-                let v: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
-                if v["ok"] != true {
-                    return Err(Error::Refused(
-                        v["error"].as_str().unwrap_or("restore failed").to_string(),
-                    ));
-                }
-            }
-            Msg::Abort(r) => return Err(Error::Refused(r)),
-            m => return Err(proto::Error::Unexpected(format!("{m:?}")).into()),
-        }
+        expect_ok(ch.recv()?)?;
         // Point of no return: the target holds a restored, stopped copy.
         signal(pid, Signal::SIGKILL)?;
         *killed = true;
@@ -474,6 +569,283 @@ impl Engine {
             m => Err(proto::Error::Unexpected(format!("{m:?}")).into()),
         }
         .inspect(|_| info!("jobs: job {id} now runs on node {to}"))
+    }
+
+    fn checkpointed(
+        &self,
+    ) -> MutexGuard<'_, std::collections::BTreeMap<String, (u32, Ipv4Addr, Instant)>> {
+        self.checkpointed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Jobs running here whose checkpoint is due (`checkpoint_every` since the last one, or
+    /// since the job started or arrived here).
+    pub fn checkpoints_due(&self) -> Vec<Job> {
+        let sent = self.checkpointed().clone();
+        let now = unix_ms();
+        self.table()
+            .list()
+            .into_iter()
+            .filter(|j| j.state == State::Running && j.node == self.me)
+            .filter(|j| {
+                let Some(every) = j.checkpoint_every else {
+                    return false;
+                };
+                let since = match sent.get(&j.id) {
+                    Some((_, _, at)) => at.elapsed().as_millis() as u64,
+                    None => now.saturating_sub(j.started_ms),
+                };
+                since >= every.saturating_mul(1000)
+            })
+            .collect()
+    }
+
+    /// Checkpoints job `id` (running here) to node `holder` at `addr`: `criu dump
+    /// --leave-stopped`, the output lengths read while it is stopped, SIGCONT, then the
+    /// images and the output files up to those lengths are streamed to the holder, which keeps
+    /// them (0600 root) in place of the previous checkpoint. The job is stopped for the dump only.
+    pub fn checkpoint(&self, id: &str, holder: u32, addr: Ipv4Addr) -> Result<u64, Error> {
+        let key = self
+            .key
+            .clone()
+            .ok_or_else(|| Error::Other("this node has no cluster key".into()))?;
+        let stream = self.connect(addr)?;
+        let mut ch = proto::connect(BufStream(stream), &key)?;
+        let pid = self.table().begin_migration(id)?;
+        let dir = self.job_dir(id);
+        let images = dir.join("img-ckpt");
+        let t0 = Instant::now();
+        let dumped = (|| {
+            let _ = fs::remove_dir_all(&images);
+            make_private_dir(&images).map_err(file_err(&images))?;
+            criu::run(
+                &self.children,
+                &criu::dump_args(pid, &images, &dir.join("checkpoint.log")),
+                &dir.join("checkpoint.log"),
+                CRIU_TIMEOUT,
+            )?;
+            let len = |n: &str| fs::metadata(dir.join(n)).map_or(0, |m| m.len());
+            Ok::<_, Error>(Offsets {
+                stdout: len("stdout"),
+                stderr: len("stderr"),
+            })
+        })();
+        // Resume at once, whatever happened: the output files only grow, so their first
+        // `offsets` bytes are what they were at the dump.
+        let resumed = signal_tree(pid, Signal::SIGCONT);
+        let _ = self.table().abort_migration(id);
+        let freeze_ms = t0.elapsed().as_millis();
+        let sent = dumped.and_then(|offsets| {
+            resumed?;
+            let job = self.table().get(id)?.clone();
+            let header = Header {
+                job,
+                offsets: offsets.clone(),
+                from: self.me,
+                kind: Kind::Checkpoint,
+            };
+            ch.send(&Msg::Header(
+                serde_json::to_string(&header).map_err(|e| Error::Other(e.to_string()))?,
+            ))?;
+            let mut bytes = 0;
+            for (name, path) in image_files(&images)? {
+                bytes += send_file(&mut ch, &name, &path, None)?;
+            }
+            bytes += send_file(
+                &mut ch,
+                "out/stdout",
+                &dir.join("stdout"),
+                Some(offsets.stdout),
+            )?;
+            bytes += send_file(
+                &mut ch,
+                "out/stderr",
+                &dir.join("stderr"),
+                Some(offsets.stderr),
+            )?;
+            ch.send(&Msg::End)?;
+            ch.flush()?;
+            expect_ok(ch.recv()?)?;
+            Ok(bytes)
+        });
+        let _ = fs::remove_dir_all(&images);
+        let bytes = sent?;
+        self.checkpointed()
+            .insert(id.to_owned(), (holder, addr, Instant::now()));
+        info!("jobs: checkpoint of job {id} kept on node {holder}: {bytes} bytes, stopped {freeze_ms} ms");
+        Ok(bytes)
+    }
+
+    /// Tells the node holding job `id`'s checkpoint to delete it (the job ended here).
+    fn drop_checkpoint(&self, id: &str) {
+        let Some((holder, addr, _)) = self.checkpointed().remove(id) else {
+            return;
+        };
+        let Some(job) = self.table().get(id).ok().cloned() else {
+            return;
+        };
+        let (Some(key), me, port) = (self.key.clone(), self.me, self.port) else {
+            return;
+        };
+        let id = id.to_owned();
+        let _ = std::thread::Builder::new()
+            .name("checkpoint-drop".into())
+            .spawn(move || {
+                let result = (|| {
+                    let stream = TcpStream::connect_timeout(
+                        &SocketAddr::from((addr, port)),
+                        Duration::from_secs(5),
+                    )
+                    .map_err(|e| Error::Other(e.to_string()))?;
+                    stream.set_read_timeout(Some(NET_TIMEOUT)).ok();
+                    let mut ch = proto::connect(BufStream(stream), &key)?;
+                    let header = Header {
+                        job,
+                        offsets: Offsets::default(),
+                        from: me,
+                        kind: Kind::Drop,
+                    };
+                    ch.send(&Msg::Header(
+                        serde_json::to_string(&header).map_err(|e| Error::Other(e.to_string()))?,
+                    ))?;
+                    expect_ok(ch.recv()?)
+                })();
+                match result {
+                    Ok(()) => info!("jobs: checkpoint of job {id} dropped on node {holder}"),
+                    Err(e) => warn!(
+                        "jobs: cannot drop the checkpoint of job {id} on node {holder}: {}",
+                        crate::console::chain(&e)
+                    ),
+                }
+            });
+    }
+
+    /// Restarts from the checkpoints held here the jobs whose node, `node`, died. Returns the
+    /// ids restarted; a failed restart is logged and left to be reported lost.
+    pub fn restart_from_checkpoints(&self, node: u32, why: &str) -> Vec<String> {
+        let held = self.table().restartable(node);
+        let mut ids = Vec::new();
+        for h in held {
+            let id = h.job.id.clone();
+            match self.restore_checkpoint(&h, &format!("node {node} {why}")) {
+                Ok(pid) => {
+                    info!(
+                        "jobs: job {id} restarted here from its checkpoint (pid {pid}): node {node} {why}"
+                    );
+                    ids.push(id);
+                }
+                Err(e) => warn!(
+                    "jobs: cannot restart job {id} from its checkpoint: {}",
+                    crate::console::chain(&e)
+                ),
+            }
+        }
+        ids
+    }
+
+    fn restore_checkpoint(&self, h: &super::table::Held, why: &str) -> Result<i32, Error> {
+        let id = &h.job.id;
+        let current = self.checkpoint_root.join(id).join("current");
+        let dir = self.job_dir(id);
+        make_private_dir(&dir).map_err(file_err(&dir))?;
+        // The output files as they were at the checkpoint: CRIU checks their size, and the
+        // restarted job appends from there.
+        for name in ["stdout", "stderr"] {
+            let (from, to) = (current.join(name), dir.join(name));
+            fs::copy(&from, &to).map_err(file_err(&from))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o600)).map_err(file_err(&to))?;
+        }
+        let pidfile = dir.join("restore.pid");
+        let _ = fs::remove_file(&pidfile);
+        let log = dir.join("restore.log");
+        criu::run(
+            &self.children,
+            &criu::restore_args(&current.join("img"), &pidfile, &log),
+            &log,
+            CRIU_TIMEOUT,
+        )?;
+        let text = fs::read_to_string(&pidfile).map_err(file_err(&pidfile))?;
+        let pid = text
+            .trim()
+            .parse::<i32>()
+            .map_err(|e| Error::Other(format!("{}: {e}", pidfile.display())))?;
+        let mut job = h.job.clone();
+        job.state = State::Running;
+        job.pid = Some(pid);
+        job.node = self.me;
+        job.reason = Some(format!(
+            "restarted on node {} from its checkpoint of {} ms before: {why}",
+            self.me,
+            unix_ms().saturating_sub(h.at_ms)
+        ));
+        {
+            let mut table = self.table();
+            table.insert(job)?;
+            table.checkpoints.remove(id);
+        }
+        signal_tree(pid, Signal::SIGCONT)?;
+        let _ = fs::remove_dir_all(self.checkpoint_root.join(id));
+        Ok(pid)
+    }
+
+    fn connect(&self, addr: Ipv4Addr) -> Result<TcpStream, Error> {
+        let target = SocketAddr::from((addr, self.port));
+        let stream =
+            TcpStream::connect_timeout(&target, Duration::from_secs(5)).map_err(|source| {
+                Error::Connect {
+                    addr: target,
+                    source,
+                }
+            })?;
+        stream.set_read_timeout(Some(NET_TIMEOUT)).ok();
+        stream.set_write_timeout(Some(NET_TIMEOUT)).ok();
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Target side of a checkpoint (`Kind::Checkpoint`) or its removal (`Kind::Drop`).
+    fn keep_checkpoint(
+        &self,
+        ch: &mut proto::Channel<BufStream>,
+        header: Header,
+    ) -> Result<(), Error> {
+        let id = header.job.id.clone();
+        let base = self.checkpoint_root.join(&id);
+        if header.kind == Kind::Drop {
+            self.table().checkpoints.remove(&id);
+            let _ = fs::remove_dir_all(&base);
+            ch.send(&Msg::Restored(serde_json::json!({"ok": true}).to_string()))?;
+            return ch.flush().map_err(Into::into);
+        }
+        make_private_dir(&self.checkpoint_root).map_err(file_err(&self.checkpoint_root))?;
+        make_private_dir(&base).map_err(file_err(&base))?;
+        let incoming = base.join("incoming");
+        let _ = fs::remove_dir_all(&incoming);
+        let received = self.receive_files(ch, &incoming, &incoming.join("img"), &header.offsets);
+        if let Err(e) = received {
+            let _ = fs::remove_dir_all(&incoming);
+            return Err(e);
+        }
+        let current = base.join("current");
+        let _ = fs::remove_dir_all(&current);
+        fs::rename(&incoming, &current).map_err(file_err(&current))?;
+        let bytes = dir_size(&current);
+        self.table().checkpoints.insert(
+            id.clone(),
+            super::table::Held {
+                job: header.job,
+                from: header.from,
+                at_ms: unix_ms(),
+                offsets: header.offsets,
+                bytes,
+            },
+        );
+        ch.send(&Msg::Restored(serde_json::json!({"ok": true}).to_string()))?;
+        ch.flush()?;
+        info!(
+            "jobs: holding the checkpoint of job {id} from node {} ({bytes} bytes)",
+            header.from
+        );
+        Ok(())
     }
 
     /// Target side of one migration connection.
@@ -503,11 +875,58 @@ impl Engine {
             if let Some(id) = job_id {
                 let arrived = self.table().get(&id).map(|j| (j.state, j.pid));
                 if let Ok((State::Arriving, Some(pid))) = arrived {
-                    let _ = signal(pid, Signal::SIGKILL);
-                    self.table().forget(&id);
+                    match (&e, peer.parse::<SocketAddr>()) {
+                        (Error::NoCommit { from, .. }, Ok(addr)) => {
+                            self.ask_owner(&id, pid, *from, addr.ip());
+                        }
+                        _ => {
+                            let _ = signal(pid, Signal::SIGKILL);
+                            self.table().forget(&id);
+                        }
+                    }
                 }
             }
         }
+    }
+
+    /// The loss window: we restored job `id` (stopped, `arriving`) and the connection died
+    /// before the commit. The source may or may not have killed its copy; it records which
+    /// (`moved` to us, or `running` again). Keep ours stopped and ask the source's API until
+    /// it says, then run or drop ours; after [`ASK_OWNER_FOR`] without an answer, drop it.
+    fn ask_owner(&self, id: &str, pid: i32, from: u32, ip: std::net::IpAddr) {
+        warn!("jobs: job {id}: no commit from node {from}; keeping the restored copy stopped and asking node {from}");
+        let api = SocketAddr::new(ip, self.port.wrapping_sub(1));
+        let t0 = Instant::now();
+        loop {
+            let answer = get_json(api, &format!("/api/jobs/{id}"));
+            let verdict = owner_verdict(answer.as_ref().map(|(s, v)| (*s, v)), self.me);
+            match verdict {
+                Verdict::Resume => {
+                    let resumed = signal(pid, Signal::SIGCONT).and_then(|()| {
+                        self.table().arrived(id)?;
+                        Ok(())
+                    });
+                    match resumed {
+                        Ok(()) => info!(
+                            "jobs: job {id}: node {from} says it moved here; resumed (pid {pid})"
+                        ),
+                        Err(e) => warn!("jobs: job {id}: cannot resume the restored copy: {e}"),
+                    }
+                    return;
+                }
+                Verdict::Drop => {
+                    info!("jobs: job {id}: node {from} still owns it; restored copy dropped");
+                    break;
+                }
+                Verdict::Ask if t0.elapsed() > ASK_OWNER_FOR => {
+                    warn!("jobs: job {id}: node {from} gave no answer in {} s; restored copy dropped (the job may be lost)", ASK_OWNER_FOR.as_secs());
+                    break;
+                }
+                Verdict::Ask => std::thread::sleep(Duration::from_secs(2)),
+            }
+        }
+        let _ = signal(pid, Signal::SIGKILL);
+        self.table().forget(id);
     }
 
     fn take_job(
@@ -525,11 +944,21 @@ impl Engine {
         if !proto::safe_name(&id) || id.contains('/') {
             return Err(Error::Other(format!("bad job id {id:?}")));
         }
+        if header.kind != Kind::Migrate {
+            return self.keep_checkpoint(ch, header);
+        }
+        // The job comes to run here: a checkpoint of it held here is of no use any more.
+        if self.table().checkpoints.remove(&id).is_some() {
+            let _ = fs::remove_dir_all(self.checkpoint_root.join(&id));
+        }
+        info!("jobs: receiving job {id} from node {}", header.from);
         if let Ok(j) = self.table().get(&id) {
             if !j.state.is_final() {
                 return Err(super::table::Error::Exists(id).into());
             }
         }
+        // Restored without the area, a job would find an empty /cluster and write there.
+        super::files::can_host().map_err(Error::Other)?;
         let dir = self.job_dir(&id);
         let images = dir.join("img-in");
         let result = self
@@ -562,10 +991,17 @@ impl Engine {
             serde_json::json!({"ok": true, "pid": pid}).to_string(),
         ))?;
         ch.flush()?;
-        match ch.recv()? {
-            Msg::Commit => {}
-            m => {
+        match ch.recv() {
+            Ok(Msg::Commit) => {}
+            Ok(m) => {
                 return Err(proto::Error::Unexpected(format!("{m:?} instead of the commit")).into())
+            }
+            // The connection died: the source may have killed its copy already.
+            Err(source) => {
+                return Err(Error::NoCommit {
+                    from: header.from,
+                    source,
+                })
             }
         }
         signal(pid, Signal::SIGCONT)?;
@@ -634,6 +1070,94 @@ impl Engine {
     }
 }
 
+/// `GET path` on the agent API at `addr` (HTTP/1.0): status and JSON body, `None` when the
+/// agent does not answer.
+fn get_json(addr: SocketAddr, path: &str) -> Option<(u16, serde_json::Value)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let (status, _, _, body) = super::api::parse_response(&raw)?;
+    Some((status, serde_json::from_slice(&body).unwrap_or_default()))
+}
+
+/// The files of an image directory as (`img/<name>`, path), sorted.
+fn image_files(images: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for entry in fs::read_dir(images).map_err(file_err(images))? {
+        let entry = entry.map_err(file_err(images))?;
+        files.push((
+            format!("img/{}", entry.file_name().to_string_lossy()),
+            entry.path(),
+        ));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The target's answer to a transfer: `Restored {"ok": true, ...}` or why not.
+fn expect_ok(m: Msg) -> Result<(), Error> {
+    match m {
+        Msg::Restored(j) => {
+            let v: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
+            if v["ok"] != true {
+                return Err(Error::Refused(
+                    v["error"].as_str().unwrap_or("restore failed").to_string(),
+                ));
+            }
+            Ok(())
+        }
+        Msg::Abort(r) => Err(Error::Refused(r)),
+        m => Err(proto::Error::Unexpected(format!("{m:?}")).into()),
+    }
+}
+
+/// Bytes of the files directly under `dir` and one level down.
+fn dir_size(dir: &Path) -> u64 {
+    walk_size(dir, 2)
+}
+
+fn walk_size(dir: &Path, depth: u32) -> u64 {
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() && depth > 0 => walk_size(&e.path(), depth - 1),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Sends the file at `path` as `name` (its first `limit` bytes when given), read and sent a
+/// chunk at a time (images of large jobs are not held in memory twice). Returns the size sent.
+fn send_file(
+    ch: &mut proto::Channel<BufStream>,
+    name: &str,
+    path: &Path,
+    limit: Option<u64>,
+) -> Result<u64, Error> {
+    let mut f = File::open(path).map_err(file_err(path))?;
+    let len = f.metadata().map_err(file_err(path))?.len();
+    let size = limit.map_or(len, |l| l.min(len));
+    ch.send(&Msg::File {
+        name: name.to_owned(),
+        mode: 0o600,
+        size,
+    })?;
+    let mut buf = vec![0u8; proto::CHUNK];
+    let mut sent = 0u64;
+    while sent < size {
+        let want = usize::try_from(size - sent).map_or(buf.len(), |left| left.min(buf.len()));
+        f.read_exact(&mut buf[..want]).map_err(file_err(path))?;
+        ch.send(&Msg::Data(buf[..want].to_vec()))?;
+        sent += want as u64;
+    }
+    Ok(size)
+}
+
 /// A TcpStream owned by a [`proto::Channel`].
 pub struct BufStream(pub TcpStream);
 
@@ -659,6 +1183,36 @@ fn signal(pid: i32, sig: Signal) -> Result<(), Error> {
     })
 }
 
+/// The pids of the job whose root is `root`: every process in the root's PID namespace (the job
+/// is that namespace's init, so this is its whole tree, whatever it forked or reparented).
+pub fn job_pids(root: i32) -> Vec<i32> {
+    let ns = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let Some(want) = ns(root) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| ns(p).as_ref() == Some(&want))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// `sig` to every process of the job rooted at `root`; the root's own error counts, a process
+/// that ended meanwhile does not.
+fn signal_tree(root: i32, sig: Signal) -> Result<(), Error> {
+    signal(root, sig)?;
+    for pid in job_pids(root) {
+        if pid != root {
+            let _ = signal(pid, sig);
+        }
+    }
+    Ok(())
+}
+
 fn make_private_dir(path: &Path) -> std::io::Result<()> {
     fs::create_dir_all(path)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o700))
@@ -671,4 +1225,44 @@ fn open_output(path: &Path) -> Result<File, Error> {
         .mode(0o600)
         .open(path)
         .map_err(file_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_uncommitted_copy_runs_only_when_the_source_gave_it_up() {
+        let moved_here = json!({"state": "moved", "node": 2});
+        assert_eq!(owner_verdict(Some((200, &moved_here)), 2), Verdict::Resume);
+        // The source resumed its copy (failure before its kill), or moved it elsewhere.
+        for state in ["running", "migrating", "frozen", "exited"] {
+            let j = json!({"state": state, "node": 1});
+            assert_eq!(owner_verdict(Some((200, &j)), 2), Verdict::Drop, "{state}");
+        }
+        assert_eq!(owner_verdict(Some((200, &moved_here)), 3), Verdict::Drop);
+        // No answer, an error, or a source that forgot the job: ask again.
+        assert_eq!(owner_verdict(None, 2), Verdict::Ask);
+        assert_eq!(owner_verdict(Some((502, &json!({}))), 2), Verdict::Ask);
+        assert_eq!(owner_verdict(Some((404, &json!({}))), 2), Verdict::Ask);
+    }
+
+    #[test]
+    fn a_job_is_its_whole_pid_namespace() {
+        // Without a job namespace here, the test process's own namespace stands in for one.
+        let me = std::process::id() as i32;
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pids = job_pids(me);
+        assert!(
+            pids.contains(&me) && pids.contains(&(child.id() as i32)),
+            "{pids:?}"
+        );
+        assert!(job_pids(-1).is_empty());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

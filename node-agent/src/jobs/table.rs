@@ -18,11 +18,16 @@ pub enum State {
     Moved,
     /// Ended here with `exit_code` or `signal`.
     Exited,
+    /// Stopped here by `drove freeze` (SIGSTOP to every process of the job) until `continue`.
+    /// Not migrated, by hand or by the balancer: a frozen job stays where it was frozen.
+    Frozen,
+    /// Gone with the node it ran on; `reason` says which and when.
+    Lost,
 }
 
 impl State {
     pub fn is_final(self) -> bool {
-        matches!(self, State::Moved | State::Exited)
+        matches!(self, State::Moved | State::Exited | State::Lost)
     }
 }
 
@@ -45,6 +50,26 @@ pub struct Job {
     /// Never moved by the balancer (`"pin": true` at launch).
     #[serde(default)]
     pub pinned: bool,
+    /// Why the job is `lost` (or what happened to it otherwise), for the caller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `--checkpoint-every SECS`: a checkpoint this often, kept on another node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<u64>,
+}
+
+/// A checkpoint this node holds for a job running elsewhere (images under
+/// `/run/drove/checkpoints/<id>/current`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Held {
+    /// The job's record as its node sent it with the checkpoint.
+    pub job: Job,
+    /// The node that ran the job and sent the checkpoint.
+    pub from: u32,
+    pub at_ms: u64,
+    /// Output lengths at the checkpoint (the output files travel with it, that long).
+    pub offsets: Offsets,
+    pub bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,6 +84,10 @@ pub enum Error {
     },
     #[error("job {0} is already known here")]
     Exists(String),
+    #[error("job {0} is frozen: `drove continue {0}` first")]
+    Frozen(String),
+    #[error("job {0} is not frozen")]
+    NotFrozen(String),
 }
 
 /// Outcome of one migration.
@@ -93,6 +122,8 @@ pub struct Migration {
 pub struct Table {
     jobs: BTreeMap<String, Job>,
     pub migrations: Vec<Migration>,
+    /// Checkpoints of jobs running on other nodes, by job id.
+    pub checkpoints: BTreeMap<String, Held>,
     next: u32,
 }
 
@@ -128,6 +159,13 @@ impl Table {
             .ok_or_else(|| Error::NoSuchJob(id.into()))
     }
 
+    /// Sets or clears a job's `reason` (e.g. why it cannot migrate now).
+    pub fn set_reason(&mut self, id: &str, reason: Option<String>) {
+        if let Some(j) = self.jobs.get_mut(id) {
+            j.reason = reason;
+        }
+    }
+
     pub fn list(&self) -> Vec<Job> {
         self.jobs.values().cloned().collect()
     }
@@ -137,7 +175,8 @@ impl Table {
         self.jobs.values().filter(|j| !j.state.is_final()).count()
     }
 
-    /// Running → migrating; returns the pid to dump.
+    /// Running → migrating; returns the pid to dump. A frozen job is refused (its migration
+    /// would resume it on the target, and a frozen job is one its owner wants held where it is).
     pub fn begin_migration(&mut self, id: &str) -> Result<i32, Error> {
         let job = self.get_mut(id)?;
         match (job.state, job.pid) {
@@ -145,6 +184,7 @@ impl Table {
                 job.state = State::Migrating;
                 Ok(pid)
             }
+            (State::Frozen, _) => Err(Error::Frozen(id.into())),
             (state, _) => Err(Error::WrongState {
                 id: id.into(),
                 state,
@@ -177,6 +217,71 @@ impl Table {
         let job = self.get_mut(id)?;
         job.state = State::Running;
         Ok(())
+    }
+
+    /// Running → frozen; returns the pid of the job's root.
+    pub fn freeze(&mut self, id: &str) -> Result<i32, Error> {
+        let job = self.get_mut(id)?;
+        match (job.state, job.pid) {
+            (State::Running, Some(pid)) => {
+                job.state = State::Frozen;
+                Ok(pid)
+            }
+            (State::Frozen, _) => Err(Error::Frozen(id.into())),
+            (state, _) => Err(Error::WrongState {
+                id: id.into(),
+                state,
+                wanted: "frozen",
+            }),
+        }
+    }
+
+    /// Frozen → running; returns the pid of the job's root.
+    pub fn thaw(&mut self, id: &str) -> Result<i32, Error> {
+        let job = self.get_mut(id)?;
+        match (job.state, job.pid) {
+            (State::Frozen, Some(pid)) => {
+                job.state = State::Running;
+                Ok(pid)
+            }
+            _ => Err(Error::NotFrozen(id.into())),
+        }
+    }
+
+    /// A job that had moved to node `node` is lost with it: every `moved` record pointing at
+    /// `node` becomes `lost` with `reason(id)`. Returns the ids.
+    pub fn node_lost(&mut self, node: u32, reason: impl Fn(&str) -> String) -> Vec<String> {
+        let mut ids = Vec::new();
+        for job in self.jobs.values_mut() {
+            if job.state == State::Moved && job.node == node {
+                job.state = State::Lost;
+                job.reason = Some(reason(&job.id));
+                ids.push(job.id.clone());
+            }
+        }
+        ids
+    }
+
+    /// Sets how often job `id` is checkpointed.
+    pub fn set_checkpoint_every(&mut self, id: &str, secs: Option<u64>) -> Result<Job, Error> {
+        let job = self.get_mut(id)?;
+        job.checkpoint_every = secs;
+        Ok(job.clone())
+    }
+
+    /// The held checkpoints of jobs whose node was `node` when they sent them, and which this
+    /// node does not run itself: what to restart when `node` dies.
+    pub fn restartable(&self, node: u32) -> Vec<Held> {
+        self.checkpoints
+            .values()
+            .filter(|h| h.from == node)
+            .filter(|h| {
+                self.jobs
+                    .get(&h.job.id)
+                    .map_or(true, |j| j.state == State::Moved)
+            })
+            .cloned()
+            .collect()
     }
 
     /// Drops a job that never arrived (the target side of a failed migration).
@@ -262,6 +367,8 @@ mod tests {
             started_ms: 0,
             migrations: 0,
             pinned: false,
+            reason: None,
+            checkpoint_every: None,
         }
     }
 
@@ -327,6 +434,85 @@ mod tests {
         t.insert(back).unwrap();
         t.arrived("1.1").unwrap();
         assert_eq!(t.get("1.1").unwrap().pid, Some(70));
+    }
+
+    #[test]
+    fn frozen_jobs_stay_put_until_continued() {
+        let mut t = Table::default();
+        t.insert(job("1.1", 50)).unwrap();
+        assert_eq!(t.thaw("1.1"), Err(Error::NotFrozen("1.1".into())));
+        assert_eq!(t.freeze("1.1"), Ok(50));
+        assert_eq!(t.get("1.1").unwrap().state, State::Frozen);
+        assert_eq!(t.freeze("1.1"), Err(Error::Frozen("1.1".into())));
+        let refused = t.begin_migration("1.1").unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "job 1.1 is frozen: `drove continue 1.1` first"
+        );
+        // Still a live job here (the balancer's count, the reaper).
+        assert_eq!(t.local_count(), 1);
+        assert_eq!(t.thaw("1.1"), Ok(50));
+        assert_eq!(t.begin_migration("1.1"), Ok(50));
+        // Killed while frozen: an ordinary end.
+        t.abort_migration("1.1").unwrap();
+        t.freeze("1.1").unwrap();
+        assert_eq!(
+            t.exited(50, None, Some("SIGKILL".into())),
+            Some("1.1".into())
+        );
+        assert!(t.freeze("1.1").is_err());
+    }
+
+    #[test]
+    fn jobs_on_a_dead_node_are_lost_with_a_reason() {
+        let mut t = Table::default();
+        for (id, pid) in [("1.1", 50), ("1.2", 51), ("1.3", 52)] {
+            t.insert(job(id, pid)).unwrap();
+        }
+        for (id, to) in [("1.1", 3), ("1.2", 2)] {
+            t.begin_migration(id).unwrap();
+            t.finish_migration(id, to).unwrap();
+        }
+        let lost = t.node_lost(3, |id| format!("node 3 went down while running job {id}"));
+        assert_eq!(lost, vec!["1.1".to_string()]);
+        let j = t.get("1.1").unwrap();
+        assert_eq!(j.state, State::Lost);
+        assert_eq!(
+            j.reason.as_deref(),
+            Some("node 3 went down while running job 1.1")
+        );
+        assert_eq!(t.get("1.2").unwrap().state, State::Moved);
+        assert_eq!(t.get("1.3").unwrap().state, State::Running);
+        // Reported once.
+        assert!(t.node_lost(3, |_| String::new()).is_empty());
+        let json = serde_json::to_value(t.get("1.1").unwrap()).unwrap();
+        assert_eq!(json["state"], "lost");
+    }
+
+    #[test]
+    fn checkpoints_restart_only_jobs_not_running_here() {
+        let mut t = Table::default();
+        let held = |id: &str, from: u32| Held {
+            job: job(id, 9),
+            from,
+            at_ms: 0,
+            offsets: Offsets::default(),
+            bytes: 0,
+        };
+        // 1.1 moved from here to node 2, 1.2 came back here, 3.1 is a guest's home job.
+        for (id, pid) in [("1.1", 50), ("1.2", 51)] {
+            t.insert(job(id, pid)).unwrap();
+            t.begin_migration(id).unwrap();
+            t.finish_migration(id, 2).unwrap();
+        }
+        t.insert(job("1.2", 52)).unwrap();
+        for (id, from) in [("1.1", 2), ("1.2", 2), ("3.1", 3)] {
+            t.checkpoints.insert(id.into(), held(id, from));
+        }
+        let ids = |v: Vec<Held>| v.into_iter().map(|h| h.job.id).collect::<Vec<_>>();
+        assert_eq!(ids(t.restartable(2)), ["1.1"]);
+        assert_eq!(ids(t.restartable(3)), ["3.1"]);
+        assert!(t.restartable(4).is_empty());
     }
 
     #[test]
