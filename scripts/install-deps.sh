@@ -12,9 +12,9 @@ PKGS="linux-image-amd64 criu syslinux syslinux-common systemd-boot-efi ipxe
       qemu-system-x86 ovmf vde2 initramfs-tools kmod
       nfs-ganesha nfs-ganesha-vfs rpcbind"
 # `install-deps.sh test` adds what only the VM tests need: Debian's chromium for the
-# dashboard's browser test (large, so not part of `make image`).
+# dashboard's browser test (large, so not part of `make image`) and tmux for the `drove top` test.
 if [ "${1:-}" = "test" ]; then
-    PKGS="$PKGS chromium"
+    PKGS="$PKGS chromium tmux"
 fi
 # `install-deps.sh kernel` adds what compiling the kernel needs (kernel/packages.txt).
 if [ "${1:-}" = "kernel" ]; then
