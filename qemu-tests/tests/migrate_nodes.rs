@@ -235,7 +235,13 @@ fn freeze_interrupt_lost_and_checkpoint_restart() -> Result<(), Error> {
     let (code, _, err) = finish(child, &id, Duration::from_secs(60));
     assert_eq!(code, Some(130), "drove run after Ctrl-C: {err}");
     assert!(err.contains(&format!("job {id} killed")), "{err}");
-    let done = node1.job(&id).unwrap();
+    // The kill is sent; the reaper on node 2 records the end a moment later.
+    let t0 = Instant::now();
+    let mut done = node1.job(&id).unwrap();
+    while done["state"] != "exited" && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+        done = node1.job(&id).unwrap();
+    }
     assert_eq!(
         (
             done["state"].as_str(),
