@@ -185,6 +185,10 @@ enum KernelCommand {
         /// Config fragment (repeatable); given fragments replace the defaults.
         #[arg(long = "fragment", value_name = "FILE")]
         fragments: Vec<PathBuf>,
+        /// Also merge kernel/screen.config: VT, VGA text console and PS/2 keyboard for nodes
+        /// with a screen (~45 KB more bzImage).
+        #[arg(long)]
+        screen: bool,
         /// Base config: tinyconfig or defconfig.
         #[arg(long, default_value = "tinyconfig")]
         base: String,
@@ -334,6 +338,7 @@ fn run(cli: Cli) -> Result<()> {
                 KernelCommand::Build {
                     source,
                     fragments,
+                    screen,
                     base,
                     jobs,
                     out,
@@ -346,6 +351,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if !fragments.is_empty() {
                 o.fragments = fragments;
+            }
+            if screen {
+                o.fragments.push(drove::kernel_build::screen_fragment());
             }
             o.base = base.parse()?;
             if let Some(j) = jobs {

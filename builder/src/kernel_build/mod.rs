@@ -158,11 +158,27 @@ impl Options {
     }
 }
 
-/// `kernel/base.config`, `kernel/migration.config`, `kernel/hardware.config` under `kernel_dir`.
+/// Fragments merged after the defaults when they exist under `kernel/`: `files.config`, the NFS
+/// client of the cluster-wide file area (docs/files.md), so the compiled kernel mounts it.
+pub const OPTIONAL_FRAGMENTS: [&str; 1] = ["files.config"];
+
+/// `kernel/screen.config`: the VT, VGA text console and PS/2 keyboard (`--screen`).
+pub fn screen_fragment() -> PathBuf {
+    crate::build::data_dir().join("kernel/screen.config")
+}
+
+/// `kernel/base.config`, `kernel/migration.config`, `kernel/hardware.config` under `kernel_dir`,
+/// then each of [`OPTIONAL_FRAGMENTS`] that is there.
 pub fn default_fragments(kernel_dir: &Path) -> Vec<PathBuf> {
     DEFAULT_FRAGMENTS
         .iter()
         .map(|f| kernel_dir.join(f))
+        .chain(
+            OPTIONAL_FRAGMENTS
+                .iter()
+                .map(|f| kernel_dir.join(f))
+                .filter(|p| p.is_file()),
+        )
         .collect()
 }
 
@@ -734,11 +750,26 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernel");
         let mut all = default_fragments(&dir);
         all.push(dir.join("qemu.config"));
+        all.push(dir.join("screen.config"));
         let frags: Vec<Fragment> = all.iter().map(|p| Fragment::load(p).unwrap()).collect();
         let merged = fragment::merge(&frags);
-        assert!(
-            merged.overrides.is_empty(),
-            "fragments disagree: {:?}",
+        // Only screen.config may override: it turns the VT and keyboard hardware.config drops
+        // back on.
+        let overridden: Vec<&str> = merged
+            .overrides
+            .iter()
+            .map(|(old, new)| {
+                assert!(
+                    new.origin.to_string().contains("screen.config"),
+                    "fragments disagree: {old:?} vs {new:?}"
+                );
+                new.name.as_str()
+            })
+            .collect();
+        assert_eq!(
+            overridden,
+            ["CONFIG_VT", "CONFIG_KEYBOARD_ATKBD", "CONFIG_SERIO"],
+            "{:?}",
             merged.overrides
         );
         assert!(
@@ -814,6 +845,30 @@ mod tests {
             err.contains("f:1: # CONFIG_UNIX_DAIG is not set → absent")
                 && err.contains("no such option"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn optional_fragments_join_the_defaults_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = |v: Vec<PathBuf>| -> Vec<String> {
+            v.iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names(default_fragments(dir.path())),
+            ["base.config", "migration.config", "hardware.config"]
+        );
+        std::fs::write(dir.path().join("files.config"), "CONFIG_NFS_FS=y\n").unwrap();
+        assert_eq!(
+            names(default_fragments(dir.path())),
+            [
+                "base.config",
+                "migration.config",
+                "hardware.config",
+                "files.config"
+            ]
         );
     }
 
