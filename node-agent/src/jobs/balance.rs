@@ -496,7 +496,10 @@ pub fn run(
             .list()
             .into_iter()
             .filter(|j| j.state == JobState::Running)
-            .filter_map(|j| Some((j.id, j.pid?, j.pinned)))
+            .filter_map(|j| {
+                let keep = j.pinned || super::files::is_unmovable(j.reason.as_deref());
+                Some((j.id, j.pid?, keep))
+            })
             .collect();
         seen.retain(|id, _| running.iter().any(|(r, _, _)| r == id));
         let mut jobs = Vec::new();
