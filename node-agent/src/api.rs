@@ -5,7 +5,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /api/cluster` | `{"cluster", "self", "nodes": [row...]}` sorted by number, self included |
-//! | `GET /api/node` | this node's row plus `uptime_s`, `kernel`, `version`, `calibration`, `files` (the cluster file area: state, mount, source, reason) |
+//! | `GET /api/node` | this node's row plus `uptime_s`, `kernel`, `version`, `calibration`, `criu` (the CRIU self-check: state pending/ok/failed, error, warnings, features), `files` (the cluster file area: state, mount, source, reason) |
 //! | `GET /api/events` | SSE: `event: joined|left|down|up|conflict`, `data: {"number","name","addr","at_ms"}` |
 //! | `GET /metrics` | Prometheus text |
 //! | `POST /api/node/poweroff` | key needed; 202 and the node powers off |
@@ -128,6 +128,7 @@ pub fn node_json(shared: &Shared) -> Value {
         o.insert("kernel".into(), json!(shared.kernel));
         o.insert("version".into(), json!(crate::pid1::VERSION));
         o.insert("calibration".into(), json!(shared.calibration));
+        o.insert("criu".into(), crate::selfcheck::status_json());
         o.insert("image".into(), json!(image_id()));
         o.insert("files".into(), crate::cluster_fs::status_json());
     }

@@ -31,6 +31,7 @@ pub mod net;
 pub mod pid1;
 pub mod power;
 pub mod register;
+pub mod selfcheck;
 pub mod signals;
 pub mod sys;
 pub mod wire;

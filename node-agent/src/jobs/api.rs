@@ -71,6 +71,8 @@ pub fn start(shared: Arc<Shared>, api_port: u16) -> Router {
     if let Err(e) = engine.start() {
         crate::error!("jobs: cannot start the job engine: {e}");
     }
+    // `criu check` once, in the background (never before the ready line): see selfcheck.rs.
+    crate::selfcheck::start(engine.clone());
     {
         // Why each job cannot move (files outside the cluster file area), for `drove ps`.
         let e = engine.clone();
