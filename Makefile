@@ -30,7 +30,9 @@ test: image unit-test qemu-test
 unit-test: build
 	$(CARGO) test $(CARGO_FLAGS) -p drove -p drove-agent
 
-qemu-test: image
+# `kernel` first: tests/kernel.rs boots the compiled kernel (a cold compile takes minutes; the
+# cache in ~/.cache/drove/kernel makes it instant afterwards).
+qemu-test: image kernel
 	@./scripts/install-deps.sh test
 	DROVE_OUT=$(CURDIR)/$(OUT) DROVE_BIN=$(CURDIR)/$(BIN)/drove \
 		$(CARGO) test $(CARGO_FLAGS) -p drove-qemu-tests -- --test-threads=2

@@ -87,6 +87,9 @@ MD
 ./scripts/bench-boot.sh >> docs/benchmarks.md
 # A job reading its input from /cluster (NFS) against a local copy (issue 8's benchmark; root).
 ./scripts/bench-files.sh >> docs/benchmarks.md
+# Compiled kernel: cold compile and size against defconfig, boot against the distro kernel (issue 6;
+# long: includes a full defconfig compile).
+./scripts/bench-kernel.sh >> docs/benchmarks.md
 # Plots beside the tables: drawn from the tables above and from target/bench/*.csv (curves other
 # benchmarks write, `series,x,y`); see bench-plot/src/main.rs. Keep this last, before the cat.
 ./scripts/install-deps.sh bench

@@ -1,0 +1,107 @@
+#!/bin/bash
+# Kernel benchmark (issue 6) for docs/benchmarks.md, in one run on this machine:
+#  1. drove's cold compile: `drove kernel build` with an empty cache of its own (unpack, tinyconfig
+#     + kernel/*.config, dropped-option check, make bzImage);
+#  2. the anchor: `make defconfig && make bzImage` of the same source tree (the one drove just
+#     unpacked), in a temporary O= directory, -j$(nproc), under the same `nice -n 10` drove uses;
+#  3. boot to the ready line, compiled kernel against the distro kernel: PXE media built for each
+#     and booted by the boot benchmark (scripts/bench-boot.sh, medians of $RUNS).
+# Prints a markdown section on stdout; progress goes to stderr. Takes long: the defconfig compile
+# alone is most of an hour on 2 shared cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DROVE=${DROVE:-target/release/drove}
+SOURCE=${KERNEL_SOURCE:-/usr/src/linux-source-6.1.tar.xz}
+RUNS=${RUNS:-3}
+JOBS=$(nproc)
+work=$(mktemp -d /tmp/drove-bench-kernel.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+now() { date +%s.%N; }
+secs() { printf '%.0f' "$(echo "$2 - $1" | bc -l)"; }
+json_field() { sed -n "s/^ *\"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p" "$1" | head -1; }
+# the seconds of one of drove's step lines: "drove: [ 12.34s] configure kernel (...)"
+step() { sed -n "s/^drove: \[ *\([0-9.]*\)s\] $2.*/\1/p" "$1" | head -1; }
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+
+echo "bench-kernel: drove kernel build, cold (cache $work/cache); load $(load)" >&2
+load_before=$(load)
+t0=$(now)
+DROVE_KERNEL_CACHE="$work/cache" "$DROVE" kernel build --source "$SOURCE" --jobs "$JOBS" \
+    --out "$work/kernel" 2> >(tee "$work/drove-kernel.log" >&2)
+t1=$(now)
+drove_total=$(secs "$t0" "$t1")
+drove_unpack=$(printf '%.0f' "$(step "$work/drove-kernel.log" 'kernel source')")
+drove_configure=$(printf '%.0f' "$(step "$work/drove-kernel.log" 'configure kernel')")
+drove_compile=$(printf '%.0f' "$(step "$work/drove-kernel.log" 'compile bzImage')")
+drove_bytes=$(stat -c %s "$work/kernel/bzImage")
+drove_files=$(json_field "$work/kernel/kernel.json" compiled_files)
+drove_options=$(json_field "$work/kernel/kernel.json" config_options)
+release=$(json_field "$work/kernel/kernel.json" release)
+tree=$(dirname "$(ls -d "$work"/cache/src/*/*/Makefile | head -1)")
+
+echo "bench-kernel: make defconfig && make bzImage in $work/defconfig; load $(load)" >&2
+def="$work/defconfig"
+mkdir -p "$def"
+t0=$(now)
+nice -n 10 make -s -C "$tree" O="$def" ARCH=x86_64 defconfig >"$def.log" 2>&1
+t1=$(now)
+nice -n 10 make -C "$tree" O="$def" ARCH=x86_64 -j"$JOBS" bzImage >>"$def.log" 2>&1 ||
+    { tail -30 "$def.log" >&2; exit 1; }
+t2=$(now)
+def_configure=$(secs "$t0" "$t1")
+def_compile=$(secs "$t1" "$t2")
+def_bytes=$(stat -c %s "$def/arch/x86/boot/bzImage")
+def_files=$(grep -cE '^  (CC|AS) ' "$def.log" || true)
+def_options=$(grep -c '=y$' "$def/.config")
+def_modules=$(grep -c '=m$' "$def/.config" || true)
+load_after=$(load)
+# the defconfig tree is large; the boot part does not need it
+rm -rf "$def" "$work/cache/build"
+
+echo "bench-kernel: media for the boot benchmark; load $(load)" >&2
+"$DROVE" -q build --output pxe --out "$work/media-distro"
+printf '[kernel]\ncompiled = "%s"\n' "$work/kernel" >"$work/compiled.toml"
+"$DROVE" -q build --config "$work/compiled.toml" --output pxe --out "$work/media-compiled"
+DROVE_OUT="$work/media-distro" ./scripts/bench-boot.sh --runs "$RUNS" >"$work/boot-distro.md"
+DROVE_OUT="$work/media-compiled" ./scripts/bench-boot.sh --runs "$RUNS" >"$work/boot-compiled.md"
+# "| drove-agent to `drove: ready` | bytes | runs | median s | |" → "bytes|runs|median"
+ready_row() { grep '^| drove-agent to' "$1" | awk -F'|' '{gsub(/^ +| +$/, "", $3); gsub(/^ +| +$/, "", $4); gsub(/^ +| +s? *$/, "", $5); print $3 "|" $4 "|" $5}'; }
+IFS='|' read -r distro_initrd distro_runs distro_ready <<<"$(ready_row "$work/boot-distro.md")"
+IFS='|' read -r compiled_initrd compiled_runs compiled_ready <<<"$(ready_row "$work/boot-compiled.md")"
+distro_ready=${distro_ready% s}
+compiled_ready=${compiled_ready% s}
+distro_kernel=$(json_field "$work/media-distro/manifest.json" kernel_release)
+
+ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
+met() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo "met"; else echo "not met"; fi; }
+cat <<MD
+
+## Kernel: compiled (drove kernel build) against defconfig and the distro kernel
+
+Produced by \`scripts/bench-kernel.sh\` on $(date -u +%Y-%m-%d), $(nproc) cores, $(gcc --version | head -1),
+source \`$SOURCE\` (release $release); load average $load_before before the compiles, $load_after
+after (the machine is shared: the compile times are wall-clock times under that load). Both compiles
+run \`-j$JOBS\` under \`nice -n 10\` from the same unpacked tree, each into an empty build directory.
+
+| what | drove (tinyconfig + kernel/*.config) | \`make defconfig && make bzImage\` | ratio |
+|---|---|---|---|
+| unpack the source tarball | ${drove_unpack} s | (reuses drove's tree) | |
+| configure | ${drove_configure} s (\`make tinyconfig\`, merge, \`olddefconfig\`, option check) | ${def_configure} s | |
+| compile bzImage | ${drove_compile} s, ${drove_files} files | ${def_compile} s, ${def_files} files | $(ratio "$drove_compile" "$def_compile") |
+| options =y | ${drove_options} (no modules) | ${def_options} (+${def_modules} =m, not built) | |
+| bzImage bytes | ${drove_bytes} | ${def_bytes} | $(ratio "$drove_bytes" "$def_bytes") |
+| bzImage under 2 MB (2,000,000 B) | $(met "$drove_bytes < 2000000") | | |
+
+\`drove kernel build\` cold, total: ${drove_total} s. An unchanged rebuild answers from the cache
+(\`~/.cache/drove/kernel/images/<key>\`) in well under a second.
+
+Boot to the ready line (\`scripts/bench-boot.sh\` on PXE media from \`drove build --output pxe\`, $RUNS
+runs each; power-on to \`drove: ready\`, QEMU TCG, 1 vCPU, 1024 MiB):
+
+| kernel | initramfs bytes (all segments) | runs (s) | median |
+|---|---|---|---|
+| distro \`$distro_kernel\` + module closure | $distro_initrd | $distro_runs | ${distro_ready} s |
+| compiled \`$release\`, no modules | $compiled_initrd | $compiled_runs | ${compiled_ready} s |
+| ratio compiled / distro | | | $(ratio "$compiled_ready" "$distro_ready") (goal < 1: $(met "$compiled_ready < $distro_ready")) |
+MD
