@@ -108,6 +108,12 @@ impl Msg {
                     size: u64::from_be_bytes(size),
                 }
             }
+            b'E' | b'C' if !body.is_empty() => {
+                return Err(Error::Body(format!(
+                    "{} bytes after an empty frame",
+                    body.len()
+                )))
+            }
             b'D' => Msg::Data(body.to_vec()),
             b'E' => Msg::End,
             b'R' => Msg::Restored(text(body)?),
@@ -337,6 +343,19 @@ mod tests {
         assert_eq!(s.recv().unwrap(), Msg::End);
         s.send(&Msg::Restored("{\"ok\":true}".into())).unwrap();
         assert_eq!(c.recv().unwrap(), Msg::Restored("{\"ok\":true}".into()));
+    }
+
+    // Found by `make fuzz` (migrate_frame): `CC` decoded as Commit, its extra byte ignored.
+    #[test]
+    fn empty_frames_with_a_body_are_refused() {
+        for frame in [&b"CC"[..], b"E\0", b"Cx"] {
+            assert!(
+                matches!(Msg::decode(frame), Err(Error::Body(_))),
+                "{frame:?}"
+            );
+        }
+        assert_eq!(Msg::decode(b"C").unwrap(), Msg::Commit);
+        assert_eq!(Msg::decode(b"E").unwrap(), Msg::End);
     }
 
     #[test]
