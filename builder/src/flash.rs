@@ -701,8 +701,12 @@ pub fn flash(
             reasons: blocking,
         });
     }
-    for r in &plan.refusals {
-        eprintln!("drove flash: --force: going ahead although {r}");
+    if !plan.refusals.is_empty() {
+        // Only forcible refusals are left here (the others returned above).
+        eprintln!(
+            "drove flash: --force: writing to {}, which does not say it is removable",
+            plan.disk.name
+        );
     }
     if !opts.yes {
         eprint!(
