@@ -51,6 +51,11 @@ kernel: deps
 bench: image
 	./scripts/bench.sh
 
+# Scale simulation (issue 7): real gossip and balancer, simulated clock and network; prints a
+# markdown report. SIZES (default 10 100 1000 10000) picks the cluster sizes.
+sim:
+	./scripts/bench-sim.sh
+
 fmt:
 	$(CARGO) fmt --all
 

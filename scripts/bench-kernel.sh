@@ -61,7 +61,8 @@ rm -rf "$def" "$work/cache/build"
 
 echo "bench-kernel: media for the boot benchmark; load $(load)" >&2
 "$DROVE" -q build --output pxe --out "$work/media-distro"
-printf '[kernel]\ncompiled = "%s"\n' "$work/kernel" >"$work/compiled.toml"
+printf '[cluster]\nname = "drove"\n[kernel]\ncompiled = "%s"\ncmdline = "console=tty0 console=ttyS0,115200 panic=30 quiet"\ndrivers = []\n' \
+    "$work/kernel" >"$work/compiled.toml"
 "$DROVE" -q build --config "$work/compiled.toml" --output pxe --out "$work/media-compiled"
 DROVE_OUT="$work/media-distro" ./scripts/bench-boot.sh --runs "$RUNS" >"$work/boot-distro.md"
 DROVE_OUT="$work/media-compiled" ./scripts/bench-boot.sh --runs "$RUNS" >"$work/boot-compiled.md"

@@ -85,6 +85,10 @@ minimum) and hashing every artifact for `manifest.json`, which is why the PXE-on
 MD
 # Boot to ready against a bare busybox init (issue 3's benchmark).
 ./scripts/bench-boot.sh >> docs/benchmarks.md
+# Balancing makespan on 3 QEMU nodes (issue 4) and the scale simulation (issue 7).
+./scripts/bench-balance.sh >> docs/benchmarks.md
+# 1,000 and 10,000 nodes take long (docs/balancing.md): SIZES to include them.
+SIZES="${SIZES:-10 100}" ./scripts/bench-sim.sh >> docs/benchmarks.md
 # A job reading its input from /cluster (NFS) against a local copy (issue 8's benchmark; root).
 ./scripts/bench-files.sh >> docs/benchmarks.md
 # Compiled kernel: cold compile and size against defconfig, boot against the distro kernel (issue 6;

@@ -134,6 +134,7 @@ fuzz_target!(|input: Input| {
                     incarnation,
                     seq,
                     entries,
+                    rumors: Vec::new(),
                 };
                 let _ = m.receive(now, src, &wire::seal(KEY, &msg));
             }

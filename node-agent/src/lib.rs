@@ -33,5 +33,6 @@ pub mod power;
 pub mod register;
 pub mod selfcheck;
 pub mod signals;
+pub mod sim;
 pub mod sys;
 pub mod wire;

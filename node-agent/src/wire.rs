@@ -88,6 +88,7 @@ mod tests {
             incarnation: 1,
             seq: 2,
             entries: vec![],
+            rumors: vec![],
         }
     }
 

@@ -78,7 +78,7 @@ fn compiled_kernel_boots_passes_criu_check_and_migrates_a_job() -> Result<(), Er
     let kernel = compiled_kernel(&drove, &dir);
 
     let config = format!(
-        "{}[kernel]\ncompiled = \"{}\"\n",
+        "{}[kernel]\ncompiled = \"{}\"\ncmdline = \"console=ttyS0,115200 panic=30 quiet\"\ndrivers = []\n",
         cluster_config(MAPPED_NODES, HOSTS),
         kernel.display()
     );

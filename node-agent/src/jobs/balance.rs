@@ -355,6 +355,56 @@ pub fn count_load(jobs: u32, speed: f64, cpus: u32) -> f64 {
     f64::from(jobs) * REFERENCE_SPEED / (speed.max(1e-9) * f64::from(cpus.max(1)))
 }
 
+/// Peers compared each round at most (a random sample beyond; MOSIX's load window): the
+/// decision costs the same in a cluster of ten thousand as in one of a hundred.
+pub const WINDOW: usize = 64;
+
+/// This node and the peers it compares itself with this round, from its membership table:
+/// loads from the gossiped job counts per usable core (`cpus`: this node's, also assumed for
+/// agents too old to gossip theirs), locks, CPU verdicts. Shared by the daemon and the
+/// simulation (`sim.rs`).
+pub fn view(
+    m: &mut crate::gossip::Membership,
+    cpus: u32,
+    compat: &super::cpuinfo::Compat,
+) -> (Node, Vec<Node>) {
+    let own = m.me().clone();
+    let me = Node {
+        number: own.number,
+        load: count_load(own.load.jobs, own.load.speed, cpus),
+        speed: own.load.speed,
+        cpus,
+        mem_free: own.load.mem_free,
+        state: NodeState::Up,
+        accepts_guests: !own.load.refuses_guests,
+        cpu_ok: true,
+    };
+    let window = m.sample_live(WINDOW);
+    let nodes = window
+        .iter()
+        .filter_map(|a| m.members().get(a))
+        .map(|mb| {
+            let l = &mb.entry.load;
+            let peer_cpus = if l.cpus > 0 { l.cpus } else { cpus };
+            Node {
+                number: mb.entry.number,
+                load: count_load(l.jobs, l.speed, peer_cpus),
+                speed: l.speed,
+                cpus: peer_cpus,
+                mem_free: l.mem_free,
+                state: if mb.entry.leaving || mb.conflict.is_some() {
+                    NodeState::Down
+                } else {
+                    mb.state
+                },
+                accepts_guests: !l.refuses_guests,
+                cpu_ok: compat.verdict(&l.cpu) == Some(true),
+            }
+        })
+        .collect();
+    (me, nodes)
+}
+
 /// The balancer loop of the cluster daemon (runs on a thread of its own: migrations block).
 pub fn run(
     shared: std::sync::Arc<crate::api::Shared>,
@@ -452,44 +502,7 @@ pub fn run(
             };
             compat.record(now, &digest, answer);
         }
-        let (me, nodes) = {
-            let m = shared.membership();
-            let own = m.me().clone();
-            let me = Node {
-                number: own.number,
-                load: count_load(own.load.jobs, own.load.speed, cpus),
-                speed: own.load.speed,
-                cpus,
-                mem_free: own.load.mem_free,
-                state: NodeState::Up,
-                accepts_guests: !own.load.refuses_guests,
-                cpu_ok: true,
-            };
-            let nodes: Vec<Node> = m
-                .members()
-                .values()
-                .map(|mb| {
-                    let l = &mb.entry.load;
-                    // An agent too old to say: assumed like this node.
-                    let peer_cpus = if l.cpus > 0 { l.cpus } else { cpus };
-                    Node {
-                        number: mb.entry.number,
-                        load: count_load(l.jobs, l.speed, peer_cpus),
-                        speed: l.speed,
-                        cpus: peer_cpus,
-                        mem_free: l.mem_free,
-                        state: if mb.entry.leaving || mb.conflict.is_some() {
-                            NodeState::Down
-                        } else {
-                            mb.state
-                        },
-                        accepts_guests: !l.refuses_guests,
-                        cpu_ok: compat.verdict(&l.cpu) == Some(true),
-                    }
-                })
-                .collect();
-            (me, nodes)
-        };
+        let (me, nodes) = view(&mut shared.membership(), cpus, &compat);
         let samples = demand::sample();
         let running: Vec<(String, i32, bool)> = engine
             .table()

@@ -1,0 +1,49 @@
+//! `drove-sim [NODES...]`: the scale simulation (`drove_agent::sim`) for each cluster size
+//! (default 10 100 1000 10000); prints the markdown section for `docs/benchmarks.md` on stdout
+//! and one line per size on stderr as it goes. `--csv FILE` also writes imbalance over time.
+
+fn main() {
+    let mut sizes = Vec::new();
+    let mut csv = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--csv" {
+            csv = args.next();
+            continue;
+        }
+        match a.parse::<u32>() {
+            Ok(n) if (2..=100_000).contains(&n) => sizes.push(n),
+            _ => {
+                eprintln!("usage: drove-sim [--csv FILE] [NODES (2-100000)...]");
+                std::process::exit(2);
+            }
+        }
+    }
+    if sizes.is_empty() {
+        sizes = vec![10, 100, 1000, 10_000];
+    }
+    let mut reports = Vec::new();
+    let setup = drove_agent::sim::Setup::new(0);
+    for n in sizes {
+        let r = drove_agent::sim::run(&drove_agent::sim::Setup {
+            nodes: n,
+            ..setup.clone()
+        });
+        eprintln!(
+            "drove-sim: {n} nodes: {:.2} msgs/node/s, down everywhere {:?} ms, worst imbalance after 30 s {:.2}, {:.2} migrations/job, {:.1} s",
+            r.msgs_per_node_s,
+            r.down_everywhere_ms,
+            r.imbalance_after_30s(),
+            r.migrations_per_job(),
+            r.wall_s
+        );
+        reports.push(r);
+    }
+    if let Some(path) = csv {
+        if let Err(e) = std::fs::write(&path, drove_agent::sim::csv(&reports)) {
+            eprintln!("drove-sim: cannot write {path}: {e}");
+            std::process::exit(1);
+        }
+    }
+    print!("{}", drove_agent::sim::markdown(&reports, &setup));
+}
