@@ -480,7 +480,10 @@ mod tests {
         let l = load("[cluster]\nname = \"lab\"\n[files]\nserver = \"10.0.2.2\"\nport = 20490\n")
             .unwrap();
         let f = l.config.files.clone().unwrap();
-        assert_eq!((f.mount.as_str(), f.port, f.mount_port), ("/cluster", 20490, 20048));
+        assert_eq!(
+            (f.mount.as_str(), f.port, f.mount_port),
+            ("/cluster", 20490, 20048)
+        );
         for m in NFS_MODULES {
             assert!(l.config.kernel.drivers.iter().any(|d| d == m), "{m}");
         }
@@ -492,11 +495,18 @@ mod tests {
         let err = load("[cluster]\nname = \"lab\"\n[files]\nserver = \"files.lan\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("/site/cluster.toml") && err.contains("files.server"), "{err}");
-        let err = load("[cluster]\nname = \"lab\"\n[files]\nserver = \"10.0.0.1\"\nexprot = \"/x\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/site/cluster.toml:5") && err.contains("exprot"), "{err}");
+        assert!(
+            err.contains("/site/cluster.toml") && err.contains("files.server"),
+            "{err}"
+        );
+        let err =
+            load("[cluster]\nname = \"lab\"\n[files]\nserver = \"10.0.0.1\"\nexprot = \"/x\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("/site/cluster.toml:5") && err.contains("exprot"),
+            "{err}"
+        );
     }
 
     #[test]
