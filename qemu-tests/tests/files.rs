@@ -281,8 +281,8 @@ fn files_follow_migrating_jobs_and_survive_a_dead_node() -> Result<(), Error> {
             let text = String::from_utf8_lossy(&o).into_owned();
             let last = text
                 .lines()
-                .filter_map(|l| l.strip_prefix("wrote ")?.parse::<u64>().ok())
-                .last()?;
+                .rev()
+                .find_map(|l| l.strip_prefix("wrote ")?.parse::<u64>().ok())?;
             (last >= 20).then_some(last)
         },
     );
