@@ -41,6 +41,9 @@ pub enum Error {
     Image(String),
 }
 
+/// Reboot requests per node before the update gives up (each after a drain and ~2 s).
+const REBOOT_TRIES: u32 = 10;
+
 /// One node as the update sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInfo {
@@ -162,14 +165,21 @@ pub fn run(
         }
         let moved = drain(cluster, plan, node, &outcomes, &tag, say)
             .map_err(|what| stop(what, &outcomes))?;
-        // The reboot is refused while jobs run there (one may have arrived since): drain again.
+        // The reboot is refused while jobs run there: one may have arrived since, or the
+        // agent's job count (sampled about once a second) still counts the jobs just moved or
+        // ended. Wait a little and drain again.
         let mut tries = 0;
         loop {
             match cluster.reboot(node.number) {
                 Ok(()) => break,
-                Err(e) if tries < 3 => {
+                Err(e) if tries < REBOOT_TRIES => {
                     tries += 1;
-                    say(&format!("{tag}: reboot refused ({e}); draining again"));
+                    if tries == 1 || tries == REBOOT_TRIES {
+                        say(&format!("{tag}: reboot refused ({e}); draining again"));
+                    }
+                    for _ in 0..4 {
+                        cluster.pause();
+                    }
                     drain(cluster, plan, node, &outcomes, &tag, say)
                         .map_err(|what| stop(what, &outcomes))?;
                 }
@@ -611,6 +621,8 @@ mod tests {
         /// After node `.0` is locked, the balancer sends job `.1` there once (if the lock is
         /// ignored) — tests that a later drain round catches it.
         locked: Vec<u32>,
+        /// Reboot requests refused as if the agent's job count were stale.
+        stale_refusals: u32,
         log: Vec<String>,
     }
 
@@ -649,6 +661,7 @@ mod tests {
                 never_back: Vec::new(),
                 refuse_migration_of: Vec::new(),
                 locked: Vec::new(),
+                stale_refusals: 0,
                 log: Vec::new(),
             }
         }
@@ -695,6 +708,10 @@ mod tests {
         fn reboot(&mut self, n: u32) -> Result<(), String> {
             if self.jobs.iter().any(|j| j.node == n && is_live(&j.state)) {
                 return Err("node runs jobs".into());
+            }
+            if self.stale_refusals > 0 {
+                self.stale_refusals -= 1;
+                return Err("this node runs 1 job(s)".into());
             }
             // Nothing may run there when it goes down: that job would be lost.
             self.node(n).0.state = "down".into();
@@ -781,6 +798,15 @@ mod tests {
         assert!(lines
             .iter()
             .any(|l| l.contains("[3/3] node3: back on image new")));
+    }
+
+    #[test]
+    fn a_stale_job_count_delays_the_reboot_instead_of_stopping() {
+        let mut f = Fake::new(2, &[("1.1", 1, false)]);
+        f.stale_refusals = 3;
+        let (r, lines) = run_fake(&mut f);
+        r.unwrap_or_else(|e| panic!("{e}\n{}", lines.join("\n")));
+        assert_eq!(f.node(1).1.image.as_deref(), Some("new"));
     }
 
     #[test]
