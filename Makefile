@@ -9,7 +9,7 @@ PROFILE := release
 BIN     := target/$(PROFILE)
 CARGO_FLAGS := --$(PROFILE) --locked
 
-.PHONY: all deps build image test unit-test qemu-test qemu-cluster bench kernel fmt clean
+.PHONY: all deps build image test unit-test qemu-test qemu-cluster bench kernel fmt clean fuzz soak sim
 
 all: image
 
@@ -55,6 +55,15 @@ bench: image
 # markdown report. SIZES (default 10 100 1000 10000) picks the cluster sizes.
 sim:
 	./scripts/bench-sim.sh
+
+# cargo-fuzz targets (fuzz/), FUZZ_SECS (default 60) each; installs cargo-fuzz when missing.
+fuzz:
+	./scripts/fuzz.sh
+
+# Outside CI: 3 QEMU nodes, jobs arriving for SOAK_MINUTES (default 30), a node killed and
+# restarted every few minutes; every job must finish right or be reported lost with a reason.
+soak: build
+	DROVE_BIN=$(CURDIR)/$(BIN)/drove $(CARGO) run $(CARGO_FLAGS) -p drove-qemu-tests --bin soak
 
 fmt:
 	$(CARGO) fmt --all
