@@ -22,19 +22,18 @@ fi
 
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    mapfile -t targets < <(cd fuzz && cargo fuzz list)
+    mapfile -t targets < <(cargo fuzz list)
 fi
-cd fuzz
 # -a: debug assertions, so an integer overflow is a crash here (it wraps silently in release).
 cargo fuzz build -O -a >&2
 
 summary=()
 for t in "${targets[@]}"; do
-    work="../target/fuzz-corpus/$t"
-    mkdir -p "$work" "corpus/$t"
+    work="target/fuzz-corpus/$t"
+    mkdir -p "$work" "fuzz/corpus/$t"
     echo "fuzz: $t for ${FUZZ_SECS}s" >&2
-    log="../target/fuzz-corpus/$t.log"
-    if ! cargo fuzz run -O -a "$t" "$work" "corpus/$t" -- \
+    log="target/fuzz-corpus/$t.log"
+    if ! cargo fuzz run -O -a "$t" "$work" "fuzz/corpus/$t" -- \
         -max_total_time="$FUZZ_SECS" -timeout="$FUZZ_TIMEOUT" -rss_limit_mb="$FUZZ_RSS_MB" \
         -print_final_stats=1 2>"$log"; then
         tail -40 "$log" >&2
