@@ -594,7 +594,14 @@ pub(crate) async fn forward_raw(
     body: &[u8],
 ) -> std::io::Result<Forwarded> {
     let fut = async {
-        let mut s = tokio::net::TcpStream::connect((addr, port)).await?;
+        // A node that just died never answers the SYN: give up on it in seconds (the caller
+        // retries, and the job is declared lost or restarted meanwhile), not after 180 s.
+        let mut s = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::net::TcpStream::connect((addr, port)),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection in 5 s"))??;
         let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}:{port}\r\nContent-Length: {}\r\nContent-Type: application/json\r\n{FORWARDED}: 1\r\n", body.len());
         if let Some(a) = auth {
             req.push_str(&format!("Authorization: {a}\r\n"));
