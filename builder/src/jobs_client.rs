@@ -682,13 +682,11 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         std::thread::spawn(move || {
-            let mut i = 0;
-            for conn in l.incoming() {
+            for (i, conn) in l.incoming().enumerate() {
                 let mut conn = conn.unwrap();
                 let mut buf = [0u8; 4096];
                 let _ = conn.read(&mut buf);
                 let (status, state, body) = answers[i.min(answers.len() - 1)];
-                i += 1;
                 let _ = write!(conn, "HTTP/1.0 {status} X\r\nx-drove-state: {state}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
             }
         });

@@ -123,7 +123,7 @@ pub fn run(
         "drove update: image {}, {} nodes: {}",
         plan.image,
         total,
-        nodes.iter().map(|n| label(n)).collect::<Vec<_>>().join(" ")
+        nodes.iter().map(label).collect::<Vec<_>>().join(" ")
     ));
     let mut outcomes: Vec<(u32, Outcome)> = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
@@ -756,7 +756,9 @@ mod tests {
         }
     }
 
-    fn run_fake(f: &mut Fake) -> (Result<Vec<(u32, Outcome)>, Error>, Vec<String>) {
+    type FakeRun = (Result<Vec<(u32, Outcome)>, Error>, Vec<String>);
+
+    fn run_fake(f: &mut Fake) -> FakeRun {
         let mut lines = Vec::new();
         let r = run(f, &plan(), &mut |l| lines.push(l.to_owned()));
         (r, lines)

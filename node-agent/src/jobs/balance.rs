@@ -935,6 +935,7 @@ mod tests {
     /// One round's decision for a table of situations: this node (load from its job count),
     /// its peers and its jobs, and the move expected.
     #[test]
+    #[allow(clippy::type_complexity)] // one row of the table per peer, read column by column
     fn decision_table() {
         struct Case {
             what: &'static str,

@@ -108,7 +108,7 @@ pub fn merge(cluster: &str, self_number: u32, answers: &[NodeAnswer]) -> Value {
             }
         }
     }
-    best.sort_by(|a, b| id_key(&a.0).cmp(&id_key(&b.0)));
+    best.sort_by_key(|a| id_key(&a.0));
     let mut list = Vec::new();
     for (_, mut rec, _, mut seen) in best {
         seen.sort_unstable();

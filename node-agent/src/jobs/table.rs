@@ -278,7 +278,7 @@ impl Table {
             .filter(|h| {
                 self.jobs
                     .get(&h.job.id)
-                    .map_or(true, |j| j.state == State::Moved)
+                    .is_none_or(|j| j.state == State::Moved)
             })
             .cloned()
             .collect()
