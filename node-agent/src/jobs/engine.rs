@@ -512,18 +512,7 @@ impl Engine {
             .ok_or_else(|| Error::Other("this node has no cluster key".into()))?;
         let dir = self.job_dir(id);
         // Connect and authenticate before freezing: an unreachable target costs no freeze.
-        let target = SocketAddr::from((addr, self.port));
-        let stream =
-            TcpStream::connect_timeout(&target, Duration::from_secs(5)).map_err(|source| {
-                Error::Connect {
-                    addr: target,
-                    source,
-                }
-            })?;
-        stream.set_read_timeout(Some(NET_TIMEOUT)).ok();
-        stream.set_write_timeout(Some(NET_TIMEOUT)).ok();
-        let _ = stream.set_nodelay(true);
-        let mut ch = proto::connect(BufStream(stream), &key)?;
+        let mut ch = proto::connect(BufStream(self.connect(addr)?), &key)?;
         let _ = fs::remove_dir_all(images);
         make_private_dir(images).map_err(file_err(images))?;
         *frozen_at = Some(Instant::now());
@@ -787,6 +776,7 @@ impl Engine {
         Ok(pid)
     }
 
+    /// A connection to `addr`'s migration port, with the timeouts every transfer uses.
     fn connect(&self, addr: Ipv4Addr) -> Result<TcpStream, Error> {
         let target = SocketAddr::from((addr, self.port));
         let stream =
