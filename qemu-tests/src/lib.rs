@@ -18,6 +18,7 @@
 
 mod accel;
 mod artifacts;
+pub mod bench;
 pub mod cluster;
 mod console;
 mod error;

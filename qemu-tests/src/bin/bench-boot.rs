@@ -5,6 +5,7 @@
 //!
 //! Usage: `bench-boot [--runs N]` (default 3, or `$RUNS`).
 
+use drove_qemu_tests::bench::{median, runs_from_args};
 use std::time::Duration;
 
 use drove_qemu_tests::standin::standin_initrds;
@@ -14,35 +15,10 @@ use drove_qemu_tests::{accel, concat_files, Artifacts, Error, Nic, VmBuilder, BO
 const MEMORY_MIB: u32 = 1024;
 
 fn main() {
-    let mut runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next().and_then(|n| n.parse().ok())) {
-            ("--runs", Some(n)) if n > 0 => runs = n,
-            _ => {
-                eprintln!("usage: bench-boot [--runs N]");
-                std::process::exit(2);
-            }
-        }
-    }
+    let runs = runs_from_args("bench-boot");
     if let Err(e) = run(runs) {
         eprintln!("bench-boot: error: {e:?}");
         std::process::exit(1);
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 

@@ -6,6 +6,7 @@
 //!
 //! Usage: `bench-files [--runs N]` (default 3, or `$RUNS`).
 
+use drove_qemu_tests::bench::{median, runs_from_args};
 use std::time::{Duration, Instant};
 
 use drove::jobs_client::Agent;
@@ -15,32 +16,10 @@ use drove_qemu_tests::{drove_bin, workspace_root, Cluster, ClusterImage, Error};
 const INPUT_MB: usize = 50;
 
 fn main() {
-    let mut runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next().and_then(|n| n.parse().ok())) {
-            ("--runs", Some(n)) if n > 0 => runs = n,
-            _ => {
-                eprintln!("usage: bench-files [--runs N]");
-                std::process::exit(2);
-            }
-        }
-    }
+    let runs = runs_from_args("bench-files");
     if let Err(e) = run(runs) {
         eprintln!("bench-files: error: {e}");
         std::process::exit(1);
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
