@@ -4,6 +4,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod build;
+pub mod civil;
 pub mod cmd;
 pub mod compress;
 pub mod config;

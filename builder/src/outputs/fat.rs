@@ -261,16 +261,7 @@ pub fn dos_datetime(epoch: u64) -> fatfs::DateTime {
     let t = epoch.clamp(MIN, MAX);
     let days = (t / 86_400) as i64;
     let secs = t % 86_400;
-    // Howard Hinnant's civil_from_days
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = crate::civil::civil_from_days(days);
     fatfs::DateTime {
         date: fatfs::Date {
             year: year as u16,
