@@ -1,6 +1,7 @@
 //! `drove top`: the dashboard in a terminal, like MOSIX's `mosmon`. Every interval it asks one
-//! agent for the cluster table (`GET /api/cluster`, drawn by [`crate::status::render`]) and its
-//! jobs and migrations (`GET /api/jobs`), and redraws the screen until `q` or Ctrl-C.
+//! agent for the cluster table (`GET /api/cluster`, drawn by [`crate::status::render`]) and every
+//! node's jobs and migrations, merged by that agent (`GET /api/cluster/jobs`; an older agent's own
+//! `GET /api/jobs` when it has no such route), and redraws the screen until `q` or Ctrl-C.
 //!
 //! No TUI crate: the view is the `drove status` table plus two short lists, so a full-screen redraw
 //! with a handful of ANSI sequences (alternate screen, cursor home, clear to end of line) and a
@@ -22,11 +23,17 @@ pub const MIGRATIONS_SHOWN: usize = 6;
 /// Each request while running gives up after this long (so `q` is never stuck for long).
 const RUN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One answer from the agent: the cluster table and `GET /api/jobs`.
+/// The merged answer can take the agent's per-node budget (3 s, a down node) on top of the
+/// request itself.
+const CLUSTER_JOBS_EXTRA: Duration = Duration::from_secs(4);
+
+/// One answer from the agent: the cluster table and its jobs.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub cluster: Cluster,
-    /// `{"node", "jobs": [...], "migrations": [...]}`; `None` when the agent has no job API.
+    /// `GET /api/cluster/jobs` (`{"self", "jobs", "migrations", "unreachable", …}`) or, from an
+    /// agent without it, `GET /api/jobs` (`{"node", "jobs", "migrations"}`); `None` when the
+    /// agent has no job API.
     pub jobs: Option<Value>,
 }
 
@@ -41,10 +48,17 @@ pub struct View {
 /// Asks the agent at `addr` (`host:port`) for everything `drove top` shows.
 pub fn fetch(addr: &str, timeout: Duration) -> Result<Snapshot, Error> {
     let (cluster, _) = status::fetch_timeout(addr, timeout)?;
-    let jobs = match status::get_json::<Value>(addr, "/api/jobs", timeout) {
+    let merged = status::get_json::<Value>(addr, "/api/cluster/jobs", timeout + CLUSTER_JOBS_EXTRA);
+    let jobs = match merged {
         Ok(v) => Some(v),
-        // An agent without the job routes still has a cluster to show.
-        Err(Error::Status { status: 404, .. }) => None,
+        Err(Error::Status { status: 404, .. }) => {
+            match status::get_json::<Value>(addr, "/api/jobs", timeout) {
+                Ok(v) => Some(v),
+                // An agent without the job routes still has a cluster to show.
+                Err(Error::Status { status: 404, .. }) => None,
+                Err(e) => return Err(e),
+            }
+        }
         Err(e) => return Err(e),
     };
     Ok(Snapshot { cluster, jobs })
@@ -110,27 +124,42 @@ pub fn render(view: &View, addr: &str, interval: Duration, now_ms: u64, style: S
     out
 }
 
-/// The jobs as `drove ps` shows them, the ones still running first.
+/// The jobs as `drove ps` shows them, the ones still running first; for the merged cluster
+/// answer, the nodes that did not answer are named (their jobs may be missing or stale).
 fn jobs_section(jobs: &Value) -> String {
     let list = jobs["jobs"].as_array().cloned().unwrap_or_default();
-    let node = &jobs["node"];
-    if list.is_empty() {
-        return format!("jobs (node {node}): none\n");
+    let scope = match jobs.get("self") {
+        Some(n) => format!("cluster, via node {n}"),
+        None => format!("node {}", jobs["node"]),
+    };
+    let mut out = if list.is_empty() {
+        format!("jobs ({scope}): none\n")
+    } else {
+        let active = list.iter().filter(|j| j["state"] != "exited").count();
+        let mut sorted = list;
+        sorted.sort_by_key(|j| j["state"] == "exited");
+        let mut out = format!(
+            "jobs ({scope}): {active} active, {} ended\n",
+            sorted.len() - active
+        );
+        out.push_str(&crate::jobs_client::ps_table(
+            &serde_json::json!({ "jobs": sorted }),
+        ));
+        out
+    };
+    for n in jobs["unreachable"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "  node {} ({}) did not answer: {}",
+            n["number"],
+            n["addr"].as_str().unwrap_or("?"),
+            n["error"].as_str().unwrap_or("?")
+        );
     }
-    let active = list.iter().filter(|j| j["state"] != "exited").count();
-    let mut sorted = list;
-    sorted.sort_by_key(|j| j["state"] == "exited");
-    let mut out = format!(
-        "jobs (node {node}): {active} active, {} ended\n",
-        sorted.len() - active
-    );
-    out.push_str(&crate::jobs_client::ps_table(
-        &serde_json::json!({ "jobs": sorted }),
-    ));
     out
 }
 
-/// The last `n` migrations this node sent, newest first.
+/// The last `n` migrations (every node's in the merged answer), newest first.
 fn migrations_section(jobs: &Value, n: usize) -> String {
     let mut list = jobs["migrations"].as_array().cloned().unwrap_or_default();
     if list.is_empty() {
@@ -482,6 +511,34 @@ mod tests {
         view.update(Ok(s), 0);
         let text = render(&view, "a:1", Duration::from_secs(1), 0, Style::default());
         assert!(text.contains("jobs (node 3): none\n") && text.contains("migrations: none yet\n"));
+    }
+
+    #[test]
+    fn the_merged_answer_shows_every_node_and_who_did_not_answer() {
+        let mut s = snapshot();
+        s.jobs = Some(serde_json::json!({"cluster": "t", "self": 1,
+            "jobs": [
+              {"id": "1.1", "cmd": ["sleep", "100"], "home": 1, "node": 2, "state": "running",
+               "pid": 7, "exit_code": null, "signal": null, "started_ms": 1000, "migrations": 1},
+              {"id": "2.1", "cmd": ["md5sum", "big"], "home": 2, "node": 2, "state": "running",
+               "pid": 9, "exit_code": null, "signal": null, "started_ms": 1000, "migrations": 0}],
+            "migrations": [],
+            "unreachable": [{"number": 3, "addr": "10.0.0.3:7030", "error": "timed out"}]}));
+        let mut view = View::default();
+        view.update(Ok(s), 0);
+        let text = render(&view, "a:1", Duration::from_secs(1), 0, Style::default());
+        assert!(
+            text.contains("jobs (cluster, via node 1): 2 active, 0 ended\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2.1") && text.contains("md5sum big"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  node 3 (10.0.0.3:7030) did not answer: timed out\n"),
+            "{text}"
+        );
     }
 
     #[test]

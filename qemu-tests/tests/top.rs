@@ -1,7 +1,8 @@
 //! `drove top` as a person uses it (issue 5): in a real terminal (tmux), against a real two-node
 //! QEMU cluster from the harness (the map names a third node that is never started: it shows as
-//! down). The screen (tmux capture-pane) shows the title line and a row for each running node,
-//! both up; `q` typed into the pane (tmux send-keys) ends it and the terminal is
+//! down). The screen (tmux capture-pane) shows the title line, a row for each running node,
+//! both up, and a job started on node 2 although `drove top` asks node 1 (the cluster-wide job
+//! list, `GET /api/cluster/jobs`); `q` typed into the pane (tmux send-keys) ends it and the terminal is
 //! given back (the pane's program exits with status 0).
 //!
 //! The tmux server runs on a socket of its own (`-L drove-top-<pid>`), so it neither sees nor
@@ -12,6 +13,7 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use drove::jobs_client::Agent;
 use drove_qemu_tests::cluster::test_images;
 use drove_qemu_tests::{drove_bin, Cluster, Error};
 
@@ -65,6 +67,12 @@ fn top_in_tmux_shows_every_node_and_quits_on_q() -> Result<(), Error> {
     let cluster = Cluster::start_named("top", 2, &images.main)?;
     let api = cluster.api(1)?;
     let drove = drove_bin()?;
+    // A job homed on node 2: node 1 knows nothing of it but what it asks node 2.
+    let node2 = Agent::new(&cluster.api(2)?.to_string(), Some(images.main.key_hex()?));
+    let job = node2
+        .launch(&["/bin/busybox".into(), "sleep".into(), "600".into()])
+        .unwrap_or_else(|e| panic!("launching a job on node 2: {e}"));
+    let job_id = job["id"].as_str().unwrap().to_owned();
     let tmux = Tmux::new();
     // remain-on-exit keeps the pane after `drove top` ends, so its exit status can be read.
     let command = format!(
@@ -98,15 +106,21 @@ fn top_in_tmux_shows_every_node_and_quits_on_q() -> Result<(), Error> {
                 .lines()
                 .any(|l| l.contains(&format!(" {name} ")) && l.contains(" up "))
         });
+        let job_shown = screen
+            .lines()
+            .any(|l| l.starts_with(&job_id) && l.contains("running") && l.contains("sleep 600"));
         if screen.contains(&format!("drove top: {api}, every 0.5s"))
             && screen.contains(&format!("seen from node 1 ({api})"))
+            && screen.contains("jobs (cluster, via node 1)")
             && rows_up
+            && job_shown
         {
             break screen;
         }
         assert!(
             started.elapsed() < SHOWN,
-            "drove top never showed both nodes up within {SHOWN:?}; screen:\n{screen}"
+            "drove top never showed both nodes up and job {job_id} (on node 2) within {SHOWN:?}; \
+             screen:\n{screen}"
         );
         std::thread::sleep(Duration::from_millis(250));
     };
