@@ -142,7 +142,8 @@ fn clip(s: &str) -> String {
 
 impl Nodes {
     /// Assigns the number for `req` at `now`: the old one for a known MAC (the primary MAC, or any
-    /// NIC's MAC of a registration), else the lowest number ≥ 1 that no registration holds and the
+    /// NIC's MAC of a registration); else, for a late registration, the number the node already
+    /// runs as when nobody holds it; else the lowest number ≥ 1 that no registration holds and the
     /// request's map does not reserve. Returns the reply; the record is added or updated.
     pub fn assign(&mut self, req: &Request, now: u64) -> Result<Reply, Error> {
         validate(req)?;
@@ -188,9 +189,12 @@ impl Nodes {
             .map(|r| r.number)
             .chain(req.reserved.iter().copied())
             .collect();
-        let number = (1..=u32::MAX)
-            .find(|n| !taken.contains(n))
-            .ok_or(Error::Full)?;
+        let number = match req.running_as {
+            Some(n) if n >= 1 && !taken.contains(&n) => n,
+            _ => (1..=u32::MAX)
+                .find(|n| !taken.contains(n))
+                .ok_or(Error::Full)?,
+        };
         let reg = Registration {
             number,
             name: name(number),
@@ -583,6 +587,7 @@ mod tests {
                 }],
             },
             version: "0.1.0".into(),
+            running_as: None,
         }
     }
 
@@ -606,6 +611,30 @@ mod tests {
         assert_eq!(
             (third.number, third.name.as_str(), third.new),
             (3, "node3", true)
+        );
+    }
+
+    #[test]
+    fn a_late_registration_keeps_its_running_number_when_free() {
+        let mut n = Nodes::default();
+        assert_eq!(n.assign(&req("52:54:00:00:00:0a"), 10).unwrap().number, 1);
+        let late = |mac: &str, running: u32| Request {
+            running_as: Some(running),
+            ..req(mac)
+        };
+        // Free: kept, so the node's name does not change at its next boot.
+        let kept = n.assign(&late("52:54:00:00:00:0b", 201), 11).unwrap();
+        assert_eq!((kept.number, kept.name.as_str()), (201, "node201"));
+        // Held by another MAC: the next free number in boot order instead.
+        let moved = n.assign(&late("52:54:00:00:00:0c", 201), 12).unwrap();
+        assert_eq!(moved.number, 2);
+        // Known MAC: its recorded number, whatever it runs as.
+        let known = n.assign(&late("52:54:00:00:00:0a", 77), 13).unwrap();
+        assert_eq!((known.number, known.new), (1, false));
+        // Zero is not a node number.
+        assert_eq!(
+            n.assign(&late("52:54:00:00:00:0d", 0), 14).unwrap().number,
+            3
         );
     }
 

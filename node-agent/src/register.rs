@@ -13,6 +13,10 @@
 //! types are shared with the server (`drove::registry`). The HTTP client is a few lines over
 //! `TcpStream` with a total time budget: a server that is down must not hold the ready line for
 //! long (the caller falls back to the MAC-derived number and logs why).
+//!
+//! A node that fell back keeps trying in the background ([`LATE_RETRY`]), naming the number it
+//! runs as, so the server lists it and it keeps its name across reboots; a running node is never
+//! renamed (its job ids and its peers' tables carry its number).
 
 use crate::identity::{format_mac, Mac};
 use serde::{Deserialize, Serialize};
@@ -26,6 +30,15 @@ pub const PATH: &str = "/api/register";
 
 /// How long the boot waits for the server in all (connects, retries, the answer).
 pub const BUDGET: Duration = Duration::from_secs(4);
+
+/// Waits between late registrations after a failed one at boot: quick at first (a server
+/// restarting), then every five minutes for as long as the node runs.
+pub const LATE_RETRY: [Duration; 4] = [
+    Duration::from_secs(10),
+    Duration::from_secs(30),
+    Duration::from_secs(90),
+    Duration::from_secs(300),
+];
 
 /// Largest answer read.
 const MAX_REPLY: u64 = 64 * 1024;
@@ -70,6 +83,11 @@ pub struct Request {
     /// drove-agent version.
     #[serde(default)]
     pub version: String,
+    /// A late registration (the server was unreachable at boot): the number the node already runs
+    /// as, from its MAC. The server gives it that number when nobody holds it, so the node's name
+    /// does not change at its next boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_as: Option<u32>,
 }
 
 /// The server's answer.
@@ -350,6 +368,7 @@ pub fn at_boot(
             Path::new(crate::net::SYS_CLASS_NET),
         ),
         version: env!("CARGO_PKG_VERSION").into(),
+        running_as: None,
     };
     let started = Instant::now();
     match register(&server, &req, BUDGET) {
@@ -366,13 +385,76 @@ pub fn at_boot(
         }
         Err(e) => {
             crate::warn!(
-                "registration with the image server failed: {}; going on as {} (number {} from the MAC)",
+                "registration with the image server failed: {}; going on as {} (number {} from the MAC), retrying in the background",
                 crate::console::chain(&e),
                 fallback.name,
                 fallback.number
             );
+            let late = Request {
+                running_as: Some(fallback.number),
+                ..req
+            };
+            let name = fallback.name.clone();
+            let spawned = std::thread::Builder::new()
+                .name("register".into())
+                .spawn(move || {
+                    let (reply, tries) = register_late(&server, &late, &LATE_RETRY, BUDGET);
+                    crate::info!("{}", late_message(&server, &name, &late, &reply, tries));
+                });
+            if let Err(e) = spawned {
+                crate::warn!("cannot start the late registration: {e}");
+            }
             None
         }
+    }
+}
+
+/// Registers `req` until the server answers: waits `waits[i]` before try `i + 1` (the last wait
+/// repeats). Returns the answer and the number of tries.
+pub fn register_late(
+    server: &str,
+    req: &Request,
+    waits: &[Duration],
+    budget: Duration,
+) -> (Reply, u32) {
+    let mut tries = 0u32;
+    loop {
+        let wait = waits
+            .get(tries as usize)
+            .or(waits.last())
+            .copied()
+            .unwrap_or(Duration::from_secs(300));
+        std::thread::sleep(wait);
+        tries += 1;
+        match register(server, req, budget) {
+            Ok(reply) => return (reply, tries),
+            Err(e) => crate::debug!(
+                "late registration try {tries} with {server}: {}",
+                crate::console::chain(&e)
+            ),
+        }
+    }
+}
+
+/// What a late registration says on the console: the number the server recorded, and whether the
+/// node's name changes at its next boot (someone else got its MAC-derived number meanwhile).
+pub fn late_message(
+    server: &str,
+    running: &str,
+    req: &Request,
+    reply: &Reply,
+    tries: u32,
+) -> String {
+    if Some(reply.number) == req.running_as {
+        format!(
+            "registered late with {server} as {} (try {tries}); the name stays at the next boot",
+            reply.name
+        )
+    } else {
+        format!(
+            "registered late with {server} (try {tries}): the server has this node as {} (number {}); it stays {running} until it reboots",
+            reply.name, reply.number
+        )
     }
 }
 
@@ -467,6 +549,7 @@ mod tests {
             reserved: vec![],
             hardware: Hardware::default(),
             version: "0".into(),
+            running_as: None,
         }
     }
 
@@ -525,6 +608,71 @@ mod tests {
         let body = &sent[sent.find("\r\n\r\n").unwrap() + 4..];
         let back: Request = serde_json::from_str(body).unwrap();
         assert_eq!(back, request());
+    }
+
+    #[test]
+    fn a_late_registration_names_the_running_number_and_retries() {
+        // The server is busy at the first try (HTTP 503) and answers the second.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let json = r#"{"number":201,"name":"node201","new":true}"#;
+            let answers = [
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy".to_owned(),
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{json}",
+                    json.len()
+                ),
+            ];
+            let mut sent = Vec::new();
+            for answer in answers {
+                let (mut c, _) = l.accept().unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !String::from_utf8_lossy(&req).contains("\"version\"") {
+                    let n = c.read(&mut buf).unwrap();
+                    assert!(n > 0);
+                    req.extend_from_slice(&buf[..n]);
+                }
+                // The body ends with the last field; wait for its closing brace.
+                while req.last() != Some(&b'}') {
+                    let n = c.read(&mut buf).unwrap();
+                    assert!(n > 0);
+                    req.extend_from_slice(&buf[..n]);
+                }
+                c.write_all(answer.as_bytes()).unwrap();
+                sent.push(String::from_utf8(req).unwrap());
+            }
+            sent
+        });
+        let late = Request {
+            running_as: Some(201),
+            ..request()
+        };
+        let (reply, tries) = register_late(
+            &url,
+            &late,
+            &[Duration::ZERO, Duration::from_millis(50)],
+            Duration::from_secs(10),
+        );
+        assert_eq!((reply.number, tries), (201, 2));
+        let sent = server.join().unwrap();
+        assert!(sent[1].contains(r#""running_as":201"#), "{}", sent[1]);
+        assert_eq!(
+            late_message(&url, "node201", &late, &reply, tries),
+            format!(
+                "registered late with {url} as node201 (try 2); the name stays at the next boot"
+            )
+        );
+        let other = Reply {
+            number: 4,
+            name: "node4".into(),
+            new: true,
+        };
+        assert_eq!(
+            late_message("http://s", "node201", &late, &other, 3),
+            "registered late with http://s (try 3): the server has this node as node4 (number 4); it stays node201 until it reboots"
+        );
     }
 
     #[test]

@@ -169,14 +169,18 @@ fn nodes_are_numbered_in_boot_order_across_a_server_restart() -> Result<(), Erro
 }
 
 /// The server goes away after the node loaded its kernel: the registration fails within its
-/// budget and the node comes up with its MAC-derived number (six digits), saying why.
+/// budget and the node comes up with its MAC-derived number (six digits), saying why. The server
+/// back on the same port: the node registers late with the number it runs as, and the server
+/// lists it under that number.
 #[test]
 fn a_server_that_is_gone_costs_the_boot_a_few_seconds_only() -> Result<(), Error> {
     init_logging();
     let media = Artifacts::load()?;
     let drove = drove_bin()?;
     let work = tempfile::tempdir().unwrap();
-    let server = start_server(&media.pxe_dir()?, &work.path().join("nodes.json"), 0);
+    let state = work.path().join("nodes.json");
+    let server = start_server(&media.pxe_dir()?, &state, 0);
+    let port = server.local_addr().port();
     run(Command::new(&drove)
         .current_dir(workspace_root())
         .args(["build", "--output", "floppy", "--server"])
@@ -201,6 +205,26 @@ fn a_server_that_is_gone_costs_the_boot_a_few_seconds_only() -> Result<(), Error
         "{failed}\n{line} ({:.1}s after the failure)",
         after.as_secs_f64()
     );
+    let name = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("node="))
+        .unwrap()
+        .to_owned();
+    let server = start_server(&media.pxe_dir()?, &state, port);
+    // Late tries come 10 s, then 30 s apart: two of them fit well inside the boot timeout.
+    let late = vm.wait_for_line("registered late with", BOOT_TIMEOUT)?;
+    assert!(
+        late.contains(&format!(" as {name} ")) && late.contains("the name stays"),
+        "{late}"
+    );
+    let listed = nodes_json(&drove, &["--server", &format!("http://127.0.0.1:{port}")]);
+    let nodes = listed["nodes"].as_array().unwrap();
+    assert!(
+        nodes.len() == 1 && nodes[0]["name"] == name.as_str() && nodes[0]["mac"] == mac(9),
+        "{listed}"
+    );
+    eprintln!("{late}");
     vm.poweroff(EXIT_TIMEOUT)?;
+    server.stop().unwrap_or_else(|e| panic!("{e}"));
     Ok(())
 }
