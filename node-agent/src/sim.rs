@@ -204,7 +204,7 @@ pub fn run(setup: &Setup) -> Report {
             let boot = rng.below(1000);
             Node {
                 m: Membership::new(Config::new("sim", false), KEY, me, map.clone(), boot),
-                b: Balancer::new(Params::default()),
+                b: Balancer::seeded(Params::default(), setup.seed ^ (i as u64 + 1)),
                 cpus,
                 speed,
                 hot: rng.below(10) == 0,

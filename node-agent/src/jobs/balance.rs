@@ -13,8 +13,12 @@
 //!   one job's share there (plus the hysteresis), so after the move the job runs on a node less
 //!   loaded than the one it leaves. Moving it back would need the opposite, so a move is never
 //!   undone while loads stay put (no ping-pong).
-//! - Among all (job, peer) pairs that qualify, the one that moves the most CPU to the least
-//!   load wins: `share * (L - (Lp + add_p(j)))`, ties to the job longest here, then by id.
+//! - The target is the better of two qualifying peers drawn at random (the "power of two
+//!   choices"; with one or two qualifying peers, both are compared): with hundreds of nodes
+//!   every overloaded node sees the same least-loaded peers in lagged reports, and choosing
+//!   the least loaded outright sends them all there at once (herding). Among the (job, peer)
+//!   pairs with those peers, the one that moves the most CPU to the least load wins:
+//!   `share * (L - (Lp + add_p(j)))`, ties to the job longest here, then by id.
 //! - Never: pinned jobs, jobs here for less than `min_residency_ms`, jobs that want almost no
 //!   CPU, peers that are not up, refuse guests (`drove lock`), have no speed, are short of
 //!   memory, whose CPU cannot restore this node's images (`criu cpuinfo check`, see
@@ -125,6 +129,9 @@ pub struct Balancer {
     pub params: Params,
     pending: Vec<Pending>,
     failed: BTreeMap<u32, Ms>,
+    /// xorshift state for the random pair of candidate targets (seeded: decisions are
+    /// reproducible).
+    rng: u64,
 }
 
 /// The load one job of `share` adds to `node`.
@@ -138,6 +145,25 @@ impl Balancer {
             params,
             ..Default::default()
         }
+    }
+
+    /// A balancer whose random choices start from `seed` (nodes should differ: the daemon
+    /// uses its node number and start time).
+    pub fn seeded(params: Params, seed: u64) -> Self {
+        Balancer {
+            params,
+            rng: seed,
+            ..Default::default()
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        let mut x = self.rng ^ 0x9e37_79b9_7f4a_7c15;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
     /// Whether a migration from here is under way.
@@ -223,12 +249,29 @@ impl Balancer {
         }
 
         let here = self.effective(me, me.number);
+        let (hysteresis, margin) = (p.hysteresis, p.margin);
+        let movable: Vec<&LocalJob> = movable
+            .into_iter()
+            .filter(|j| j.share >= p.min_share)
+            .collect();
+        let Some(smallest) = movable.iter().map(|j| j.share).reduce(f64::min) else {
+            return None;
+        };
+        // Peers some job may go to (the smallest job qualifies most easily), then two of them.
+        let mut qualifying: Vec<(&Node, f64)> = peers
+            .iter()
+            .map(|n| (*n, self.effective(n, me.number)))
+            .filter(|(n, there)| there + job_load(smallest, n) * (1.0 + hysteresis) + margin < here)
+            .collect();
+        while qualifying.len() > 2 {
+            let i = (self.random() % qualifying.len() as u64) as usize;
+            qualifying.swap_remove(i);
+        }
         let mut best: Option<(f64, Ms, &LocalJob, &Node)> = None;
-        for j in movable.iter().filter(|j| j.share >= p.min_share) {
-            for n in &peers {
-                let there = self.effective(n, me.number);
+        for &j in &movable {
+            for &(n, there) in &qualifying {
                 let add = job_load(j.share, n);
-                if there + add * (1.0 + p.hysteresis) + p.margin >= here {
+                if there + add * (1.0 + hysteresis) + margin >= here {
                     continue;
                 }
                 let gain = j.share * (here - (there + add));
@@ -444,7 +487,12 @@ pub fn run(
     );
     // The API listens one port below the migration listener (jobs/api.rs `start`).
     let api_port = engine.port.wrapping_sub(1);
-    let mut balancer = Balancer::new(Params::default());
+    // Seeded per node and start, so two nodes do not draw the same pair of peers.
+    let seed = u64::from(shared.membership().me().number).rotate_left(32)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let mut balancer = Balancer::seeded(Params::default(), seed);
     // Per job: where it is (pid), since when (local ms), last demand sample (ms, ns), share.
     type Seen = (i32, Ms, Option<(Ms, u64)>, f64);
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
@@ -1144,6 +1192,48 @@ mod tests {
         let n = sim.moves.len();
         sim.rounds(600);
         assert_eq!(sim.moves.len(), n, "no ping-pong");
+    }
+
+    #[test]
+    fn overloaded_nodes_with_the_same_view_do_not_herd_onto_one_peer() {
+        // 20 overloaded nodes see the same 40 idle peers (one lagged report): choosing the
+        // least loaded outright would send all 20 jobs to peer 101. Two random candidates
+        // each spread them, and each target is still idle and qualifies.
+        let peers: Vec<Node> = (101..=140).map(|n| node(n, 100.0)).collect();
+        let jobs: Vec<LocalJob> = (1..=8)
+            .map(|i| LocalJob {
+                id: format!("j{i}"),
+                pinned: false,
+                share: 1.0,
+                resident_ms: 60_000,
+            })
+            .collect();
+        let mut targets = std::collections::BTreeSet::new();
+        for n in 1..=20u32 {
+            let me = Node {
+                load: count_load(8, 100.0, 1),
+                ..node(n, 100.0)
+            };
+            let mut b = Balancer::seeded(Params::default(), u64::from(n));
+            let mv = b.decide(100_000, &me, &peers, &jobs).unwrap();
+            assert!((101..=140).contains(&mv.to));
+            targets.insert(mv.to);
+        }
+        assert!(targets.len() >= 12, "{targets:?}");
+        // With a busier and an idler qualifying peer, the idler one is always chosen.
+        let busy = Node {
+            load: count_load(3, 100.0, 1),
+            ..node(2, 100.0)
+        };
+        let me = Node {
+            load: count_load(8, 100.0, 1),
+            ..node(1, 100.0)
+        };
+        for seed in 0..20 {
+            let mut b = Balancer::seeded(Params::default(), seed);
+            let mv = b.decide(100_000, &me, &[busy.clone(), node(3, 100.0)], &jobs);
+            assert_eq!(mv.map(|m| m.to), Some(3));
+        }
     }
 
     #[test]
