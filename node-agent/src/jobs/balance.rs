@@ -254,9 +254,7 @@ impl Balancer {
             .into_iter()
             .filter(|j| j.share >= p.min_share)
             .collect();
-        let Some(smallest) = movable.iter().map(|j| j.share).reduce(f64::min) else {
-            return None;
-        };
+        let smallest = movable.iter().map(|j| j.share).reduce(f64::min)?;
         // Peers some job may go to (the smallest job qualifies most easily), then two of them.
         let mut qualifying: Vec<(&Node, f64)> = peers
             .iter()
