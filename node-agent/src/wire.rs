@@ -150,7 +150,8 @@ mod tests {
                 ..Load::default()
             },
             leaving: false,
-        });
+        }
+        .into());
         assert_eq!(open(k, &seal(k, &msg)).unwrap(), msg);
         let newer = serde_json::to_string(&msg)
             .unwrap()

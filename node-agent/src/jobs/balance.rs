@@ -423,8 +423,8 @@ pub fn view(
     let window = m.sample_live(WINDOW);
     let nodes = window
         .iter()
-        .filter_map(|a| m.members().get(a))
-        .map(|mb| {
+        .filter_map(|a| Some((m.members().get(a)?, m.conflict(a).is_some())))
+        .map(|(mb, conflict)| {
             let l = &mb.entry.load;
             let peer_cpus = if l.cpus > 0 { l.cpus } else { cpus };
             Node {
@@ -433,7 +433,7 @@ pub fn view(
                 speed: l.speed,
                 cpus: peer_cpus,
                 mem_free: l.mem_free,
-                state: if mb.entry.leaving || mb.conflict.is_some() {
+                state: if mb.entry.leaving || conflict {
                     NodeState::Down
                 } else {
                     mb.state
