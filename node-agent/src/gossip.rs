@@ -23,13 +23,51 @@
 
 use crate::wire::{self, Reject};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::Ipv4Addr;
 use std::ops::Bound;
 use std::sync::Arc;
 
 /// Milliseconds on the caller's monotonic clock.
 pub type Ms = u64;
+
+/// A multiply-rotate hash (as rustc's FxHash) for the tables keyed by address, number or
+/// index: every datagram looks up hundreds of entries, and SipHash's flood resistance buys
+/// nothing here (only holders of the cluster key get a datagram past the HMAC).
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl FastHasher {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FastHasher>>;
+type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<FastHasher>>;
 
 /// The load vector a node reports (MOSIX: load, speed, free memory; plus drove's job counts,
 /// usable CPUs, the `mosctl lock` flag and a CPU-feature digest).
@@ -367,18 +405,19 @@ impl Membership {
     pub fn with_map(cfg: Config, key: &[u8], me: Entry, map: Arc<Map>, now: Ms) -> Self {
         let seed =
             me.incarnation ^ u64::from(u32::from(me.addr)).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
-        let claims = HashMap::from([(me.number, vec![me.addr])]);
+        let mut claims = HashMap::default();
+        claims.insert(me.number, vec![me.addr]);
         Membership {
             cfg,
             key: key.to_vec(),
             me,
             map,
-            direct: HashMap::new(),
-            condemned: HashMap::new(),
+            direct: HashMap::default(),
+            condemned: HashMap::default(),
             claims,
             changed_numbers: Vec::new(),
-            conflicts: HashMap::new(),
-            tried: HashSet::new(),
+            conflicts: HashMap::default(),
+            tried: HashSet::default(),
             order: Vec::new(),
             rumors: Vec::new(),
             urgent: false,
@@ -386,8 +425,8 @@ impl Membership {
             scan_cursor: 0,
             last_scan: now,
             members: BTreeMap::new(),
-            seen: HashMap::new(),
-            told: HashMap::new(),
+            seen: HashMap::default(),
+            told: HashMap::default(),
             seq: 0,
             next_send: now,
             rng: seed | 1,
@@ -1091,8 +1130,7 @@ impl Membership {
             }
             for a in &addrs {
                 if *a != self.me.addr {
-                    self.conflicts
-                        .insert(*a, conflict_text(number, a, &addrs));
+                    self.conflicts.insert(*a, conflict_text(number, a, &addrs));
                 }
             }
             let key = (number, addrs.clone());

@@ -250,10 +250,7 @@ pub fn run(setup: &Setup) -> Report {
     // Users: their home nodes; `waiting` holds (when, user) of the next submissions.
     let mut homes: Vec<usize> = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
-        let mean = USERS_PER_CORE
-            * node.cpus as f64
-            * node.speed
-            / 100.0
+        let mean = USERS_PER_CORE * node.cpus as f64 * node.speed / 100.0
             * if node.hot { 2.0 } else { 1.0 };
         for _ in 0..rng.poisson(mean) {
             homes.push(i);
@@ -423,6 +420,28 @@ pub fn run(setup: &Setup) -> Report {
                 continue;
             };
             let to = mv.to as usize - 1;
+            // The target's load now, from its job table (the daemon counts the target's
+            // /api/jobs); jobs still on their way there are not in it yet.
+            let reported = {
+                let t = &nodes[to];
+                let l = &t.m.me().load;
+                balance::Node {
+                    number: mv.to,
+                    load: balance::count_load(t.jobs.len() as u32, t.speed, t.cpus),
+                    speed: t.speed,
+                    cpus: t.cpus,
+                    mem_free: l.mem_free,
+                    state: State::Up,
+                    accepts_guests: true,
+                    cpu_ok: true,
+                }
+            };
+            // A dead target does not answer: the gossiped figure stands.
+            let answers = nodes[to].alive;
+            let node = &mut nodes[i];
+            if answers && !node.b.confirm(now, &mv, &me, &reported) {
+                continue;
+            }
             let Some(pos) = node.jobs.iter().position(|j| j.id == mv.job) else {
                 continue;
             };
@@ -471,9 +490,13 @@ pub fn run(setup: &Setup) -> Report {
                         .is_none_or(|m| m.state == State::Down)
                 })
                 .count();
-            let told = nodes
-                .iter()
-                .any(|x| x.alive && x.m.members().get(&dead).is_some_and(|m| m.state == State::Down));
+            let told = nodes.iter().any(|x| {
+                x.alive
+                    && x.m
+                        .members()
+                        .get(&dead)
+                        .is_some_and(|m| m.state == State::Down)
+            });
             if told && report.down_first_ms.is_none() {
                 report.down_first_ms = Some(now - kill_at);
             }
