@@ -73,6 +73,7 @@ fn world() -> &'static World {
             wall_start_ms: 1_700_000_000_000,
             uptime_at_start: 1.0,
             poweroff: Box::new(|| panic!("poweroff reached without the key")),
+            reboot: Box::new(|| panic!("reboot reached without the key")),
         });
         let dir = tempfile::tempdir().expect("temp dir");
         let engine = Arc::new(Engine::new(1, Some(key), dir.path().to_path_buf(), 0));

@@ -133,7 +133,7 @@ fuzz_target!(|input: Input| {
                     cluster: if other_cluster { "other" } else { "drove" }.into(),
                     incarnation,
                     seq,
-                    entries,
+                    entries: entries.into_iter().map(Into::into).collect(),
                     rumors: Vec::new(),
                 };
                 let _ = m.receive(now, src, &wire::seal(KEY, &msg));

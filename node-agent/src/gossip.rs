@@ -23,12 +23,51 @@
 
 use crate::wire::{self, Reject};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::Ipv4Addr;
 use std::ops::Bound;
+use std::sync::Arc;
 
 /// Milliseconds on the caller's monotonic clock.
 pub type Ms = u64;
+
+/// A multiply-rotate hash (as rustc's FxHash) for the tables keyed by address, number or
+/// index: every datagram looks up hundreds of entries, and SipHash's flood resistance buys
+/// nothing here (only holders of the cluster key get a datagram past the HMAC).
+#[derive(Default, Clone, Copy)]
+pub struct FastHasher(u64);
+
+impl FastHasher {
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<FastHasher>>;
+type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<FastHasher>>;
 
 /// The load vector a node reports (MOSIX: load, speed, free memory; plus drove's job counts,
 /// usable CPUs, the `mosctl lock` flag and a CPU-feature digest).
@@ -82,11 +121,72 @@ pub struct Message {
     pub incarnation: u64,
     pub seq: u64,
     /// The sender's own entry first, then what it knows.
-    pub entries: Vec<Entry>,
+    pub entries: Vec<Aged>,
     /// Verdicts being spread (added after the first version: absent from older agents'
     /// datagrams and ignored by them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rumors: Vec<Rumor>,
+}
+
+/// An entry as one datagram carries it: the table's copy, shared (a forwarded entry is not
+/// copied: thousands of tables can hold one heartbeat's entry), with its age in this datagram.
+/// On the wire it is one flat JSON object, the [`Entry`] with `age_ms` set to this age.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aged {
+    pub entry: Arc<Entry>,
+    pub age_ms: u64,
+}
+
+impl From<Entry> for Aged {
+    fn from(e: Entry) -> Self {
+        Aged {
+            age_ms: e.age_ms,
+            entry: Arc::new(Entry { age_ms: 0, ..e }),
+        }
+    }
+}
+
+impl std::ops::Deref for Aged {
+    type Target = Entry;
+    fn deref(&self) -> &Entry {
+        &self.entry
+    }
+}
+
+/// [`Aged`]'s wire form, borrowed: the same fields as [`Entry`], in its order.
+#[derive(Serialize)]
+struct AgedRef<'a> {
+    number: u32,
+    name: &'a str,
+    addr: Ipv4Addr,
+    incarnation: u64,
+    heartbeat: u64,
+    age_ms: u64,
+    load: &'a Load,
+    leaving: bool,
+}
+
+impl Serialize for Aged {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let e = &self.entry;
+        AgedRef {
+            number: e.number,
+            name: &e.name,
+            addr: e.addr,
+            incarnation: e.incarnation,
+            heartbeat: e.heartbeat,
+            age_ms: self.age_ms,
+            load: &e.load,
+            leaving: e.leaving,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Aged {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Entry::deserialize(d).map(Aged::from)
+    }
 }
 
 /// A verdict on one node, spread epidemically: `down` from a node that monitors it directly
@@ -168,25 +268,42 @@ impl Config {
     }
 }
 
-/// What this node knows about another.
+/// What this node knows about another. Kept small (24 bytes): a table has a row per node of
+/// the cluster, and what only few rows need (direct contact, verdicts, number conflicts) is
+/// kept beside the table ([`Membership::conflict`]).
 #[derive(Debug, Clone)]
 pub struct Member {
-    pub entry: Entry,
+    /// Its newest entry (`age_ms` unused: see `fresh_at`), shared with the datagram it came in.
+    pub entry: Arc<Entry>,
     /// Local time the entry's newest heartbeat was made (receipt time minus its age).
     pub fresh_at: Ms,
-    /// Local time this node last received a datagram from it.
-    pub heard_at: Option<Ms>,
     pub state: State,
     pub left: bool,
     /// Whether it has been up before (its next up is `up`, not `joined`).
     pub ever_up: bool,
-    pub conflict: Option<String>,
-    /// A down verdict (incarnation, heartbeat) that this node believes: down until a newer
-    /// heartbeat or an `alive` rumor arrives.
-    pub condemned: Option<(u64, u64)>,
-    /// Since when it has sent to this node directly every period (it treats this node as one
-    /// of its monitors); `None` when it does not.
-    pub direct_since: Option<Ms>,
+}
+
+/// Direct contact with a member that sends datagrams here.
+#[derive(Debug, Clone, Copy)]
+struct Direct {
+    /// Local time this node last received a datagram from it.
+    heard_at: Ms,
+    /// Since when it has sent here every period (it treats this node as one of its monitors).
+    since: Option<Ms>,
+}
+
+/// The map (number, address) and its address set, shared by simulated nodes.
+#[derive(Debug, Default)]
+pub struct Map {
+    nodes: Vec<(u32, Ipv4Addr)>,
+    set: HashSet<Ipv4Addr>,
+}
+
+impl Map {
+    pub fn new(nodes: Vec<(u32, Ipv4Addr)>) -> Arc<Self> {
+        let set = nodes.iter().map(|(_, a)| *a).collect();
+        Arc::new(Map { nodes, set })
+    }
 }
 
 /// A row of the cluster table (the API's `nodes`).
@@ -226,8 +343,21 @@ pub struct Membership {
     key: Vec<u8>,
     me: Entry,
     /// Map nodes: (number, address) (hostnames are resolved by the caller or skipped).
-    map: Vec<(u32, Ipv4Addr)>,
+    map: Arc<Map>,
     members: BTreeMap<Ipv4Addr, Member>,
+    /// Members that sent here directly.
+    direct: HashMap<Ipv4Addr, Direct>,
+    /// Down verdicts (incarnation, heartbeat) this node believes: down until a newer heartbeat
+    /// or an `alive` rumor arrives.
+    condemned: HashMap<Ipv4Addr, (u64, u64)>,
+    /// Live addresses per claimed number (this node's included), kept as states change, and
+    /// the numbers whose claimants changed since conflicts were last looked at.
+    claims: HashMap<u32, Vec<Ipv4Addr>>,
+    changed_numbers: Vec<u32>,
+    /// Conflict text of the members that share a number with another live node.
+    conflicts: HashMap<Ipv4Addr, String>,
+    /// Scratch for rejection sampling (kept to avoid an allocation per pick).
+    tried: HashSet<usize>,
     /// Replay guard: newest (incarnation, seq) accepted per source address.
     seen: HashMap<Ipv4Addr, (u64, u64)>,
     /// Reject logging: last time a rejection from this address was logged.
@@ -238,8 +368,6 @@ pub struct Membership {
     events: Vec<Event>,
     conflicts_told: BTreeSet<(u32, Vec<Ipv4Addr>)>,
     pub stats: Stats,
-    /// Map addresses, for O(1) membership tests in big clusters.
-    map_set: HashSet<Ipv4Addr>,
     /// Every member's address, in the order they were first heard: random picks in O(1).
     order: Vec<Ipv4Addr>,
     /// Rumors this node spreads, with how many more datagrams carry each.
@@ -250,8 +378,6 @@ pub struct Membership {
     /// Big clusters: members' states are re-aged a slice at a time (see `update_states`).
     scan_cursor: usize,
     last_scan: Ms,
-    /// A state or number changed: look for number conflicts again.
-    dirty: bool,
 }
 
 /// Direct monitoring: every node sends each heartbeat to its `RING` successors (by address,
@@ -272,25 +398,35 @@ pub const REJECT_LOG_EVERY_MS: Ms = 60_000;
 
 impl Membership {
     pub fn new(cfg: Config, key: &[u8], me: Entry, map: Vec<(u32, Ipv4Addr)>, now: Ms) -> Self {
+        Self::with_map(cfg, key, me, Map::new(map), now)
+    }
+
+    /// [`Membership::new`] with a map shared with others (the simulation's thousands of nodes).
+    pub fn with_map(cfg: Config, key: &[u8], me: Entry, map: Arc<Map>, now: Ms) -> Self {
         let seed =
             me.incarnation ^ u64::from(u32::from(me.addr)).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
-        let map_set = map.iter().map(|(_, a)| *a).collect();
+        let mut claims = HashMap::default();
+        claims.insert(me.number, vec![me.addr]);
         Membership {
             cfg,
             key: key.to_vec(),
             me,
             map,
-            map_set,
+            direct: HashMap::default(),
+            condemned: HashMap::default(),
+            claims,
+            changed_numbers: Vec::new(),
+            conflicts: HashMap::default(),
+            tried: HashSet::default(),
             order: Vec::new(),
             rumors: Vec::new(),
             urgent: false,
             last_send: 0,
             scan_cursor: 0,
             last_scan: now,
-            dirty: true,
             members: BTreeMap::new(),
-            seen: HashMap::new(),
-            told: HashMap::new(),
+            seen: HashMap::default(),
+            told: HashMap::default(),
             seq: 0,
             next_send: now,
             rng: seed | 1,
@@ -339,7 +475,7 @@ impl Membership {
             cluster: self.cfg.cluster.clone(),
             incarnation: self.me.incarnation,
             seq: self.seq,
-            entries: vec![self.me.clone()],
+            entries: vec![self.me.clone().into()],
             rumors: Vec::new(),
         };
         let bytes = wire::seal(&self.key, &msg);
@@ -382,7 +518,7 @@ impl Membership {
     /// more when an epidemic needs more rounds to reach everyone (`period * (ceil(log2 n) + 1)`:
     /// 3 s up to 4 nodes, 4 s up to 8, 8 s for 100).
     pub fn thresholds(&self) -> (Ms, Ms) {
-        let n = (self.members.len() + 1).max(self.map.len()).max(2) as u64;
+        let n = (self.members.len() + 1).max(self.map.nodes.len()).max(2) as u64;
         let rounds = 64 - u64::from((n - 1).leading_zeros()); // ceil(log2 n)
         let down = self.cfg.down_ms.max(self.cfg.period_ms * (rounds + 1));
         let suspect = self
@@ -419,7 +555,8 @@ impl Membership {
             return self.pick(&all, n);
         }
         let mut out = Vec::with_capacity(n);
-        let mut tried = HashSet::new();
+        let mut tried = std::mem::take(&mut self.tried);
+        tried.clear();
         for _ in 0..n * 4 {
             if out.len() >= n {
                 break;
@@ -433,6 +570,7 @@ impl Membership {
                 out.push(a);
             }
         }
+        self.tried = tried;
         out
     }
 
@@ -528,23 +666,26 @@ impl Membership {
         targets.extend(self.probe_targets(probes));
 
         let (_, down) = self.thresholds();
-        let mut entries = vec![self.me.clone()];
-        let fresh =
-            |m: &Member| now.saturating_sub(m.fresh_at) < down && !m.left && m.condemned.is_none();
+        let mut entries: Vec<Aged> = Vec::with_capacity(1 + self.cfg.max_entries);
+        entries.push(self.me.clone().into());
+        let fresh = |m: &Member| now.saturating_sub(m.fresh_at) < down && !m.left;
+        let condemned = &self.condemned;
         let picked: Vec<Ipv4Addr> = if self.members.len() <= self.cfg.max_entries {
             self.members
                 .iter()
-                .filter(|(_, m)| fresh(m))
+                .filter(|(a, m)| fresh(m) && !condemned.contains_key(a))
                 .map(|(a, _)| *a)
                 .collect()
         } else {
-            self.sample(self.cfg.max_entries, fresh)
+            let mut p = self.sample(self.cfg.max_entries, fresh);
+            p.retain(|a| !self.condemned.contains_key(a));
+            p
         };
         for a in picked {
             if let Some(m) = self.members.get(&a) {
-                entries.push(Entry {
+                entries.push(Aged {
+                    entry: Arc::clone(&m.entry),
                     age_ms: now.saturating_sub(m.fresh_at),
-                    ..m.entry.clone()
                 });
             }
         }
@@ -569,9 +710,10 @@ impl Membership {
     /// that boots again or a healed partition.
     fn probe_targets(&mut self, n: usize) -> Vec<Ipv4Addr> {
         let dead = |m: Option<&Member>| m.is_none_or(|m| m.state == State::Down && !m.left);
-        if self.map.len() + self.members.len() <= 512 {
-            let mut others: Vec<Ipv4Addr> = self
-                .map
+        let map = Arc::clone(&self.map);
+        if map.nodes.len() + self.members.len() <= 512 {
+            let mut others: Vec<Ipv4Addr> = map
+                .nodes
                 .iter()
                 .map(|(_, a)| *a)
                 .chain(
@@ -591,12 +733,12 @@ impl Membership {
             if out.len() >= n {
                 break;
             }
-            let pool = self.map.len() + self.order.len();
+            let pool = map.nodes.len() + self.order.len();
             let i = (self.random() % pool as u64) as usize;
-            let a = if i < self.map.len() {
-                self.map[i].1
+            let a = if i < map.nodes.len() {
+                map.nodes[i].1
             } else {
-                self.order[i - self.map.len()]
+                self.order[i - map.nodes.len()]
             };
             if a != self.me.addr && !out.contains(&a) && dead(self.members.get(&a)) {
                 out.push(a);
@@ -649,7 +791,7 @@ impl Membership {
     }
 
     fn in_map(&self, addr: Ipv4Addr) -> bool {
-        self.map_set.contains(&addr)
+        self.map.set.contains(&addr)
     }
 
     fn accept(&mut self, now: Ms, src: Ipv4Addr, msg: &Message) -> Result<(), Reject> {
@@ -705,9 +847,7 @@ impl Membership {
         for a in touched {
             self.update_one(a, now, suspect, down);
         }
-        if self.dirty {
-            self.find_conflicts(now);
-        }
+        self.find_conflicts(now);
         Ok(())
     }
 
@@ -734,16 +874,18 @@ impl Membership {
         let m = self.members.get_mut(&r.addr)?;
         let known = (m.entry.incarnation, m.entry.heartbeat);
         let news = if r.down {
-            if known <= at && m.condemned.is_none_or(|c| c < at) && !m.left {
-                m.condemned = Some(at);
+            let verdict = self.condemned.get(&r.addr).copied();
+            if known <= at && verdict.is_none_or(|c| c < at) && !m.left {
+                self.condemned.insert(r.addr, at);
                 true
             } else {
                 false
             }
         } else if at > known {
-            m.condemned = None;
-            m.entry.heartbeat = r.heartbeat;
-            m.entry.incarnation = r.incarnation;
+            self.condemned.remove(&r.addr);
+            let e = Arc::make_mut(&mut m.entry);
+            e.heartbeat = r.heartbeat;
+            e.incarnation = r.incarnation;
             true
         } else {
             false
@@ -762,7 +904,8 @@ impl Membership {
     }
 
     /// Merges one entry; true when it was new or newer.
-    fn merge(&mut self, now: Ms, e: &Entry, direct: bool) -> bool {
+    fn merge(&mut self, now: Ms, aged: &Aged, direct: bool) -> bool {
+        let e = &*aged.entry;
         if e.addr == self.me.addr || e.addr.is_unspecified() {
             return false;
         }
@@ -770,58 +913,83 @@ impl Membership {
             return false;
         }
         let period = self.cfg.period_ms;
-        let fresh_at = now.saturating_sub(e.age_ms);
+        let fresh_at = now.saturating_sub(aged.age_ms);
+        if direct {
+            let d = self.direct.entry(e.addr).or_insert(Direct {
+                heard_at: now,
+                since: None,
+            });
+            // A run of datagrams at most 1.5 periods apart: it sends here every period.
+            let steady = d.since.is_some() && now.saturating_sub(d.heard_at) <= period * 3 / 2;
+            if !steady {
+                d.since = Some(now);
+            }
+            d.heard_at = now;
+        }
         match self.members.get_mut(&e.addr) {
             None => {
                 self.order.push(e.addr);
-                self.dirty = true;
                 self.members.insert(
                     e.addr,
                     Member {
                         fresh_at,
-                        heard_at: direct.then_some(now),
                         state: State::Down,
                         left: false,
                         ever_up: false,
-                        conflict: None,
-                        condemned: None,
-                        direct_since: direct.then_some(now),
-                        entry: e.clone(),
+                        entry: Arc::clone(&aged.entry),
                     },
                 );
                 true
             }
             Some(m) => {
-                if direct {
-                    // A run of datagrams at most 1.5 periods apart: it sends here every period.
-                    let steady = m
-                        .heard_at
-                        .is_some_and(|h| now.saturating_sub(h) <= period * 3 / 2);
-                    if !steady {
-                        m.direct_since = Some(now);
-                    }
-                    m.heard_at = Some(now);
-                }
-                if (e.incarnation, e.heartbeat) > (m.entry.incarnation, m.entry.heartbeat) {
+                let newer = (e.incarnation, e.heartbeat);
+                if newer > (m.entry.incarnation, m.entry.heartbeat) {
                     if e.incarnation > m.entry.incarnation {
                         m.left = false;
                     }
-                    if e.number != m.entry.number {
-                        self.dirty = true;
-                    }
+                    let old_number = m.entry.number;
+                    let live = m.state != State::Down;
                     m.fresh_at = m.fresh_at.max(fresh_at);
-                    if m.condemned
-                        .is_some_and(|c| (e.incarnation, e.heartbeat) > c)
-                    {
-                        m.condemned = None;
+                    m.entry = Arc::clone(&aged.entry);
+                    if self.condemned.get(&e.addr).is_some_and(|c| newer > *c) {
+                        self.condemned.remove(&e.addr);
                     }
-                    m.entry = e.clone();
+                    if old_number != e.number && live {
+                        self.unclaim(old_number, e.addr);
+                        self.claim(e.number, e.addr);
+                    }
                     true
                 } else {
                     direct
                 }
             }
         }
+    }
+
+    /// `addr` is live and claims `number`.
+    fn claim(&mut self, number: u32, addr: Ipv4Addr) {
+        let c = self.claims.entry(number).or_default();
+        if !c.contains(&addr) {
+            c.push(addr);
+        }
+        self.changed_numbers.push(number);
+    }
+
+    /// `addr` no longer claims `number` (down, or another number now).
+    fn unclaim(&mut self, number: u32, addr: Ipv4Addr) {
+        if let Some(c) = self.claims.get_mut(&number) {
+            c.retain(|a| *a != addr);
+            if c.is_empty() {
+                self.claims.remove(&number);
+            }
+        }
+        self.conflicts.remove(&addr);
+        self.changed_numbers.push(number);
+    }
+
+    /// The member's number conflict, if another live node claims its number.
+    pub fn conflict(&self, addr: &Ipv4Addr) -> Option<&str> {
+        self.conflicts.get(addr).map(String::as_str)
     }
 
     fn event(&mut self, kind: EventKind, e: &Entry, now: Ms) {
@@ -860,33 +1028,28 @@ impl Membership {
         let direct_down = self.direct_down_ms();
         let period = self.cfg.period_ms;
         for a in self.ring(false) {
-            let Some(m) = self.members.get_mut(&a) else {
+            let (Some(m), Some(d)) = (self.members.get(&a), self.direct.get_mut(&a)) else {
                 continue;
             };
-            let watched = match (m.direct_since, m.heard_at) {
-                (Some(since), Some(heard)) => heard.saturating_sub(since) >= 2 * period,
-                _ => false,
-            };
-            let silent = m
-                .heard_at
-                .is_some_and(|h| now.saturating_sub(h) >= direct_down)
+            let watched = d
+                .since
+                .is_some_and(|since| d.heard_at.saturating_sub(since) >= 2 * period);
+            let silent = now.saturating_sub(d.heard_at) >= direct_down
                 && now.saturating_sub(m.fresh_at) >= direct_down;
-            if watched && silent && m.condemned.is_none() && !m.left {
+            if watched && silent && !self.condemned.contains_key(&a) && !m.left {
                 let r = Rumor {
                     addr: a,
                     incarnation: m.entry.incarnation,
                     heartbeat: m.entry.heartbeat,
                     down: true,
                 };
-                m.condemned = Some((r.incarnation, r.heartbeat));
-                m.direct_since = None;
+                d.since = None;
+                self.condemned.insert(a, (r.incarnation, r.heartbeat));
                 self.spread(r);
                 self.update_one(a, now, suspect, down);
             }
         }
-        if self.dirty {
-            self.find_conflicts(now);
-        }
+        self.find_conflicts(now);
     }
 
     /// Re-ages one member and raises its event, if any.
@@ -896,9 +1059,10 @@ impl Membership {
         };
         let age = now.saturating_sub(m.fresh_at);
         let leaving = m.entry.leaving && !m.left;
-        let condemned = m
+        let condemned = self
             .condemned
-            .is_some_and(|c| (m.entry.incarnation, m.entry.heartbeat) <= c);
+            .get(&a)
+            .is_some_and(|c| (m.entry.incarnation, m.entry.heartbeat) <= *c);
         let new = if m.left || leaving || condemned || age >= down {
             State::Down
         } else if age >= suspect {
@@ -909,7 +1073,7 @@ impl Membership {
         let kind = match (m.state, new) {
             _ if leaving && m.state != State::Down => Some(EventKind::Left),
             (State::Down, State::Up | State::Suspect)
-                if m.heard_at.is_some() || m.entry.heartbeat > 0 =>
+                if self.direct.contains_key(&a) || m.entry.heartbeat > 0 =>
             {
                 // First time up: joined; up again after being down: up.
                 Some(if m.ever_up {
@@ -927,43 +1091,46 @@ impl Membership {
         if new != State::Down {
             m.ever_up = true;
         }
-        if (m.state == State::Down) != (new == State::Down) {
-            self.dirty = true;
-        }
+        let liveness = (m.state == State::Down) != (new == State::Down);
         m.state = new;
+        let e = Arc::clone(&m.entry);
+        if liveness {
+            if new == State::Down {
+                self.unclaim(e.number, a);
+            } else {
+                self.claim(e.number, a);
+            }
+        }
         if let Some(k) = kind {
-            let e = m.entry.clone();
             self.event(k, &e, now);
         }
     }
 
     /// Two live nodes with one number: both rows get a `conflict` text and one event is raised
-    /// per distinct clash.
+    /// per distinct clash. Only numbers whose claimants changed are looked at.
     fn find_conflicts(&mut self, now: Ms) {
-        self.dirty = false;
-        let mut by_number: BTreeMap<u32, Vec<Ipv4Addr>> = BTreeMap::new();
-        by_number
-            .entry(self.me.number)
-            .or_default()
-            .push(self.me.addr);
-        for (a, m) in &self.members {
-            if m.state != State::Down {
-                by_number.entry(m.entry.number).or_default().push(*a);
-            }
+        if self.changed_numbers.is_empty() {
+            return;
         }
-        for m in self.members.values_mut() {
-            m.conflict = None;
-        }
-        // A clash that ended and comes back is told again.
-        self.conflicts_told
-            .retain(|(n, a)| by_number.get(n) == Some(a));
-        for (number, addrs) in by_number {
+        let mut numbers = std::mem::take(&mut self.changed_numbers);
+        numbers.sort_unstable();
+        numbers.dedup();
+        for number in numbers {
+            // This node first, then the others by address.
+            let mut addrs = self.claims.get(&number).cloned().unwrap_or_default();
+            addrs.sort_by_key(|a| (*a != self.me.addr, *a));
+            // A clash that ended or changed and comes back is told again.
+            self.conflicts_told
+                .retain(|(n, a)| *n != number || *a == addrs);
             if addrs.len() < 2 {
+                for a in &addrs {
+                    self.conflicts.remove(a);
+                }
                 continue;
             }
             for a in &addrs {
-                if let Some(m) = self.members.get_mut(a) {
-                    m.conflict = Some(conflict_text(number, a, &addrs));
+                if *a != self.me.addr {
+                    self.conflicts.insert(*a, conflict_text(number, a, &addrs));
                 }
             }
             let key = (number, addrs.clone());
@@ -972,7 +1139,7 @@ impl Membership {
                 let e = self
                     .members
                     .get(&addrs[0])
-                    .map_or_else(|| self.me.clone(), |m| m.entry.clone());
+                    .map_or_else(|| self.me.clone(), |m| (*m.entry).clone());
                 let e = Entry {
                     addr: if addrs.contains(&self.me.addr) {
                         self.me.addr
@@ -1026,10 +1193,10 @@ impl Membership {
                 &m.entry,
                 m.state,
                 Some(now.saturating_sub(m.fresh_at)),
-                m.conflict.clone(),
+                self.conflicts.get(&m.entry.addr).cloned(),
             ));
         }
-        for (number, addr) in &self.map {
+        for (number, addr) in &self.map.nodes {
             if *addr != self.me.addr && !self.members.contains_key(addr) {
                 rows.push(Row {
                     number: *number,

@@ -136,21 +136,24 @@ mod tests {
         );
         // The new fields round trip, and a newer agent's extra fields are ignored.
         let mut msg = msg();
-        msg.entries.push(Entry {
-            number: 2,
-            name: "node2".into(),
-            addr: "10.0.0.2".parse().unwrap(),
-            incarnation: 1,
-            heartbeat: 1,
-            age_ms: 0,
-            load: Load {
-                cpus: 4,
-                refuses_guests: true,
-                cpu: "ab12".into(),
-                ..Load::default()
-            },
-            leaving: false,
-        });
+        msg.entries.push(
+            Entry {
+                number: 2,
+                name: "node2".into(),
+                addr: "10.0.0.2".parse().unwrap(),
+                incarnation: 1,
+                heartbeat: 1,
+                age_ms: 0,
+                load: Load {
+                    cpus: 4,
+                    refuses_guests: true,
+                    cpu: "ab12".into(),
+                    ..Load::default()
+                },
+                leaving: false,
+            }
+            .into(),
+        );
         assert_eq!(open(k, &seal(k, &msg)).unwrap(), msg);
         let newer = serde_json::to_string(&msg)
             .unwrap()

@@ -13,14 +13,24 @@
 //!   one job's share there (plus the hysteresis), so after the move the job runs on a node less
 //!   loaded than the one it leaves. Moving it back would need the opposite, so a move is never
 //!   undone while loads stay put (no ping-pong).
-//! - Among all (job, peer) pairs that qualify, the one that moves the most CPU to the least
-//!   load wins: `share * (L - (Lp + add_p(j)))`, ties to the job longest here, then by id.
+//! - The target is one of the qualifying peers drawn at random: with hundreds of nodes every
+//!   overloaded node sees the same least-loaded peers in lagged reports, and choosing the
+//!   least loaded outright (or the better of two random ones, which still favours the idlest)
+//!   sends them all there at once (herding). Every qualifying peer is less loaded than this
+//!   node by more than the job, so any of them is an improvement. The job is the one that
+//!   moves the most CPU there: `share * (L - (Lp + add_p(j)))`, ties to the job longest here,
+//!   then by id.
 //! - Never: pinned jobs, jobs here for less than `min_residency_ms`, jobs that want almost no
 //!   CPU, peers that are not up, refuse guests (`drove lock`), have no speed, are short of
 //!   memory, whose CPU cannot restore this node's images (`criu cpuinfo check`, see
 //!   `cpuinfo.rs`), or failed a migration from here recently.
 //! - A node short of memory (`mem_free < mem_low`) sheds one movable job to the peer with the
 //!   most free memory, whatever the loads.
+//! - Before a move the target's current load is asked of the target itself ([`Balancer::confirm`];
+//!   the daemon counts the live jobs of its `/api/jobs`): gossiped loads are seconds old in a big cluster (an
+//!   epidemic needs about log n rounds, and a datagram carries a sample of the table), and in
+//!   that time other nodes may have sent jobs there too. If the rule no longer holds with the
+//!   fresh figure, the move is dropped and the peer skipped until `settle_ms` has passed.
 //! - At most one outgoing migration at a time, and in-flight moves are accounted for: gossip
 //!   load lags (the sampler's 2 s average plus a gossip period), so a move adds the job to its
 //!   target's load and takes it off this node's load locally until `settle_ms` after it ended.
@@ -125,6 +135,11 @@ pub struct Balancer {
     pub params: Params,
     pending: Vec<Pending>,
     failed: BTreeMap<u32, Ms>,
+    /// Peers whose own current load refused a move (see [`Balancer::confirm`]), and when.
+    refused: BTreeMap<u32, Ms>,
+    /// xorshift state for the random pair of candidate targets (seeded: decisions are
+    /// reproducible).
+    rng: u64,
 }
 
 /// The load one job of `share` adds to `node`.
@@ -140,6 +155,25 @@ impl Balancer {
         }
     }
 
+    /// A balancer whose random choices start from `seed` (nodes should differ: the daemon
+    /// uses its node number and start time).
+    pub fn seeded(params: Params, seed: u64) -> Self {
+        Balancer {
+            params,
+            rng: seed,
+            ..Default::default()
+        }
+    }
+
+    fn random(&mut self) -> u64 {
+        let mut x = self.rng ^ 0x9e37_79b9_7f4a_7c15;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
     /// Whether a migration from here is under way.
     pub fn busy(&self) -> bool {
         self.pending.iter().any(|p| p.until.is_none())
@@ -149,6 +183,8 @@ impl Balancer {
         self.pending.retain(|p| p.until.is_none_or(|u| now < u));
         let backoff = self.params.failed_backoff_ms;
         self.failed.retain(|_, at| now < at.saturating_add(backoff));
+        let settle = self.params.settle_ms;
+        self.refused.retain(|_, at| now < at.saturating_add(settle));
     }
 
     /// Load of `n` with this node's in-flight and recent moves applied.
@@ -190,6 +226,7 @@ impl Balancer {
                     && n.speed > 0.0
                     && n.mem_free >= p.mem_low
                     && !self.failed.contains_key(&n.number)
+                    && !self.refused.contains_key(&n.number)
             })
             .collect();
         if peers.is_empty() {
@@ -223,12 +260,27 @@ impl Balancer {
         }
 
         let here = self.effective(me, me.number);
+        let (hysteresis, margin) = (p.hysteresis, p.margin);
+        let movable: Vec<&LocalJob> = movable
+            .into_iter()
+            .filter(|j| j.share >= p.min_share)
+            .collect();
+        let smallest = movable.iter().map(|j| j.share).reduce(f64::min)?;
+        // Peers some job may go to (the smallest job qualifies most easily), then two of them.
+        let mut qualifying: Vec<(&Node, f64)> = peers
+            .iter()
+            .map(|n| (*n, self.effective(n, me.number)))
+            .filter(|(n, there)| there + job_load(smallest, n) * (1.0 + hysteresis) + margin < here)
+            .collect();
+        if qualifying.len() > 1 {
+            let i = (self.random() % qualifying.len() as u64) as usize;
+            qualifying = vec![qualifying[i]];
+        }
         let mut best: Option<(f64, Ms, &LocalJob, &Node)> = None;
-        for j in movable.iter().filter(|j| j.share >= p.min_share) {
-            for n in &peers {
-                let there = self.effective(n, me.number);
+        for &j in &movable {
+            for &(n, there) in &qualifying {
                 let add = job_load(j.share, n);
-                if there + add * (1.0 + p.hysteresis) + p.margin >= here {
+                if there + add * (1.0 + hysteresis) + margin >= here {
                     continue;
                 }
                 let gain = j.share * (here - (there + add));
@@ -261,6 +313,29 @@ impl Balancer {
             add_there: job_load(j.share, n),
             add_here: job_load(j.share, me),
         })
+    }
+
+    /// Checks a `balance` move against the target's own current load (`target.load`, as the
+    /// target reports it now rather than as gossip last carried it): the rule must still hold
+    /// with this node's moves to it that are under way added. False: do not start the move;
+    /// the target is skipped until `settle_ms` has passed. Memory moves are not checked.
+    pub fn confirm(&mut self, now: Ms, mv: &Move, me: &Node, target: &Node) -> bool {
+        if mv.reason != "balance" {
+            return true;
+        }
+        let p = &self.params;
+        let here = self.effective(me, me.number);
+        let flying: f64 = self
+            .pending
+            .iter()
+            .filter(|x| x.to == target.number && x.until.is_none())
+            .map(|x| x.add_there)
+            .sum();
+        let ok = target.load + flying + mv.add_there * (1.0 + p.hysteresis) + p.margin < here;
+        if !ok {
+            self.refused.insert(target.number, now);
+        }
+        ok
     }
 
     /// The caller starts `mv`: from now on its effect is added locally.
@@ -382,8 +457,8 @@ pub fn view(
     let window = m.sample_live(WINDOW);
     let nodes = window
         .iter()
-        .filter_map(|a| m.members().get(a))
-        .map(|mb| {
+        .filter_map(|a| Some((m.members().get(a)?, m.conflict(a).is_some())))
+        .map(|(mb, conflict)| {
             let l = &mb.entry.load;
             let peer_cpus = if l.cpus > 0 { l.cpus } else { cpus };
             Node {
@@ -392,7 +467,7 @@ pub fn view(
                 speed: l.speed,
                 cpus: peer_cpus,
                 mem_free: l.mem_free,
-                state: if mb.entry.leaving || mb.conflict.is_some() {
+                state: if mb.entry.leaving || conflict {
                     NodeState::Down
                 } else {
                     mb.state
@@ -444,7 +519,12 @@ pub fn run(
     );
     // The API listens one port below the migration listener (jobs/api.rs `start`).
     let api_port = engine.port.wrapping_sub(1);
-    let mut balancer = Balancer::new(Params::default());
+    // Seeded per node and start, so two nodes do not draw the same pair of peers.
+    let seed = u64::from(shared.membership().me().number).rotate_left(32)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+    let mut balancer = Balancer::seeded(Params::default(), seed);
     // Per job: where it is (pid), since when (local ms), last demand sample (ms, ns), share.
     type Seen = (i32, Ms, Option<(Ms, u64)>, f64);
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
@@ -544,6 +624,38 @@ pub fn run(
         let Some((_, addr)) = super::api::resolve(&shared, &mv.to.to_string(), me.number) else {
             continue;
         };
+        // The target's load now, from its job table (gossip may be seconds behind);
+        // unanswered: the gossiped figure stands (the migration itself then finds out).
+        let api = std::net::SocketAddr::new(addr.into(), api_port);
+        let live_jobs = super::engine::get_json(api, "/api/jobs").and_then(|(status, v)| {
+            let jobs = v.get("jobs")?.as_array()?;
+            let live = jobs
+                .iter()
+                .filter(|j| {
+                    !matches!(
+                        j.get("state").and_then(|s| s.as_str()),
+                        Some("moved" | "exited" | "lost")
+                    )
+                })
+                .count();
+            (status == 200).then_some(live as u32)
+        });
+        if let (Some(n), Some(gossiped)) = (live_jobs, nodes.iter().find(|n| n.number == mv.to)) {
+            let load = count_load(n, gossiped.speed, gossiped.cpus);
+            let target = Node {
+                load,
+                ..gossiped.clone()
+            };
+            if !balancer.confirm(now, &mv, &me, &target) {
+                crate::info!(
+                    "jobs: balance: node {} is busier now ({load:.2}) than gossip said ({:.2}); job {} stays",
+                    mv.to,
+                    gossiped.load,
+                    mv.job
+                );
+                continue;
+            }
+        }
         crate::info!(
             "jobs: balance: job {} to node {} ({}; job load here {:.2}, jobs {:?})",
             mv.job,
@@ -895,7 +1007,14 @@ mod tests {
             t += 100;
         }
         assert_eq!(b.decide(t, &me, &nodes, &jobs), None);
-        // Node 2 comes back after the backoff.
+        // Node 2 comes back after the backoff (node 3's report has caught up by then).
+        let nodes = vec![
+            node(2, 100.0),
+            Node {
+                load: 3.0,
+                ..node(3, 100.0)
+            },
+        ];
         let mv = b.decide(31_000, &me, &nodes, &jobs).unwrap();
         assert_eq!(mv.to, 2);
     }
@@ -1144,6 +1263,95 @@ mod tests {
         let n = sim.moves.len();
         sim.rounds(600);
         assert_eq!(sim.moves.len(), n, "no ping-pong");
+    }
+
+    #[test]
+    fn overloaded_nodes_with_the_same_view_do_not_herd_onto_one_peer() {
+        // 20 overloaded nodes see the same 40 idle peers (one lagged report): choosing the
+        // least loaded outright would send all 20 jobs to peer 101. A random qualifying peer
+        // each spreads them.
+        let peers: Vec<Node> = (101..=140).map(|n| node(n, 100.0)).collect();
+        let jobs: Vec<LocalJob> = (1..=8)
+            .map(|i| LocalJob {
+                id: format!("j{i}"),
+                pinned: false,
+                share: 1.0,
+                resident_ms: 60_000,
+            })
+            .collect();
+        let mut targets = std::collections::BTreeSet::new();
+        for n in 1..=20u32 {
+            let me = Node {
+                load: count_load(8, 100.0, 1),
+                ..node(n, 100.0)
+            };
+            let mut b = Balancer::seeded(Params::default(), u64::from(n));
+            let mv = b.decide(100_000, &me, &peers, &jobs).unwrap();
+            assert!((101..=140).contains(&mv.to));
+            targets.insert(mv.to);
+        }
+        assert!(targets.len() >= 12, "{targets:?}");
+        // Only qualifying peers are drawn: 3 jobs (3 + 1.25 < 8) and idle, never 7 (7 + 1.25).
+        let with = |number, jobs| Node {
+            load: count_load(jobs, 100.0, 1),
+            ..node(number, 100.0)
+        };
+        let me = with(1, 8);
+        let view = [with(2, 3), with(3, 0), with(4, 7)];
+        let mut chosen = std::collections::BTreeSet::new();
+        for seed in 0..40 {
+            let mut b = Balancer::seeded(Params::default(), seed);
+            chosen.insert(b.decide(100_000, &me, &view, &jobs).unwrap().to);
+        }
+        assert_eq!(chosen, [2, 3].into());
+    }
+
+    #[test]
+    fn a_target_busier_now_than_gossip_said_is_refused_and_skipped_for_a_while() {
+        let me = Node {
+            load: count_load(4, 100.0, 1),
+            ..node(1, 100.0)
+        };
+        let peers = vec![node(2, 100.0), node(3, 100.0)];
+        let jobs: Vec<LocalJob> = (1..=4)
+            .map(|i| LocalJob {
+                id: format!("1.{i}"),
+                pinned: false,
+                share: 1.0,
+                resident_ms: 60_000,
+            })
+            .collect();
+        let mut b = Balancer::seeded(Params::default(), 1);
+        let mv = b.decide(0, &me, &peers, &jobs).unwrap();
+        // Others sent it 3 jobs since its last report: 3 + 1.25 is not below 4.
+        let now = Node {
+            load: count_load(3, 100.0, 1),
+            ..node(mv.to, 100.0)
+        };
+        assert!(!b.confirm(0, &mv, &me, &now));
+        let other = if mv.to == 2 { 3 } else { 2 };
+        for t in [100, 5_000] {
+            assert_eq!(b.decide(t, &me, &peers, &jobs).map(|m| m.to), Some(other));
+        }
+        // After settle_ms it is a candidate again; still as idle as reported: confirmed.
+        let mut seen = std::collections::BTreeSet::new();
+        for t in 0..20 {
+            let mut b2 = b.clone();
+            b2.rng = t;
+            if let Some(m) = b2.decide(7_000, &me, &peers, &jobs) {
+                assert!(b2.confirm(7_000, &m, &me, &node(m.to, 100.0)));
+                seen.insert(m.to);
+            }
+        }
+        assert!(seen.contains(&mv.to), "{seen:?}");
+        // A move under way to it counts: 0 + 1 in flight + 1.25 < 4 still, 2 in flight not.
+        let mut c = Balancer::seeded(Params::default(), 2);
+        let a = c.decide(0, &me, &peers, &jobs).unwrap();
+        c.started(&a);
+        let target = node(a.to, 100.0);
+        assert!(c.confirm(0, &a, &me, &target));
+        c.pending.push(c.pending[0].clone());
+        assert!(!c.confirm(0, &a, &me, &target));
     }
 
     #[test]

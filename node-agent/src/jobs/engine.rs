@@ -1062,7 +1062,7 @@ impl Engine {
 
 /// `GET path` on the agent API at `addr` (HTTP/1.0): status and JSON body, `None` when the
 /// agent does not answer.
-fn get_json(addr: SocketAddr, path: &str) -> Option<(u16, serde_json::Value)> {
+pub(crate) fn get_json(addr: SocketAddr, path: &str) -> Option<(u16, serde_json::Value)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
