@@ -2,12 +2,15 @@
 //!
 //! 1. `freeze`: a ticking job stops writing (`frozen` in the API), a migration of it is refused
 //!    with the reason, `continue` makes it tick again.
-//! 2. Ctrl-C on the real `drove run` (SIGINT to the client) after its job moved to node 2: the
-//!    client exits 130 and the job was killed on node 2.
+//! 2. `drove migrate` to node 2 while node 2 is locked (`drove lock`) is refused with the
+//!    reason; unlocked, it goes. Ctrl-C on the real `drove run` (SIGINT to the client) after
+//!    its job moved to node 2: the client exits 130 and the job was killed on node 2.
 //! 3. Node 2 dies (its VM killed) while running two jobs that came from node 1, both followed
 //!    by `drove run`: the plain one is reported lost (`drove run` exits 69 naming node 2); the
 //!    one started with `--checkpoint-every 3` restarts on node 1 from the checkpoint node 1
-//!    held and finishes with exactly the output of an undisturbed run.
+//!    held and finishes with exactly the output of an undisturbed run. A third job moved to
+//!    node 2 and ended there before the kill: node 2 told node 1, so it stays `exited` with its
+//!    whole output on node 1 after node 2 is gone (it used to turn `lost`, with no output).
 
 #![allow(clippy::unwrap_used)]
 
@@ -166,9 +169,6 @@ fn finish(mut child: Child, id: &str, timeout: Duration) -> (Option<i32>, String
 }
 
 #[test]
-#[ignore = "drove run of a job restarted from its checkpoint on the home node does not return after the \
-            job exits (seen 2026-11-24: job 1.4 ended exit 0 on node 1, the client still waiting \
-            after 300 s); the freeze, Ctrl-C and lost phases passed. Run with --ignored."]
 fn freeze_interrupt_lost_and_checkpoint_restart() -> Result<(), Error> {
     let expected = String::from_utf8(
         Command::new("/bin/busybox")
@@ -232,6 +232,29 @@ fn freeze_interrupt_lost_and_checkpoint_restart() -> Result<(), Error> {
         &awk(TICKER, "/run/never"),
     );
     wait_output(&cluster, &node1, &id, "tick 2");
+    let api2 = cluster.api(2)?.to_string();
+    let node2 = Agent::new(&api2, Some(key.clone()));
+    let lock = |path: &str, locked: bool| {
+        node2.ok("POST", path, None).unwrap();
+        cluster.wait_until(
+            1,
+            Duration::from_secs(60),
+            "node 2's lock seen by node 1",
+            |t| t.node(2).is_some_and(|n| n.refuses_guests == locked),
+        )
+    };
+    lock("/api/node/lock", true)?;
+    let refused = node1.migrate(&id, "2").unwrap();
+    assert_eq!(refused["outcome"], "resumed", "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("node 2 refuses guest jobs (locked with `drove lock`"),
+        "{refused}"
+    );
+    assert_eq!(node1.job(&id).unwrap()["state"], "running");
+    lock("/api/node/unlock", false)?;
     migrate(&cluster, &node1, &id, "2");
     // SAFETY: a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -269,6 +292,41 @@ fn freeze_interrupt_lost_and_checkpoint_restart() -> Result<(), Error> {
         &["--pin", "--checkpoint-every", "3"],
         &awk(COUNTER, go),
     );
+    let done_id = node1
+        .launch_pinned(&awk(COUNTER, "/run/go-done"), true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_output(&cluster, &node1, &done_id, "line 50");
+    migrate(&cluster, &node1, &done_id, "2");
+    // It ends on node 2; node 1's record learns it (not only by forwarding to node 2).
+    run_job(&node2, &["/bin/busybox", "touch", "/run/go-done"]);
+    let t0 = Instant::now();
+    loop {
+        let jobs = node1.jobs().unwrap();
+        let rec = jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["id"] == done_id.as_str())
+            .cloned()
+            .unwrap();
+        if rec["state"] == "exited" {
+            assert_eq!(
+                (rec["node"].as_u64(), rec["exit_code"].as_i64()),
+                (Some(2), Some(0)),
+                "{rec}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(180),
+            "node 1 still has {rec} for job {done_id}\n{}",
+            cluster.console_lines_with("jobs:")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     wait_output(&cluster, &node1, &ckpt_id, "line 50");
     wait_output(&cluster, &node1, &plain_id, "tick 1");
     migrate(&cluster, &node1, &plain_id, "2");
@@ -295,6 +353,15 @@ fn freeze_interrupt_lost_and_checkpoint_restart() -> Result<(), Error> {
     );
     let lost = node1.job(&plain_id).unwrap();
     assert_eq!(lost["state"], "lost", "{lost}");
+    // The job that ended on node 2 before it died: still exited, its whole output on node 1.
+    let done = node1.job(&done_id).unwrap();
+    assert_eq!(
+        (done["state"].as_str(), done["exit_code"].as_i64()),
+        (Some("exited"), Some(0)),
+        "{done}"
+    );
+    let out = node1.output(&done_id, "stdout", 0).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out), expected, "job {done_id}");
     run_job(&node1, &["/bin/busybox", "touch", go]);
     let (code, out, err) = finish(ckpt, &ckpt_id, Duration::from_secs(300));
     eprintln!("{}", ps_table(&node1.jobs().unwrap()));

@@ -68,6 +68,13 @@ pub fn start(shared: Arc<Shared>, api_port: u16) -> Router {
         super::engine::JOBS_DIR.into(),
         api_port.wrapping_add(1),
     ));
+    {
+        let (a, b) = (shared.clone(), shared.clone());
+        engine.set_cluster(super::engine::Cluster {
+            node_addr: Box::new(move |n| resolve(&a, &n.to_string(), n).map(|(_, addr)| addr)),
+            refuses_guests: Box::new(move || b.membership().me().load.refuses_guests),
+        });
+    }
     if let Err(e) = engine.start() {
         crate::error!("jobs: cannot start the job engine: {e}");
     }
@@ -318,6 +325,12 @@ fn locate(ctx: &Ctx, id: &str, forwarded: bool) -> Where {
     }
 }
 
+/// Why job `job` may not be moved to node `to` (`locked`: `to` refuses guests, as its load
+/// vector says): a locked node takes its own jobs back home, no one else's.
+pub fn refuse_locked(job: &Job, to: u32, locked: bool) -> Option<String> {
+    (locked && job.home != to).then(|| super::engine::guest_refusal(to))
+}
+
 /// A node by number, name or `home`: (number, address) from the cluster table.
 pub fn resolve(shared: &Shared, to: &str, home: u32) -> Option<(u32, Ipv4Addr)> {
     let now = shared.now();
@@ -450,6 +463,28 @@ async fn migrate(
             StatusCode::BAD_REQUEST,
             format!("job {id} already runs on node {to}"),
         );
+    }
+    let locked = {
+        let now = ctx.shared.now();
+        let rows = ctx.shared.membership().table(now);
+        rows.iter().any(|r| r.number == to && r.refuses_guests)
+    };
+    if let Some(why) = refuse_locked(&job, to, locked) {
+        let rec = super::table::Migration {
+            job: id.clone(),
+            from: ctx.engine.me,
+            to,
+            reason: "manual".into(),
+            freeze_ms: 0,
+            bytes: 0,
+            total_ms: 0,
+            outcome: super::table::Outcome::Resumed,
+            error: Some(format!("refused: {why}")),
+            at_ms: super::engine::unix_ms(),
+        };
+        crate::warn!("jobs: migration of {id} to node {to} refused: {why}");
+        ctx.engine.table().migrations.push(rec.clone());
+        return (StatusCode::CONFLICT, Json(rec)).into_response();
     }
     let engine = ctx.engine.clone();
     match tokio::task::spawn_blocking(move || engine.migrate(&id, to, addr, "manual")).await {
@@ -661,6 +696,21 @@ mod tests {
         // Home down: nobody (the job's record lives there).
         assert_eq!(pick_holder(&up[1..], 2, 1), None);
         assert_eq!(pick_holder(&up[..1], 1, 1), None);
+    }
+
+    #[test]
+    fn a_locked_node_takes_no_guest_by_hand() {
+        let job: Job = serde_json::from_value(json!({"id": "1.1", "cmd": ["x"], "home": 1,
+            "node": 2, "state": "running", "pid": 5, "exit_code": null, "signal": null,
+            "started_ms": 0, "migrations": 1}))
+        .unwrap();
+        assert_eq!(
+            refuse_locked(&job, 3, true).as_deref(),
+            Some("node 3 refuses guest jobs (locked with `drove lock`; `drove unlock 3` to let them in)")
+        );
+        assert_eq!(refuse_locked(&job, 3, false), None);
+        // Home is never refused to its own job.
+        assert_eq!(refuse_locked(&job, 1, true), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use super::criu;
 use super::proto::{self, Msg};
-use super::table::{Job, Migration, Offsets, Outcome, State, Table};
+use super::table::{Ended, Job, Migration, Offsets, Outcome, State, Table};
 use crate::children::{Children, Exit};
 use crate::{info, warn};
 use nix::sys::signal::{kill, Signal};
@@ -123,6 +123,9 @@ enum Kind {
     Checkpoint,
     /// The job ended: drop its checkpoint.
     Drop,
+    /// The job ended on the sending node: the job's home records the exit and keeps the
+    /// complete output sent with it (its `moved` record would otherwise outlive nothing).
+    Exited,
 }
 
 /// What the source sends first.
@@ -135,8 +138,20 @@ struct Header {
     kind: Kind,
 }
 
+/// What the engine asks of the cluster daemon (set once at start; unset in unit tests).
+pub struct Cluster {
+    /// A node's address by number, from the membership table.
+    pub node_addr: Box<dyn Fn(u32) -> Option<Ipv4Addr> + Send + Sync>,
+    /// Whether this node is locked (`drove lock`): it takes no guest jobs.
+    pub refuses_guests: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// How long the node where a job ended keeps trying to tell the job's home.
+const REPORT_EXIT_FOR: Duration = Duration::from_secs(300);
+
 pub struct Engine {
     table: Mutex<Table>,
+    cluster: std::sync::OnceLock<Cluster>,
     /// Jobs checkpointed from here: the node holding the latest checkpoint, its address and
     /// when it was taken.
     checkpointed: Mutex<std::collections::BTreeMap<String, (u32, Ipv4Addr, Instant)>>,
@@ -155,6 +170,7 @@ impl Engine {
     pub fn new(me: u32, key: Option<Vec<u8>>, root: PathBuf, port: u16) -> Self {
         Engine {
             table: Mutex::new(Table::default()),
+            cluster: std::sync::OnceLock::new(),
             checkpointed: Mutex::new(Default::default()),
             checkpoint_root: CHECKPOINTS_DIR.into(),
             children: Arc::new(Children::new()),
@@ -167,6 +183,15 @@ impl Engine {
 
     pub fn table(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Connects the engine to the daemon's membership table (see [`Cluster`]).
+    pub fn set_cluster(&self, cluster: Cluster) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    fn refuses_guests(&self) -> bool {
+        self.cluster.get().is_some_and(|c| (c.refuses_guests)())
     }
 
     /// The child registry (other CRIU runs, e.g. `cpuinfo.rs`, must go through it: the reaper
@@ -190,7 +215,14 @@ impl Engine {
         std::thread::Builder::new()
             .name("job-reaper".into())
             .spawn(move || loop {
-                me.reap_once();
+                for job in me.reap_once() {
+                    if job.home != me.me {
+                        let e = me.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("exit-report".into())
+                            .spawn(move || e.report_exit(&job));
+                    }
+                }
                 std::thread::sleep(Duration::from_millis(50));
             })?;
         if self.key.is_some() {
@@ -214,19 +246,174 @@ impl Engine {
         Ok(())
     }
 
-    fn reap_once(&self) {
+    /// The jobs that ended since the last call.
+    fn reap_once(&self) -> Vec<Job> {
         // Table first, then the registry (the order `launch` takes them too).
-        let mut table = self.table();
-        for (pid, exit) in self.children.reap() {
+        let table = self.table();
+        let exits = self.children.reap();
+        self.record_exits(table, exits)
+    }
+
+    /// Records the exits `reaped` in `table`, then (with the table unlocked: both take it
+    /// again) tells the checkpoint holder to drop each ended job's checkpoint. Returns the
+    /// ended jobs.
+    fn record_exits(&self, mut table: MutexGuard<'_, Table>, reaped: Vec<(Pid, Exit)>) -> Vec<Job> {
+        let mut ended: Vec<String> = Vec::new();
+        for (pid, exit) in reaped {
             let (code, signal) = match exit {
                 Exit::Code(c) => (Some(c), None),
                 Exit::Signal(s) => (None, Some(s.as_str().to_string())),
             };
             if let Some(id) = table.exited(pid.as_raw(), code, signal) {
                 info!("jobs: job {id} ended ({exit})");
-                self.drop_checkpoint(&id);
+                ended.push(id);
             }
         }
+        let jobs: Vec<Job> = ended
+            .iter()
+            .filter_map(|id| table.get(id).ok().cloned())
+            .collect();
+        drop(table);
+        for id in &ended {
+            self.drop_checkpoint(id);
+        }
+        jobs
+    }
+
+    /// Tells the home of `job` (which ended here, away from home) how it ended and sends its
+    /// complete output, retrying while the home is unreachable or has not recorded the move
+    /// yet, for up to [`REPORT_EXIT_FOR`].
+    fn report_exit(&self, job: &Job) {
+        let (id, home) = (&job.id, job.home);
+        let t0 = Instant::now();
+        let mut last = String::new();
+        while t0.elapsed() < REPORT_EXIT_FOR {
+            let addr = self.cluster.get().and_then(|c| (c.node_addr)(home));
+            let result = match addr {
+                Some(addr) => self.send_exit(job, addr),
+                None => Err(Error::Other(format!(
+                    "node {home} is not in the cluster table"
+                ))),
+            };
+            match result {
+                Ok(Ended::Recorded) => {
+                    info!("jobs: job {id}: its end and output recorded on its home, node {home}");
+                    return;
+                }
+                Ok(Ended::Stale) => {
+                    info!("jobs: job {id}: node {home} does not need its end (it runs or ended there)");
+                    return;
+                }
+                Ok(Ended::NotYet) => last = "the home has not recorded the move yet".into(),
+                Err(e) => last = crate::console::chain(&e),
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        warn!(
+            "jobs: job {id}: could not tell its home, node {home}, that it ended here in {} s: {last}",
+            REPORT_EXIT_FOR.as_secs()
+        );
+    }
+
+    /// One attempt of [`Engine::report_exit`] to the home at `addr`: the final record, then the
+    /// output files whole.
+    fn send_exit(&self, job: &Job, addr: Ipv4Addr) -> Result<Ended, Error> {
+        let key = self
+            .key
+            .clone()
+            .ok_or_else(|| Error::Other("this node has no cluster key".into()))?;
+        let dir = self.job_dir(&job.id);
+        let len = |n: &str| fs::metadata(dir.join(n)).map_or(0, |m| m.len());
+        let offsets = Offsets {
+            stdout: len("stdout"),
+            stderr: len("stderr"),
+        };
+        let mut ch = proto::connect(BufStream(self.connect(addr)?), &key)?;
+        let header = Header {
+            job: job.clone(),
+            offsets: offsets.clone(),
+            from: self.me,
+            kind: Kind::Exited,
+        };
+        ch.send(&Msg::Header(
+            serde_json::to_string(&header).map_err(|e| Error::Other(e.to_string()))?,
+        ))?;
+        send_file(
+            &mut ch,
+            "out/stdout",
+            &dir.join("stdout"),
+            Some(offsets.stdout),
+        )?;
+        send_file(
+            &mut ch,
+            "out/stderr",
+            &dir.join("stderr"),
+            Some(offsets.stderr),
+        )?;
+        ch.send(&Msg::End)?;
+        ch.flush()?;
+        match ch.recv()? {
+            Msg::Restored(j) => {
+                let v: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
+                if v["ok"] != true {
+                    return Err(Error::Refused(
+                        v["error"].as_str().unwrap_or("refused").to_string(),
+                    ));
+                }
+                serde_json::from_value(v["ended"].clone())
+                    .map_err(|e| Error::Other(format!("bad answer {j}: {e}")))
+            }
+            m => Err(proto::Error::Unexpected(format!("{m:?}")).into()),
+        }
+    }
+
+    /// Home side of [`Kind::Exited`]: the output arrives whole in `final-in/`; if this node's
+    /// record is of the job away from here, the files replace the job's output and the
+    /// record becomes `exited`, both under the table lock (a reader sees the old state with
+    /// the old files, or the new with the new).
+    fn take_exit(&self, ch: &mut proto::Channel<BufStream>, header: Header) -> Result<(), Error> {
+        let id = header.job.id.clone();
+        let dir = self.job_dir(&id);
+        let incoming = dir.join("final-in");
+        let _ = fs::remove_dir_all(&incoming);
+        let received = self.receive_files(ch, &incoming, &incoming.join("img"), &header.offsets);
+        let ended = received.and_then(|()| {
+            let mut table = self.table();
+            let state = table.get(&id).map(|j| j.state);
+            if matches!(state, Ok(State::Moved | State::Lost)) {
+                for name in ["stdout", "stderr"] {
+                    let (from, to) = (incoming.join(name), dir.join(name));
+                    fs::rename(&from, &to).map_err(file_err(&to))?;
+                }
+            }
+            match table.ended_elsewhere(
+                &id,
+                header.job.node,
+                header.job.exit_code,
+                header.job.signal.clone(),
+            ) {
+                Ok(e) => Ok(e),
+                Err(super::table::Error::NoSuchJob(_)) => Ok(Ended::Stale),
+                Err(e) => Err(e.into()),
+            }
+        });
+        let _ = fs::remove_dir_all(&incoming);
+        let ended = ended?;
+        if ended == Ended::Recorded {
+            info!(
+                "jobs: job {id} ended on node {} ({}); output kept here",
+                header.job.node,
+                match (header.job.exit_code, &header.job.signal) {
+                    (Some(c), _) => format!("exit status {c}"),
+                    (None, Some(s)) => format!("signal {s}"),
+                    _ => "no status".into(),
+                }
+            );
+        }
+        ch.send(&Msg::Restored(
+            serde_json::json!({"ok": true, "ended": ended}).to_string(),
+        ))?;
+        ch.flush().map_err(Into::into)
     }
 
     pub fn job_dir(&self, id: &str) -> PathBuf {
@@ -934,8 +1121,15 @@ impl Engine {
         if !proto::safe_name(&id) || id.contains('/') {
             return Err(Error::Other(format!("bad job id {id:?}")));
         }
-        if header.kind != Kind::Migrate {
-            return self.keep_checkpoint(ch, header);
+        match header.kind {
+            Kind::Migrate => {}
+            Kind::Exited => return self.take_exit(ch, header),
+            Kind::Checkpoint | Kind::Drop => return self.keep_checkpoint(ch, header),
+        }
+        // Locked (`drove lock`): no guests. The source checks the gossiped lock first; this is
+        // for a lock newer than its table.
+        if header.job.home != self.me && self.refuses_guests() {
+            return Err(Error::Other(guest_refusal(self.me)));
         }
         // The job comes to run here: a checkpoint of it held here is of no use any more.
         if self.table().checkpoints.remove(&id).is_some() {
@@ -1058,6 +1252,11 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// Why a locked node takes no guest job (the same words wherever the refusal is made).
+pub fn guest_refusal(node: u32) -> String {
+    format!("node {node} refuses guest jobs (locked with `drove lock`; `drove unlock {node}` to let them in)")
 }
 
 /// `GET path` on the agent API at `addr` (HTTP/1.0): status and JSON body, `None` when the
@@ -1236,6 +1435,149 @@ mod tests {
         assert_eq!(owner_verdict(None, 2), Verdict::Ask);
         assert_eq!(owner_verdict(Some((502, &json!({}))), 2), Verdict::Ask);
         assert_eq!(owner_verdict(Some((404, &json!({}))), 2), Verdict::Ask);
+    }
+
+    fn test_job(id: &str, pid: i32) -> Job {
+        Job {
+            id: id.into(),
+            cmd: vec!["awk".into()],
+            home: 1,
+            node: 1,
+            state: State::Running,
+            pid: Some(pid),
+            exit_code: None,
+            signal: None,
+            started_ms: 0,
+            migrations: 0,
+            pinned: false,
+            reason: None,
+            checkpoint_every: Some(3),
+        }
+    }
+
+    /// The end of a job checkpointed from here (the job of the migrate_nodes VM test that
+    /// restarted on its home) is recorded without the reaper deadlocking on the job table: it
+    /// used to tell the holder to drop the checkpoint with the table still locked, and every
+    /// API request of the node then hung.
+    #[test]
+    fn the_end_of_a_checkpointed_job_does_not_lock_the_table_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        // Port 9 on loopback: nobody listens; the drop fails in its own thread, logged.
+        let engine = Arc::new(Engine::new(1, Some(vec![7; 32]), dir.path().into(), 9));
+        engine.table().insert(test_job("1.4", 4242)).unwrap();
+        engine
+            .checkpointed()
+            .insert("1.4".into(), (2, Ipv4Addr::LOCALHOST, Instant::now()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let e = engine.clone();
+        std::thread::spawn(move || {
+            let table = e.table();
+            e.record_exits(table, vec![(Pid::from_raw(4242), Exit::Code(0))]);
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("recording the exit deadlocked on the job table");
+        let job = engine.table().get("1.4").unwrap().clone();
+        assert_eq!((job.state, job.exit_code), (State::Exited, Some(0)));
+    }
+
+    /// A home engine answering transfers on a loopback port, and that port.
+    fn listening_home(dir: &Path, locked: bool) -> (Arc<Engine>, u16) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let home = Arc::new(Engine::new(1, Some(vec![7; 32]), dir.into(), port));
+        home.set_cluster(Cluster {
+            node_addr: Box::new(|_| Some(Ipv4Addr::LOCALHOST)),
+            refuses_guests: Box::new(move || locked),
+        });
+        let h = home.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                h.receive(conn);
+            }
+        });
+        (home, port)
+    }
+
+    /// Soak finding: a job moved away from home, ended there, and that node died later; the
+    /// home, whose record still said `moved`, called it lost and had none of its output.
+    #[test]
+    fn an_end_away_from_home_reaches_the_home_with_all_its_output() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (home, port) = listening_home(d1.path(), false);
+        {
+            let mut t = home.table();
+            t.insert(test_job("1.1", 50)).unwrap();
+            t.begin_migration("1.1").unwrap();
+            t.finish_migration("1.1", 2).unwrap();
+        }
+        let write = |dir: PathBuf, out: &str, err: &str| {
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("stdout"), out).unwrap();
+            fs::write(dir.join("stderr"), err).unwrap();
+        };
+        write(home.job_dir("1.1"), "line 1\n", "");
+        let away = Engine::new(2, Some(vec![7; 32]), d2.path().into(), port);
+        let mut job = test_job("1.1", 60);
+        (job.node, job.state, job.pid, job.exit_code) = (2, State::Exited, None, Some(3));
+        write(away.job_dir("1.1"), "line 1\nline 2\nline 3\n", "warning\n");
+
+        assert_eq!(
+            away.send_exit(&job, Ipv4Addr::LOCALHOST).unwrap(),
+            Ended::Recorded
+        );
+        let rec = home.table().get("1.1").unwrap().clone();
+        assert_eq!(
+            (rec.state, rec.node, rec.exit_code),
+            (State::Exited, 2, Some(3))
+        );
+        let out = home.output("1.1", "stdout", 0, 1 << 20).unwrap();
+        assert_eq!(out, b"line 1\nline 2\nline 3\n");
+        assert_eq!(
+            home.output("1.1", "stderr", 0, 1 << 20).unwrap(),
+            b"warning\n"
+        );
+        assert!(!home.job_dir("1.1").join("final-in").exists());
+        // The node it ran on dies afterwards: nothing is lost.
+        assert!(home.node_lost(2, "went down").is_empty());
+        assert_eq!(home.table().get("1.1").unwrap().state, State::Exited);
+        // A repeated report changes nothing.
+        write(away.job_dir("1.1"), "other\n", "");
+        assert_eq!(
+            away.send_exit(&job, Ipv4Addr::LOCALHOST).unwrap(),
+            Ended::Stale
+        );
+        assert_eq!(
+            home.output("1.1", "stdout", 0, 1 << 20).unwrap(),
+            b"line 1\nline 2\nline 3\n"
+        );
+    }
+
+    /// A node locked after the source last heard of it still refuses a guest, with the reason,
+    /// before any image byte is taken.
+    #[test]
+    fn a_locked_target_refuses_guests() {
+        let d1 = tempfile::tempdir().unwrap();
+        let (_target, port) = listening_home(d1.path(), true);
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut ch = proto::connect(BufStream(stream), &[7; 32]).unwrap();
+        let mut job = test_job("2.1", 60);
+        job.home = 2;
+        let header = Header {
+            job,
+            offsets: Offsets::default(),
+            from: 2,
+            kind: Kind::Migrate,
+        };
+        ch.send(&Msg::Header(serde_json::to_string(&header).unwrap()))
+            .unwrap();
+        ch.flush().unwrap();
+        let err = expect_ok(ch.recv().unwrap()).unwrap_err().to_string();
+        assert!(
+            err.contains("node 1 refuses guest jobs (locked with `drove lock`"),
+            "{err}"
+        );
+        assert!(!d1.path().join("2.1").exists());
     }
 
     #[test]

@@ -262,6 +262,36 @@ impl Table {
         ids
     }
 
+    /// Job `id` ended on node `node` (after moving there from here, possibly by way of other
+    /// nodes) with `code` or `signal`: this node's `moved` record (or `lost`, when the node
+    /// only looked dead) becomes `exited` there, so the home answers for the job after that
+    /// node is gone. A record of a job that runs here (it came back, or restarted from its
+    /// checkpoint) or already ended is left alone: the report is stale.
+    pub fn ended_elsewhere(
+        &mut self,
+        id: &str,
+        node: u32,
+        code: Option<i32>,
+        signal: Option<String>,
+    ) -> Result<Ended, Error> {
+        let job = self.get_mut(id)?;
+        match job.state {
+            State::Moved | State::Lost => {
+                job.state = State::Exited;
+                job.node = node;
+                job.pid = None;
+                job.exit_code = code;
+                job.signal = signal;
+                job.reason = None;
+                Ok(Ended::Recorded)
+            }
+            // The migration away from here is not recorded yet (the job ended on the target
+            // between its commit and ours): the reporter asks again.
+            State::Migrating => Ok(Ended::NotYet),
+            State::Running | State::Arriving | State::Frozen | State::Exited => Ok(Ended::Stale),
+        }
+    }
+
     /// Sets how often job `id` is checkpointed.
     pub fn set_checkpoint_every(&mut self, id: &str, secs: Option<u64>) -> Result<Job, Error> {
         let job = self.get_mut(id)?;
@@ -309,6 +339,18 @@ impl Table {
         job.signal = signal;
         Some(job.id.clone())
     }
+}
+
+/// What a home did with the report of its job's end on another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ended {
+    /// The record is `exited` now (and the output the reporter sent replaced the home's).
+    Recorded,
+    /// Ask again in a moment.
+    NotYet,
+    /// The home's record is not of a job away from it: nothing changed.
+    Stale,
 }
 
 /// Output offsets sent with the image: the byte length of each output file at the dump. The
@@ -487,6 +529,48 @@ mod tests {
         assert!(t.node_lost(3, |_| String::new()).is_empty());
         let json = serde_json::to_value(t.get("1.1").unwrap()).unwrap();
         assert_eq!(json["state"], "lost");
+    }
+
+    #[test]
+    fn an_end_reported_by_the_node_that_ran_the_job_outlives_that_node() {
+        let mut t = Table::default();
+        for (id, pid) in [("1.1", 50), ("1.2", 51), ("1.3", 52)] {
+            t.insert(job(id, pid)).unwrap();
+        }
+        for id in ["1.1", "1.2"] {
+            t.begin_migration(id).unwrap();
+            t.finish_migration(id, 2).unwrap();
+        }
+        assert_eq!(
+            t.ended_elsewhere("1.1", 3, Some(0), None),
+            Ok(Ended::Recorded)
+        );
+        let j = t.get("1.1").unwrap();
+        assert_eq!(
+            (j.state, j.node, j.exit_code, j.pid),
+            (State::Exited, 3, Some(0), None)
+        );
+        // Node 2 (and 3) die later: the ended job stays ended; the one still away is lost.
+        assert_eq!(t.node_lost(2, |_| "gone".into()), vec!["1.2".to_string()]);
+        assert!(t.node_lost(3, |_| "gone".into()).is_empty());
+        assert_eq!(t.get("1.1").unwrap().state, State::Exited);
+        // A job declared lost whose node was only cut off: its end still counts.
+        assert_eq!(
+            t.ended_elsewhere("1.2", 2, None, Some("SIGKILL".into())),
+            Ok(Ended::Recorded)
+        );
+        let j = t.get("1.2").unwrap();
+        assert_eq!((j.state, j.reason.as_deref()), (State::Exited, None));
+        // Runs here, or already ended: stale; mid-migration: ask again.
+        assert_eq!(t.ended_elsewhere("1.3", 2, Some(1), None), Ok(Ended::Stale));
+        assert_eq!(t.ended_elsewhere("1.1", 2, Some(9), None), Ok(Ended::Stale));
+        assert_eq!(t.get("1.1").unwrap().exit_code, Some(0));
+        t.begin_migration("1.3").unwrap();
+        assert_eq!(
+            t.ended_elsewhere("1.3", 2, Some(1), None),
+            Ok(Ended::NotYet)
+        );
+        assert!(t.ended_elsewhere("9.9", 2, None, None).is_err());
     }
 
     #[test]
