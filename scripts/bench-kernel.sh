@@ -1,9 +1,11 @@
 #!/bin/bash
 # Kernel benchmark (issue 6) for docs/benchmarks.md, in one run on this machine:
-#  1. drove's cold compile: `drove kernel build` with an empty cache of its own (unpack, tinyconfig
-#     + kernel/*.config, dropped-option check, make bzImage);
-#  2. the anchor: `make defconfig && make bzImage` of the same source tree (the one drove just
-#     unpacked), in a temporary O= directory, -j$(nproc), under the same `nice -n 10` drove uses;
+#  1. the anchor: `make defconfig && make bzImage` of the source tarball (unpacked here once), in
+#     an empty O= directory, -j$(nproc), under the same `nice -n 10` drove uses; bounded by
+#     $DEFCONFIG_TIMEOUT seconds (default 5400): a compile that does not finish is reported as such;
+#  2. drove's cold compile: `drove kernel build` with an empty cache of its own (unpack, tinyconfig
+#     + kernel/*.config, dropped-option check, make bzImage), after the anchor so both compiles
+#     see the same machine one after the other rather than halving it between them;
 #  3. boot to the ready line, compiled kernel against the distro kernel: PXE media built for each
 #     and booted by the boot benchmark (scripts/bench-boot.sh, medians of $RUNS).
 # Prints a markdown section on stdout; progress goes to stderr. Takes long: the defconfig compile
@@ -14,6 +16,7 @@ DROVE=${DROVE:-target/release/drove}
 SOURCE=${KERNEL_SOURCE:-/usr/src/linux-source-6.1.tar.xz}
 RUNS=${RUNS:-3}
 JOBS=$(nproc)
+DEFCONFIG_TIMEOUT=${DEFCONFIG_TIMEOUT:-5400}
 work=$(mktemp -d /tmp/drove-bench-kernel.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
@@ -24,8 +27,46 @@ json_field() { sed -n "s/^ *\"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"
 step() { sed -n "s/^drove: \[ *\([0-9.]*\)s\] $2.*/\1/p" "$1" | head -1; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 
-echo "bench-kernel: drove kernel build, cold (cache $work/cache); load $(load)" >&2
+echo "bench-kernel: unpack $SOURCE for the defconfig compile; load $(load)" >&2
+mkdir -p "$work/src"
+case "$SOURCE" in
+*.tar.zst) tar --zstd -xf "$SOURCE" -C "$work/src" ;;
+*.tar* | *.txz) tar -xf "$SOURCE" -C "$work/src" ;;
+*) ln -s "$(realpath "$SOURCE")" "$work/src/tree" ;;
+esac
+tree=$(dirname "$(ls -d "$work"/src/*/Makefile | head -1)")
+
+echo "bench-kernel: make defconfig && make bzImage in $work/defconfig (bound ${DEFCONFIG_TIMEOUT}s); load $(load)" >&2
+def="$work/defconfig"
+mkdir -p "$def"
 load_before=$(load)
+t0=$(now)
+nice -n 10 make -s -C "$tree" O="$def" ARCH=x86_64 defconfig >"$def.log" 2>&1
+t1=$(now)
+def_status=0
+timeout "$DEFCONFIG_TIMEOUT" nice -n 10 make -C "$tree" O="$def" ARCH=x86_64 -j"$JOBS" bzImage \
+    >>"$def.log" 2>&1 || def_status=$?
+t2=$(now)
+def_configure=$(secs "$t0" "$t1")
+def_compile=$(secs "$t1" "$t2")
+def_files=$(grep -cE '^  (CC|AS) ' "$def.log" || true)
+def_options=$(grep -c '=y$' "$def/.config")
+def_modules=$(grep -c '=m$' "$def/.config" || true)
+if [ "$def_status" = 0 ]; then
+    def_bytes=$(stat -c %s "$def/arch/x86/boot/bzImage")
+    def_compile_cell="${def_compile} s, ${def_files} files"
+elif [ "$def_status" = 124 ]; then
+    def_bytes="(not finished)"
+    def_compile_cell="did not finish within ${DEFCONFIG_TIMEOUT} s (${def_files} files compiled by then)"
+else
+    tail -30 "$def.log" >&2
+    exit 1
+fi
+echo "bench-kernel: defconfig: configure ${def_configure} s, compile ${def_compile_cell}, bzImage ${def_bytes} B, ${def_options} =y" >&2
+# the defconfig tree is large; nothing after needs it
+rm -rf "$def" "$work/src"
+
+echo "bench-kernel: drove kernel build, cold (cache $work/cache); load $(load)" >&2
 t0=$(now)
 DROVE_KERNEL_CACHE="$work/cache" "$DROVE" kernel build --source "$SOURCE" --jobs "$JOBS" \
     --out "$work/kernel" 2> >(tee "$work/drove-kernel.log" >&2)
@@ -38,26 +79,10 @@ drove_bytes=$(stat -c %s "$work/kernel/bzImage")
 drove_files=$(json_field "$work/kernel/kernel.json" compiled_files)
 drove_options=$(json_field "$work/kernel/kernel.json" config_options)
 release=$(json_field "$work/kernel/kernel.json" release)
-tree=$(dirname "$(ls -d "$work"/cache/src/*/*/Makefile | head -1)")
 
-echo "bench-kernel: make defconfig && make bzImage in $work/defconfig; load $(load)" >&2
-def="$work/defconfig"
-mkdir -p "$def"
-t0=$(now)
-nice -n 10 make -s -C "$tree" O="$def" ARCH=x86_64 defconfig >"$def.log" 2>&1
-t1=$(now)
-nice -n 10 make -C "$tree" O="$def" ARCH=x86_64 -j"$JOBS" bzImage >>"$def.log" 2>&1 ||
-    { tail -30 "$def.log" >&2; exit 1; }
-t2=$(now)
-def_configure=$(secs "$t0" "$t1")
-def_compile=$(secs "$t1" "$t2")
-def_bytes=$(stat -c %s "$def/arch/x86/boot/bzImage")
-def_files=$(grep -cE '^  (CC|AS) ' "$def.log" || true)
-def_options=$(grep -c '=y$' "$def/.config")
-def_modules=$(grep -c '=m$' "$def/.config" || true)
 load_after=$(load)
-# the defconfig tree is large; the boot part does not need it
-rm -rf "$def" "$work/cache/build"
+echo "bench-kernel: drove: total ${drove_total} s, compile ${drove_compile} s, ${drove_files} files, bzImage ${drove_bytes} B" >&2
+rm -rf "$work/cache/build"
 
 echo "bench-kernel: media for the boot benchmark; load $(load)" >&2
 "$DROVE" -q build --output pxe --out "$work/media-distro"
@@ -74,7 +99,7 @@ distro_ready=${distro_ready% s}
 compiled_ready=${compiled_ready% s}
 distro_kernel=$(json_field "$work/media-distro/manifest.json" kernel_release)
 
-ratio() { printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
+ratio() { case "$1$2" in *[!0-9.]*) echo "-"; return ;; esac; printf '%.2f' "$(echo "$1 / $2" | bc -l)"; }
 met() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo "met"; else echo "not met"; fi; }
 cat <<MD
 
@@ -89,7 +114,7 @@ run \`-j$JOBS\` under \`nice -n 10\` from the same unpacked tree, each into an e
 |---|---|---|---|
 | unpack the source tarball | ${drove_unpack} s | (reuses drove's tree) | |
 | configure | ${drove_configure} s (\`make tinyconfig\`, merge, \`olddefconfig\`, option check) | ${def_configure} s | |
-| compile bzImage | ${drove_compile} s, ${drove_files} files | ${def_compile} s, ${def_files} files | $(ratio "$drove_compile" "$def_compile") |
+| compile bzImage | ${drove_compile} s, ${drove_files} files | ${def_compile_cell} | $(ratio "$drove_compile" "$def_compile") |
 | options =y | ${drove_options} (no modules) | ${def_options} (+${def_modules} =m, not built) | |
 | bzImage bytes | ${drove_bytes} | ${def_bytes} | $(ratio "$drove_bytes" "$def_bytes") |
 | bzImage under 2 MB (2,000,000 B) | $(met "$drove_bytes < 2000000") | | |
