@@ -190,6 +190,7 @@ fn watch_nodes(shared: &Shared, engine: &Engine) {
                     Some(ms) => format!("went down (no heartbeat for {:.0} s)", ms as f64 / 1e3),
                     None => "went down (never heard)".to_string(),
                 };
+                engine.peer_down(r.number);
                 engine.restart_from_checkpoints(r.number, &why);
                 engine.node_lost(r.number, &why);
             }
@@ -406,6 +407,9 @@ async fn output(
 #[derive(serde::Deserialize)]
 struct MigrateBody {
     to: String,
+    /// Pre-copy the memory (true), not (false), or by size (absent).
+    #[serde(default)]
+    precopy: Option<bool>,
 }
 
 async fn migrate(
@@ -452,7 +456,10 @@ async fn migrate(
         );
     }
     let engine = ctx.engine.clone();
-    match tokio::task::spawn_blocking(move || engine.migrate(&id, to, addr, "manual")).await {
+    let precopy = req.precopy;
+    match tokio::task::spawn_blocking(move || engine.migrate_with(&id, to, addr, "manual", precopy))
+        .await
+    {
         Ok(rec) => {
             let status = if rec.outcome == super::table::Outcome::Moved {
                 StatusCode::OK
