@@ -71,7 +71,11 @@ fn finish(agent: &Agent, id: &str) -> Res<String> {
 /// Raw TCP MiB/s from node 1 to node 2 (LINK_MIB MiB; the sender retries until the sink
 /// listens).
 fn link(node1: &Agent, node2: &Agent) -> Res<f64> {
-    let sink = launch(node2, &["/init", "tcp-sink", "5001"])?;
+    // Through sh: a job is pid 1 of its PID namespace, and the agent as pid 1 would boot a node.
+    let sink = launch(
+        node2,
+        &["/bin/busybox", "sh", "-c", "/init tcp-sink 5001; exit $?"],
+    )?;
     let send = format!(
         "for i in 1 2 3 4 5 6 7 8 9 10; do /init tcp-send 10.10.0.2:5001 {LINK_MIB} && exit 0; sleep 1; done; exit 1"
     );
