@@ -87,6 +87,8 @@ MD
 ./scripts/bench-boot.sh >> docs/benchmarks.md
 # Balancing makespan on 3 QEMU nodes (issue 4) and the scale simulation (issue 7).
 ./scripts/bench-balance.sh >> docs/benchmarks.md
+# Migration freeze/total time, 1/64/256 MiB, with and without pre-copy, against raw TCP (issue 4).
+./scripts/bench-migrate.sh >> docs/benchmarks.md
 # 1,000 and 10,000 nodes take long (docs/balancing.md): SIZES to include them.
 SIZES="${SIZES:-10 100}" ./scripts/bench-sim.sh >> docs/benchmarks.md
 # A job reading its input from /cluster (NFS) against a local copy (issue 8's benchmark; root).

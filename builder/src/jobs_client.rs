@@ -203,8 +203,18 @@ impl Agent {
     /// Moves `id` to `to` (a node number, name or `home`); the migration record, whatever its
     /// outcome (a refused or failed migration answers 409 with the record).
     pub fn migrate(&self, id: &str, to: &str) -> Result<Value, Error> {
+        self.migrate_with(id, to, None)
+    }
+
+    /// [`Agent::migrate`]; `precopy`: force CRIU pre-copy on or off (`None`: the agent decides
+    /// from the job's memory).
+    pub fn migrate_with(&self, id: &str, to: &str, precopy: Option<bool>) -> Result<Value, Error> {
         let path = format!("/api/jobs/{id}/migrate");
-        let a = self.request("POST", &path, Some(&json!({ "to": to })))?;
+        let mut body = json!({ "to": to });
+        if let Some(p) = precopy {
+            body["precopy"] = json!(p);
+        }
+        let a = self.request("POST", &path, Some(&body))?;
         let v: Value = serde_json::from_slice(&a.body).unwrap_or(Value::Null);
         if a.status == 200 || (a.status == 409 && v.get("outcome").is_some()) {
             return Ok(v);
@@ -528,6 +538,12 @@ pub enum JobCommand {
     Migrate {
         #[command(flatten)]
         agent: AgentArgs,
+        /// Pre-copy the memory (CRIU pre-dump rounds while the job runs) whatever its size.
+        #[arg(long, conflicts_with = "no_precopy")]
+        precopy: bool,
+        /// Never pre-copy (by default jobs of 32 MiB or more are pre-copied).
+        #[arg(long)]
+        no_precopy: bool,
         job: String,
         to: String,
     },
@@ -604,10 +620,27 @@ pub fn run_command(cmd: &JobCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        JobCommand::Migrate { agent, job, to } => {
-            let rec = agent.agent()?.migrate(job, to)?;
+        JobCommand::Migrate {
+            agent,
+            precopy,
+            no_precopy,
+            job,
+            to,
+        } => {
+            let forced = match (precopy, no_precopy) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            let rec = agent.agent()?.migrate_with(job, to, forced)?;
+            let rounds = rec["precopy_rounds"].as_u64().unwrap_or(0);
+            let pre = if rounds > 0 {
+                format!(", pre-copy {rounds} rounds {} bytes", rec["precopy_bytes"])
+            } else {
+                String::new()
+            };
             println!(
-                "job {job}: node {} -> node {}: {} (freeze {} ms, {} bytes, total {} ms){}",
+                "job {job}: node {} -> node {}: {} (freeze {} ms, {} bytes, total {} ms{pre}){}",
                 rec["from"],
                 rec["to"],
                 rec["outcome"].as_str().unwrap_or("?"),

@@ -11,6 +11,8 @@ As PID 1 (the /init of a drove node) it boots the node; otherwise:
   poweroff | reboot | halt        ask PID 1 (the agent) to do it cleanly
   modules-order MODULES.DEP NAME...  the order the agent would load NAME... in
   daemon                          the cluster daemon (PID 1 starts and supervises it)
+  tcp-sink PORT                   take one TCP connection on PORT, read it to the end
+  tcp-send ADDR:PORT MIB          send MIB MiB there, print the throughput (raw TCP)
   help, --help                    this text
   --version                       the agent's version
 On the console of a node type: poweroff, reboot, halt, status, help.";
@@ -37,6 +39,8 @@ pub fn main(args: &[String]) -> i32 {
             0
         }
         ["daemon"] => crate::daemon::main(),
+        ["tcp-sink", port] => crate::netbench::sink_main(port),
+        ["tcp-send", addr, mib] => crate::netbench::send_main(addr, mib),
         ["status"] => match std::fs::read_to_string(crate::pid1::STATE_FILE) {
             Ok(text) => {
                 print!("{text}");

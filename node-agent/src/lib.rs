@@ -28,6 +28,7 @@ pub mod map;
 pub mod modules;
 pub mod mounts;
 pub mod net;
+pub mod netbench;
 pub mod pid1;
 pub mod power;
 pub mod register;

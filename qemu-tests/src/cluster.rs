@@ -233,6 +233,8 @@ pub struct Cluster {
     mapped: u32,
     switch: VdeSwitch,
     prefix: String,
+    /// RAM of each VM.
+    memory_mib: u32,
 }
 
 impl Cluster {
@@ -244,6 +246,16 @@ impl Cluster {
 
     /// [`Cluster::start`] with VM names `<prefix>-nodeN`.
     pub fn start_named(prefix: &str, n: u32, image: &ClusterImage) -> Result<Self, Error> {
+        Self::start_sized(prefix, n, image, NODE_MEMORY_MIB)
+    }
+
+    /// [`Cluster::start_named`] with `memory_mib` of RAM per VM (default [`NODE_MEMORY_MIB`]).
+    pub fn start_sized(
+        prefix: &str,
+        n: u32,
+        image: &ClusterImage,
+        memory_mib: u32,
+    ) -> Result<Self, Error> {
         let mut cluster = Cluster {
             nodes: Vec::new(),
             images: Vec::new(),
@@ -251,6 +263,7 @@ impl Cluster {
             mapped: n,
             switch: VdeSwitch::start()?,
             prefix: prefix.to_owned(),
+            memory_mib,
         };
         let image = Arc::new(image.clone());
         let mut spawned = Vec::new();
@@ -296,7 +309,7 @@ impl Cluster {
         let port = free_port()?;
         let migrate_port = free_port()?;
         let vm = VmBuilder::new(&name)?
-            .memory_mib(NODE_MEMORY_MIB)
+            .memory_mib(self.memory_mib)
             .kernel(&image.kernel, Some(image.initrd.clone()), &image.cmdline)
             .nic(Nic::vde(&self.switch).mac(cluster_mac(number)))
             .nic(

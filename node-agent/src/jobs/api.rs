@@ -197,6 +197,7 @@ fn watch_nodes(shared: &Shared, engine: &Engine) {
                     Some(ms) => format!("went down (no heartbeat for {:.0} s)", ms as f64 / 1e3),
                     None => "went down (never heard)".to_string(),
                 };
+                engine.peer_down(r.number);
                 engine.restart_from_checkpoints(r.number, &why);
                 engine.node_lost(r.number, &why);
             }
@@ -419,6 +420,9 @@ async fn output(
 #[derive(serde::Deserialize)]
 struct MigrateBody {
     to: String,
+    /// Pre-copy the memory (true), not (false), or by size (absent).
+    #[serde(default)]
+    precopy: Option<bool>,
 }
 
 async fn migrate(
@@ -481,13 +485,18 @@ async fn migrate(
             outcome: super::table::Outcome::Resumed,
             error: Some(format!("refused: {why}")),
             at_ms: super::engine::unix_ms(),
+            precopy_rounds: 0,
+            precopy_bytes: 0,
         };
         crate::warn!("jobs: migration of {id} to node {to} refused: {why}");
         ctx.engine.table().migrations.push(rec.clone());
         return (StatusCode::CONFLICT, Json(rec)).into_response();
     }
     let engine = ctx.engine.clone();
-    match tokio::task::spawn_blocking(move || engine.migrate(&id, to, addr, "manual")).await {
+    let precopy = req.precopy;
+    match tokio::task::spawn_blocking(move || engine.migrate_with(&id, to, addr, "manual", precopy))
+        .await
+    {
         Ok(rec) => {
             let status = if rec.outcome == super::table::Outcome::Moved {
                 StatusCode::OK

@@ -38,6 +38,42 @@ pub fn dump_args(pid: i32, images: &Path, log: &Path) -> Vec<String> {
     ]
 }
 
+/// `criu pre-dump --track-mem` of the job rooted at `pid` into `images`: its memory is copied
+/// while it keeps running (it is frozen only while the pages are collected), and the kernel's
+/// soft-dirty bits are reset so the next round (`prev`: the previous round's directory,
+/// relative to `images`) and the final dump write only pages changed since.
+pub fn pre_dump_args(pid: i32, images: &Path, prev: Option<&str>, log: &Path) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "pre-dump".into(),
+        "-t".into(),
+        pid.to_string(),
+        "-D".into(),
+        images.display().to_string(),
+        "--track-mem".into(),
+    ];
+    if let Some(prev) = prev {
+        a.extend(["--prev-images-dir".into(), prev.into()]);
+    }
+    a.extend(["-v2".into(), "-o".into(), log.display().to_string()]);
+    a
+}
+
+/// The final dump after pre-dump rounds: like [`dump_args`], writing only the pages dirtied
+/// since the last round (`prev`, relative to `images`; CRIU links it as `images/parent`).
+pub fn final_dump_args(pid: i32, images: &Path, prev: &str, log: &Path) -> Vec<String> {
+    let mut a = dump_args(pid, images, log);
+    let at = a.len() - 3;
+    a.splice(
+        at..at,
+        [
+            "--track-mem".to_string(),
+            "--prev-images-dir".into(),
+            prev.into(),
+        ],
+    );
+    a
+}
+
 /// `criu restore` detached, into a new PID namespace (CRIU recreates the one it dumped), left
 /// stopped until the source has killed its copy; `pidfile` gets the root's pid.
 pub fn restore_args(images: &Path, pidfile: &Path, log: &Path) -> Vec<String> {
@@ -132,6 +168,27 @@ mod tests {
         assert_eq!(
             shell_line(CRIU, &argv),
             "/usr/sbin/criu restore -D /run/drove/jobs/1.1/img -d --leave-stopped --pidfile /run/drove/jobs/1.1/pid -v2 -o /run/drove/jobs/1.1/restore.log"
+        );
+    }
+
+    #[test]
+    fn pre_copy_command_lines() {
+        let line = |a: Vec<String>| {
+            let argv: Vec<&str> = a.iter().map(String::as_str).collect();
+            shell_line(CRIU, &argv)
+        };
+        let d = Path::new("/run/drove/jobs/1.1");
+        assert_eq!(
+            line(pre_dump_args(431, &d.join("pre-1"), None, &d.join("pre-1.log"))),
+            "/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-1 --track-mem -v2 -o /run/drove/jobs/1.1/pre-1.log"
+        );
+        assert_eq!(
+            line(pre_dump_args(431, &d.join("pre-2"), Some("../pre-1"), &d.join("pre-2.log"))),
+            "/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-2 --track-mem --prev-images-dir ../pre-1 -v2 -o /run/drove/jobs/1.1/pre-2.log"
+        );
+        assert_eq!(
+            line(final_dump_args(431, &d.join("img-out"), "../pre-2", &d.join("dump.log"))),
+            "/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img-out --leave-stopped --track-mem --prev-images-dir ../pre-2 -v2 -o /run/drove/jobs/1.1/dump.log"
         );
     }
 

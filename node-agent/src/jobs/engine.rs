@@ -27,6 +27,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub const JOBS_DIR: &str = "/run/drove/jobs";
 const CRIU_TIMEOUT: Duration = Duration::from_secs(120);
 const NET_TIMEOUT: Duration = Duration::from_secs(60);
+/// A peer whose kernel acknowledges nothing for this long is taken for dead
+/// (`TCP_USER_TIMEOUT`, and keepalive probes while the connection is idle). Only the peer's
+/// kernel has to answer, not its agent: a target busy for a minute in `criu restore`, or slowed
+/// down by TCG, still acknowledges within milliseconds; a killed VM or a cut cable never does.
+const PEER_DEAD: Duration = Duration::from_secs(6);
+/// Idle time before the first keepalive probe, and between probes.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Jobs whose resident memory reaches this are pre-copied unless told otherwise: below it the
+/// whole dump takes about as long as one pre-dump round would.
+pub const PRECOPY_MIN_BYTES: u64 = 32 << 20;
+/// At most this many pre-dump rounds before the final dump.
+const PRECOPY_MAX_ROUNDS: u32 = 4;
+/// A round writing less than this is small enough for the final dump to follow at once.
+const PRECOPY_SMALL_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -152,6 +167,10 @@ const REPORT_EXIT_FOR: Duration = Duration::from_secs(300);
 pub struct Engine {
     table: Mutex<Table>,
     cluster: std::sync::OnceLock<Cluster>,
+    /// Outgoing transfers in flight: (serial, target node, a handle on the socket), so that a
+    /// target the membership marks down can be cut off at once (see [`Engine::peer_down`]).
+    transfers: Mutex<Vec<(u64, u32, TcpStream)>>,
+    transfer_serial: std::sync::atomic::AtomicU64,
     /// Jobs checkpointed from here: the node holding the latest checkpoint, its address and
     /// when it was taken.
     checkpointed: Mutex<std::collections::BTreeMap<String, (u32, Ipv4Addr, Instant)>>,
@@ -171,6 +190,8 @@ impl Engine {
         Engine {
             table: Mutex::new(Table::default()),
             cluster: std::sync::OnceLock::new(),
+            transfers: Mutex::new(Vec::new()),
+            transfer_serial: Default::default(),
             checkpointed: Mutex::new(Default::default()),
             checkpoint_root: CHECKPOINTS_DIR.into(),
             children: Arc::new(Children::new()),
@@ -371,12 +392,16 @@ impl Engine {
     /// record is of the job away from here, the files replace the job's output and the
     /// record becomes `exited`, both under the table lock (a reader sees the old state with
     /// the old files, or the new with the new).
-    fn take_exit(&self, ch: &mut proto::Channel<BufStream>, header: Header) -> Result<(), Error> {
+    fn take_exit(
+        &self,
+        ch: &mut proto::Channel<BufStream>,
+        mut header: Header,
+    ) -> Result<(), Error> {
         let id = header.job.id.clone();
         let dir = self.job_dir(&id);
         let incoming = dir.join("final-in");
         let _ = fs::remove_dir_all(&incoming);
-        let received = self.receive_files(ch, &incoming, &incoming.join("img"), &header.offsets);
+        let received = self.receive_files(ch, &incoming, &incoming.join("img"), &mut header);
         let ended = received.and_then(|()| {
             let mut table = self.table();
             let state = table.get(&id).map(|j| j.state);
@@ -602,6 +627,20 @@ impl Engine {
     /// Moves job `id` to node `to` at `addr`. Never leaves the job lost by choice: any failure
     /// before the target has restored it resumes the stopped copy here.
     pub fn migrate(&self, id: &str, to: u32, addr: Ipv4Addr, reason: &str) -> Migration {
+        self.migrate_with(id, to, addr, reason, None)
+    }
+
+    /// [`Engine::migrate`]; `precopy`: pre-copy the memory (`Some(true)`), do not
+    /// (`Some(false)`), or decide from the job's resident memory (`None`, see
+    /// [`wants_precopy`]).
+    pub fn migrate_with(
+        &self,
+        id: &str,
+        to: u32,
+        addr: Ipv4Addr,
+        reason: &str,
+        precopy: Option<bool>,
+    ) -> Migration {
         let t0 = Instant::now();
         let mut rec = Migration {
             job: id.into(),
@@ -614,6 +653,8 @@ impl Engine {
             outcome: Outcome::Resumed,
             error: None,
             at_ms: unix_ms(),
+            precopy_rounds: 0,
+            precopy_bytes: 0,
         };
         // Files only this node has would break the restore (or worse): refuse before any freeze.
         if let Some(why) = self.unmovable(id) {
@@ -634,17 +675,19 @@ impl Engine {
         let images = dir.join("img-out");
         let mut frozen_at = None;
         let mut killed = false;
+        let precopy = wants_precopy(job_rss(pid), precopy);
         let result = self.send_job(
             id,
             pid,
-            to,
-            addr,
+            (to, addr),
             &images,
-            &mut rec.bytes,
+            precopy,
+            &mut rec,
             &mut frozen_at,
             &mut killed,
         );
         let _ = fs::remove_dir_all(&images);
+        remove_rounds(&dir);
         match result {
             Ok(()) => {
                 let _ = self.table().finish_migration(id, to);
@@ -674,8 +717,8 @@ impl Engine {
         rec.freeze_ms = frozen_at.map_or(0, |t: Instant| t.elapsed().as_millis() as u64);
         rec.total_ms = t0.elapsed().as_millis() as u64;
         info!(
-            "jobs: migration job={id} from={} to={to} outcome={:?} freeze_ms={} bytes={} total_ms={}",
-            self.me, rec.outcome, rec.freeze_ms, rec.bytes, rec.total_ms
+            "jobs: migration job={id} from={} to={to} outcome={:?} freeze_ms={} bytes={} total_ms={} precopy_rounds={} precopy_bytes={}",
+            self.me, rec.outcome, rec.freeze_ms, rec.bytes, rec.total_ms, rec.precopy_rounds, rec.precopy_bytes
         );
         self.table().migrations.push(rec.clone());
         rec
@@ -686,10 +729,10 @@ impl Engine {
         &self,
         id: &str,
         pid: i32,
-        to: u32,
-        addr: Ipv4Addr,
+        (to, addr): (u32, Ipv4Addr),
         images: &Path,
-        bytes: &mut u64,
+        precopy: bool,
+        rec: &mut Migration,
         frozen_at: &mut Option<Instant>,
         killed: &mut bool,
     ) -> Result<(), Error> {
@@ -699,42 +742,62 @@ impl Engine {
             .ok_or_else(|| Error::Other("this node has no cluster key".into()))?;
         let dir = self.job_dir(id);
         // Connect and authenticate before freezing: an unreachable target costs no freeze.
-        let mut ch = proto::connect(BufStream(self.connect(addr)?), &key)?;
+        let stream = self.connect(addr)?;
+        let _watch = self.watch_transfer(to, &stream);
+        let mut ch = proto::connect(BufStream(stream), &key)?;
+        let header = |offsets: Offsets| -> Result<Msg, Error> {
+            let job = self.table().get(id)?.clone();
+            let h = Header {
+                job,
+                offsets,
+                from: self.me,
+                kind: Kind::Migrate,
+            };
+            Ok(Msg::Header(
+                serde_json::to_string(&h).map_err(|e| Error::Other(e.to_string()))?,
+            ))
+        };
+        let len = |n: &str| fs::metadata(dir.join(n)).map_or(0, |m| m.len());
+        let mut last_round = None;
+        if precopy {
+            // The header goes first so the target takes the rounds while the job runs on
+            // here; the final one (after the dump) carries the output lengths.
+            ch.send(&header(Offsets::default())?)?;
+            last_round = self.precopy(id, pid, &mut ch, rec)?;
+        }
         let _ = fs::remove_dir_all(images);
         make_private_dir(images).map_err(file_err(images))?;
         *frozen_at = Some(Instant::now());
-        criu::run(
-            &self.children,
-            &criu::dump_args(pid, images, &dir.join("dump.log")),
-            &dir.join("dump.log"),
-            CRIU_TIMEOUT,
-        )?;
+        let log = dir.join("dump.log");
+        let args = match last_round {
+            Some(n) => criu::final_dump_args(pid, images, &format!("../pre-{n}"), &log),
+            None => criu::dump_args(pid, images, &log),
+        };
+        criu::run(&self.children, &args, &log, CRIU_TIMEOUT)?;
         // The job's writes to the file area must be on the server before the target opens them.
         crate::cluster_fs::flush().map_err(Error::Other)?;
-        let len = |n: &str| fs::metadata(dir.join(n)).map_or(0, |m| m.len());
         let offsets = Offsets {
             stdout: len("stdout"),
             stderr: len("stderr"),
         };
-        let job = self.table().get(id)?.clone();
-        let header = Header {
-            job,
-            offsets,
-            from: self.me,
-            kind: Kind::Migrate,
-        };
-        ch.send(&Msg::Header(
-            serde_json::to_string(&header).map_err(|e| Error::Other(e.to_string()))?,
-        ))?;
+        ch.send(&header(offsets)?)?;
         let mut files = image_files(images)?;
         files.push(("out/stdout".into(), dir.join("stdout")));
         files.push(("out/stderr".into(), dir.join("stderr")));
         for (name, path) in files {
-            *bytes += send_file(&mut ch, &name, &path, None)?;
+            rec.bytes += send_file(&mut ch, &name, &path, None)?;
         }
         ch.send(&Msg::End)?;
         ch.flush()?;
+        // The target now runs `criu restore`, which may take minutes for a large job under
+        // TCG: wait that long for its answer (a dead target is still noticed within
+        // PEER_DEAD by keepalive).
+        ch.get_ref()
+            .0
+            .set_read_timeout(Some(CRIU_TIMEOUT + NET_TIMEOUT))
+            .ok();
         expect_ok(ch.recv()?)?;
+        ch.get_ref().0.set_read_timeout(Some(NET_TIMEOUT)).ok();
         // Point of no return: the target holds a restored, stopped copy.
         signal(pid, Signal::SIGKILL)?;
         *killed = true;
@@ -745,6 +808,81 @@ impl Engine {
             m => Err(proto::Error::Unexpected(format!("{m:?}")).into()),
         }
         .inspect(|_| info!("jobs: job {id} now runs on node {to}"))
+    }
+
+    /// Pre-copy: `criu pre-dump --track-mem` rounds while the job runs, each streamed to the
+    /// target as soon as CRIU has written it (as `pre/<round>/<file>`), until a round is
+    /// small or no longer shrinking (see [`another_round`]). Returns the last round written,
+    /// `None` when not even the first worked (then the final dump is a plain full one).
+    fn precopy(
+        &self,
+        id: &str,
+        pid: i32,
+        ch: &mut proto::Channel<BufStream>,
+        rec: &mut Migration,
+    ) -> Result<Option<u32>, Error> {
+        let dir = self.job_dir(id);
+        let mut previous: Option<u64> = None;
+        let mut last = None;
+        for n in 1..=PRECOPY_MAX_ROUNDS {
+            let round = dir.join(format!("pre-{n}"));
+            let _ = fs::remove_dir_all(&round);
+            make_private_dir(&round).map_err(file_err(&round))?;
+            let log = dir.join(format!("pre-{n}.log"));
+            let prev = last.map(|p| format!("../pre-{p}"));
+            let args = criu::pre_dump_args(pid, &round, prev.as_deref(), &log);
+            if let Err(e) = criu::run(&self.children, &args, &log, CRIU_TIMEOUT) {
+                // Nothing of this round was sent: go on with what the target has (a failed
+                // pre-dump leaves the job running).
+                warn!("jobs: pre-copy of job {id}, round {n}: {e}; final dump now");
+                let _ = fs::remove_dir_all(&round);
+                break;
+            }
+            let pages = pages_size(&round);
+            for (name, path) in image_files(&round)? {
+                let name = name.replacen("img/", &format!("pre/{n}/"), 1);
+                let sent = send_file(ch, &name, &path, None)?;
+                rec.bytes += sent;
+                rec.precopy_bytes += sent;
+            }
+            rec.precopy_rounds = n;
+            last = Some(n);
+            info!("jobs: pre-copy of job {id}, round {n}: {pages} bytes of pages sent");
+            if !another_round(previous, pages) {
+                break;
+            }
+            previous = Some(pages);
+        }
+        Ok(last)
+    }
+
+    /// Registers the socket of a transfer to `to`; the guard forgets it.
+    fn watch_transfer(&self, to: u32, stream: &TcpStream) -> TransferGuard<'_> {
+        let serial = self
+            .transfer_serial
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(handle) = stream.try_clone() {
+            self.transfers().push((serial, to, handle));
+        }
+        TransferGuard {
+            engine: self,
+            serial,
+        }
+    }
+
+    fn transfers(&self) -> MutexGuard<'_, Vec<(u64, u32, TcpStream)>> {
+        self.transfers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The membership says node `node` is down: cut the transfers in flight to it, so that a
+    /// job frozen for them resumes here now rather than when TCP gives up. Before the target
+    /// confirmed the restore this resumes the job here; after, the move stands (and the job is
+    /// reported lost with the node).
+    pub fn peer_down(&self, node: u32) {
+        for (_, to, stream) in self.transfers().iter().filter(|t| t.1 == node) {
+            warn!("jobs: node {to} is down: cutting the migration in flight to it");
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     fn checkpointed(
@@ -973,9 +1111,7 @@ impl Engine {
                     source,
                 }
             })?;
-        stream.set_read_timeout(Some(NET_TIMEOUT)).ok();
-        stream.set_write_timeout(Some(NET_TIMEOUT)).ok();
-        let _ = stream.set_nodelay(true);
+        tune(&stream);
         Ok(stream)
     }
 
@@ -997,7 +1133,8 @@ impl Engine {
         make_private_dir(&base).map_err(file_err(&base))?;
         let incoming = base.join("incoming");
         let _ = fs::remove_dir_all(&incoming);
-        let received = self.receive_files(ch, &incoming, &incoming.join("img"), &header.offsets);
+        let mut header = header;
+        let received = self.receive_files(ch, &incoming, &incoming.join("img"), &mut header);
         if let Err(e) = received {
             let _ = fs::remove_dir_all(&incoming);
             return Err(e);
@@ -1031,8 +1168,7 @@ impl Engine {
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        stream.set_read_timeout(Some(NET_TIMEOUT)).ok();
-        stream.set_write_timeout(Some(NET_TIMEOUT)).ok();
+        tune(&stream);
         let Some(key) = self.key.clone() else { return };
         let mut ch = match proto::accept(BufStream(stream), &key) {
             Ok(ch) => ch,
@@ -1111,7 +1247,7 @@ impl Engine {
         ch: &mut proto::Channel<BufStream>,
         job_id: &mut Option<String>,
     ) -> Result<(), Error> {
-        let header: Header = match ch.recv()? {
+        let mut header: Header = match ch.recv()? {
             Msg::Header(j) => {
                 serde_json::from_str(&j).map_err(|e| Error::Other(format!("bad header: {e}")))?
             }
@@ -1146,7 +1282,7 @@ impl Engine {
         let dir = self.job_dir(&id);
         let images = dir.join("img-in");
         let result = self
-            .receive_files(ch, &dir, &images, &header.offsets)
+            .receive_files(ch, &dir, &images, &mut header)
             .and_then(|()| {
                 let pidfile = dir.join("restore.pid");
                 let _ = fs::remove_file(&pidfile);
@@ -1163,6 +1299,7 @@ impl Engine {
                     .map_err(|e| Error::Other(format!("{}: {e}", pidfile.display())))
             });
         let _ = fs::remove_dir_all(&images);
+        remove_rounds(&dir);
         let pid = result?;
         let mut job = header.job;
         job.state = State::Arriving;
@@ -1204,21 +1341,49 @@ impl Engine {
         ch: &mut proto::Channel<BufStream>,
         dir: &Path,
         images: &Path,
-        offsets: &Offsets,
+        header: &mut Header,
     ) -> Result<(), Error> {
         make_private_dir(dir).map_err(file_err(dir))?;
         let _ = fs::remove_dir_all(images);
         make_private_dir(images).map_err(file_err(images))?;
+        remove_rounds(dir);
+        // Pre-copy rounds received (`pre/<n>/…` files, n = 1, 2, … in order).
+        let mut rounds = 0u32;
         loop {
             let (name, size) = match ch.recv()? {
                 Msg::File { name, size, .. } => (name, size),
+                // After pre-copy rounds, the header again: the job and its output lengths
+                // as of the final dump.
+                Msg::Header(j) => {
+                    let h: Header = serde_json::from_str(&j)
+                        .map_err(|e| Error::Other(format!("bad header: {e}")))?;
+                    if h.job.id != header.job.id || h.kind != header.kind {
+                        return Err(Error::Other(format!(
+                            "header for job {} inside the transfer of job {}",
+                            h.job.id, header.job.id
+                        )));
+                    }
+                    *header = h;
+                    continue;
+                }
                 Msg::End => break,
                 m => return Err(proto::Error::Unexpected(format!("{m:?}")).into()),
             };
-            let path = match name.split_once('/') {
-                Some(("img", rest)) if !rest.contains('/') => images.join(rest),
-                Some(("out", s @ ("stdout" | "stderr"))) => dir.join(s),
-                _ => return Err(Error::Other(format!("unexpected file {name:?}"))),
+            let path = match file_place(&name, rounds) {
+                Some(Place::Image(f)) => images.join(f),
+                Some(Place::Output(s)) => dir.join(s),
+                Some(Place::Round(n, f)) => {
+                    let round = dir.join(format!("pre-{n}"));
+                    if n > rounds {
+                        make_private_dir(&round).map_err(file_err(&round))?;
+                        if n > 1 {
+                            link_parent(&round, n - 1)?;
+                        }
+                        rounds = n;
+                    }
+                    round.join(f)
+                }
+                None => return Err(Error::Other(format!("unexpected file {name:?}"))),
             };
             let mut f = OpenOptions::new()
                 .write(true)
@@ -1245,8 +1410,12 @@ impl Engine {
                 )));
             }
         }
+        if rounds > 0 {
+            // CRIU finds the pages of earlier rounds through `parent` links.
+            link_parent(images, rounds)?;
+        }
         let len = |n: &str| fs::metadata(dir.join(n)).map_or(0, |m| m.len());
-        let bad = offsets.mismatches(len("stdout"), len("stderr"));
+        let bad = header.offsets.mismatches(len("stdout"), len("stderr"));
         if !bad.is_empty() {
             return Err(Error::Other(bad.join("; ")));
         }
@@ -1257,6 +1426,123 @@ impl Engine {
 /// Why a locked node takes no guest job (the same words wherever the refusal is made).
 pub fn guest_refusal(node: u32) -> String {
     format!("node {node} refuses guest jobs (locked with `drove lock`; `drove unlock {node}` to let them in)")
+}
+
+/// Guard of a registered transfer socket ([`Engine::watch_transfer`]).
+struct TransferGuard<'a> {
+    engine: &'a Engine,
+    serial: u64,
+}
+
+impl Drop for TransferGuard<'_> {
+    fn drop(&mut self) {
+        self.engine.transfers().retain(|t| t.0 != self.serial);
+    }
+}
+
+/// Socket options of every transfer connection: no Nagle delay, and a dead peer noticed within
+/// [`PEER_DEAD`] whether we are sending (unacknowledged data: `TCP_USER_TIMEOUT`) or waiting
+/// (keepalive probes, whose failure `TCP_USER_TIMEOUT` also bounds). The read and write
+/// timeouts stay as the backstop for a live kernel under a hung agent.
+fn tune(stream: &TcpStream) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    stream.set_read_timeout(Some(NET_TIMEOUT)).ok();
+    stream.set_write_timeout(Some(NET_TIMEOUT)).ok();
+    let _ = stream.set_nodelay(true);
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    let results = [
+        setsockopt(stream, sockopt::KeepAlive, &true),
+        setsockopt(stream, sockopt::TcpKeepIdle, &secs(KEEPALIVE_IDLE)),
+        setsockopt(stream, sockopt::TcpKeepInterval, &secs(KEEPALIVE_INTERVAL)),
+        setsockopt(stream, sockopt::TcpKeepCount, &4),
+        setsockopt(
+            stream,
+            sockopt::TcpUserTimeout,
+            &u32::try_from(PEER_DEAD.as_millis()).unwrap_or(u32::MAX),
+        ),
+    ];
+    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+        warn!("jobs: cannot set keepalive on a migration connection ({e}): a dead peer is noticed after {} s only", NET_TIMEOUT.as_secs());
+    }
+}
+
+/// Whether to pre-copy a job using `rss` bytes: as asked, else when it is large.
+pub fn wants_precopy(rss: u64, asked: Option<bool>) -> bool {
+    asked.unwrap_or(rss >= PRECOPY_MIN_BYTES)
+}
+
+/// After a pre-dump round wrote `pages` bytes (the round before: `previous`), whether one
+/// more round is worth it: not when this one was small already (the final dump will be short)
+/// nor when the dirty set stopped shrinking (by at least a fifth: the job dirties memory as
+/// fast as it is copied, more rounds only add work).
+pub fn another_round(previous: Option<u64>, pages: u64) -> bool {
+    if pages < PRECOPY_SMALL_BYTES {
+        return false;
+    }
+    previous.is_none_or(|p| pages.saturating_mul(5) < p.saturating_mul(4))
+}
+
+/// Resident memory of the job rooted at `pid` (all of its PID namespace), in bytes.
+fn job_rss(pid: i32) -> u64 {
+    // SAFETY: sysconf takes an integer and touches no memory.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    job_pids(pid)
+        .iter()
+        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/statm")).ok())
+        .filter_map(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum::<u64>()
+        * page
+}
+
+/// Bytes of page data CRIU wrote into an image directory (`pages-*.img`).
+fn pages_size(images: &Path) -> u64 {
+    fs::read_dir(images)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Where a received file goes.
+#[derive(Debug, PartialEq, Eq)]
+enum Place<'a> {
+    /// `img/<file>`: the final dump's images.
+    Image(&'a str),
+    /// `out/stdout|stderr`.
+    Output(&'a str),
+    /// `pre/<n>/<file>`: pre-copy round n (1, 2, … in order: at most one beyond `rounds`).
+    Round(u32, &'a str),
+}
+
+fn file_place(name: &str, rounds: u32) -> Option<Place<'_>> {
+    let parts: Vec<&str> = name.split('/').collect();
+    match parts.as_slice() {
+        ["img", f] if *f != "parent" => Some(Place::Image(f)),
+        ["out", s @ ("stdout" | "stderr")] => Some(Place::Output(s)),
+        ["pre", n, f] if *f != "parent" => {
+            let n: u32 = n.parse().ok()?;
+            (n >= 1 && n >= rounds && n <= rounds + 1 && n <= PRECOPY_MAX_ROUNDS)
+                .then_some(Place::Round(n, f))
+        }
+        _ => None,
+    }
+}
+
+/// `dir/parent` → `../pre-<n>`, as CRIU's `--prev-images-dir` made it on the source.
+fn link_parent(dir: &Path, n: u32) -> Result<(), Error> {
+    let link = dir.join("parent");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(format!("../pre-{n}"), &link).map_err(file_err(&link))
+}
+
+/// Removes the pre-copy round directories (`pre-<n>`) under a job's directory.
+fn remove_rounds(dir: &Path) {
+    for n in 1..=PRECOPY_MAX_ROUNDS {
+        let _ = fs::remove_dir_all(dir.join(format!("pre-{n}")));
+    }
 }
 
 /// `GET path` on the agent API at `addr` (HTTP/1.0): status and JSON body, `None` when the
@@ -1276,6 +1562,10 @@ fn image_files(images: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
     let mut files: Vec<(String, PathBuf)> = Vec::new();
     for entry in fs::read_dir(images).map_err(file_err(images))? {
         let entry = entry.map_err(file_err(images))?;
+        // Not the `parent` link CRIU leaves after a pre-copy (the target makes its own).
+        if !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
         files.push((
             format!("img/{}", entry.file_name().to_string_lossy()),
             entry.path(),
@@ -1578,6 +1868,109 @@ mod tests {
             "{err}"
         );
         assert!(!d1.path().join("2.1").exists());
+    }
+
+    #[test]
+    fn large_jobs_are_pre_copied_unless_told() {
+        assert!(!wants_precopy(1 << 20, None));
+        assert!(wants_precopy(PRECOPY_MIN_BYTES, None));
+        assert!(wants_precopy(1 << 20, Some(true)));
+        assert!(!wants_precopy(1 << 30, Some(false)));
+    }
+
+    #[test]
+    fn pre_copy_rounds_stop_when_small_or_not_shrinking() {
+        // The first round is the whole memory: go on, unless it is tiny.
+        assert!(another_round(None, 64 << 20));
+        assert!(!another_round(None, 100 << 10));
+        // The dirty set shrank a lot, but is still large: once more.
+        assert!(another_round(Some(64 << 20), 8 << 20));
+        // Small: the final dump follows.
+        assert!(!another_round(Some(64 << 20), 512 << 10));
+        // The job dirties as fast as it is copied: stop.
+        assert!(!another_round(Some(20 << 20), 18 << 20));
+        assert!(!another_round(Some(20 << 20), 30 << 20));
+    }
+
+    #[test]
+    fn received_files_land_only_in_their_places() {
+        assert_eq!(
+            file_place("img/pages-1.img", 0),
+            Some(Place::Image("pages-1.img"))
+        );
+        assert_eq!(file_place("out/stdout", 0), Some(Place::Output("stdout")));
+        assert_eq!(
+            file_place("pre/1/pages-1.img", 0),
+            Some(Place::Round(1, "pages-1.img"))
+        );
+        assert_eq!(
+            file_place("pre/1/pagemap-5.img", 1),
+            Some(Place::Round(1, "pagemap-5.img"))
+        );
+        assert_eq!(
+            file_place("pre/2/pages-1.img", 1),
+            Some(Place::Round(2, "pages-1.img"))
+        );
+        // Out of order, skipped, too many, or the links the target makes itself.
+        for bad in [
+            "pre/2/x",
+            "pre/0/x",
+            "pre/x/y",
+            "img/parent",
+            "pre/1/parent",
+            "out/other",
+            "img/a/b",
+        ] {
+            assert_eq!(file_place(bad, 0), None, "{bad}");
+        }
+        assert_eq!(file_place("pre/1/x", 2), None);
+        assert_eq!(
+            file_place(
+                &format!("pre/{}/x", PRECOPY_MAX_ROUNDS + 1),
+                PRECOPY_MAX_ROUNDS
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_dead_peer_is_cut_off_quickly_and_a_slow_one_is_not() {
+        // A peer that accepts and reads nothing (its kernel still acknowledges): the socket
+        // stays usable past PEER_DEAD, as a target busy restoring would.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = TcpStream::connect(addr).unwrap();
+        tune(&s);
+        let (_peer, _) = l.accept().unwrap();
+        let v =
+            nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::TcpUserTimeout).unwrap();
+        assert_eq!(u128::from(v), PEER_DEAD.as_millis());
+        assert!(nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::KeepAlive).unwrap());
+        // peer_down cuts a registered transfer at once: a blocked read returns.
+        let engine = Engine::new(1, None, std::env::temp_dir(), 0);
+        let guard = engine.watch_transfer(2, &s);
+        let reader = {
+            let mut s = s.try_clone().unwrap();
+            std::thread::spawn(move || {
+                let t0 = Instant::now();
+                let mut b = [0u8; 1];
+                let r = s.read(&mut b);
+                (r.map_err(|e| e.kind()), t0.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        engine.peer_down(3);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            !reader.is_finished(),
+            "node 3 down cut a transfer to node 2"
+        );
+        engine.peer_down(2);
+        let (r, took) = reader.join().unwrap();
+        assert_eq!(r, Ok(0), "a cut socket reads end-of-file");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        drop(guard);
+        assert!(engine.transfers().is_empty());
     }
 
     #[test]

@@ -264,6 +264,11 @@ impl<S: Read + Write> Channel<S> {
     pub fn into_inner(self) -> S {
         self.stream
     }
+
+    /// The underlying stream (to change its timeouts between phases).
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
 }
 
 #[cfg(test)]

@@ -115,6 +115,12 @@ pub struct Migration {
     pub outcome: Outcome,
     pub error: Option<String>,
     pub at_ms: u64,
+    /// CRIU pre-dump rounds streamed while the job ran (0: no pre-copy).
+    #[serde(default)]
+    pub precopy_rounds: u32,
+    /// Bytes of those rounds (part of `bytes`).
+    #[serde(default)]
+    pub precopy_bytes: u64,
 }
 
 /// The jobs and migrations of this node.
