@@ -244,12 +244,23 @@ impl Cluster {
 
     /// [`Cluster::start`] with VM names `<prefix>-nodeN`.
     pub fn start_named(prefix: &str, n: u32, image: &ClusterImage) -> Result<Self, Error> {
+        Self::start_on(prefix, n, image, VdeSwitch::start()?)
+    }
+
+    /// [`Cluster::start_named`] on a switch the caller started (and may have plugged a
+    /// [`crate::HostNetns`] into first, so a server there is up before the nodes boot).
+    pub fn start_on(
+        prefix: &str,
+        n: u32,
+        image: &ClusterImage,
+        switch: VdeSwitch,
+    ) -> Result<Self, Error> {
         let mut cluster = Cluster {
             nodes: Vec::new(),
             images: Vec::new(),
             boots: Vec::new(),
             mapped: n,
-            switch: VdeSwitch::start()?,
+            switch,
             prefix: prefix.to_owned(),
         };
         let image = Arc::new(image.clone());
