@@ -151,17 +151,19 @@ fn run(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
         std::thread::sleep(Duration::from_millis(300));
     }
     job(&agent, "cp /cluster/in.dat /tmp/in.dat")?;
-    let mount = job(
-        &agent,
-        "grep ' /cluster ' /proc/mounts | tr '\\n' ';'; d=$(mountpoint -d /cluster); echo dev=$d ra=$(cat /sys/class/bdi/$d/read_ahead_kb 2>&1)",
-    )?;
-    eprintln!("bench-files: {}", mount.trim());
+    // The NFS mount's backing device (major:minor), whose readahead the kernel sizes.
+    let bdi = "$(grep ' - nfs ' /proc/self/mountinfo | awk '{print $3}')";
     if let Ok(kb) = std::env::var("READAHEAD_KB") {
         job(
             &agent,
-            &format!("echo {kb} > /sys/class/bdi/$(mountpoint -d /cluster)/read_ahead_kb"),
+            &format!("echo {kb} > /sys/class/bdi/{bdi}/read_ahead_kb"),
         )?;
     }
+    let mount = job(
+        &agent,
+        &format!("grep ' - nfs ' /proc/self/mountinfo; echo read_ahead_kb=$(cat /sys/class/bdi/{bdi}/read_ahead_kb)"),
+    )?;
+    eprintln!("bench-files: {}", mount.trim());
     let drop = "sync; echo 3 > /proc/sys/vm/drop_caches";
     let mut links = Vec::new();
     for (name, url) in [
