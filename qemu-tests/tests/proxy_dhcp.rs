@@ -121,10 +121,9 @@ fn classic_pxe_site_boots_through_proxy_dhcp() -> Result<(), Error> {
         .boot_order("n")
         .nic(Nic::vde(&switch).mac("52:54:00:6e:00:01"))
         .spawn()?;
-    let line = vm.wait_ready(BOOT_TIMEOUT).map_err(|e| {
-        eprintln!("drove serve's log:\n{}", read_log());
-        e
-    })?;
+    let line = vm
+        .wait_ready(BOOT_TIMEOUT)
+        .inspect_err(|_| eprintln!("drove serve's log:\n{}", read_log()))?;
     let dhcp = read_log();
     eprintln!("{line}\n--- dnsmasq/drove serve log:\n{dhcp}");
     assert!(
