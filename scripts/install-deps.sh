@@ -7,10 +7,11 @@ set -eu
 # Tests: QEMU, OVMF, vde2; benchmark anchor: initramfs-tools (mkinitramfs);
 # busybox-static for the bare-boot benchmark and DHCP client.
 # The cluster file area: nfs-ganesha (+ its VFS backend and rpcbind) for `drove files serve`.
+# dnsmasq-base for `drove serve --proxy-dhcp` (proxy-DHCP + TFTP for classic PXE).
 PKGS="linux-image-amd64 criu syslinux syslinux-common systemd-boot-efi ipxe
       mtools gdisk fdisk cpio xz-utils zstd busybox-static
       qemu-system-x86 ovmf vde2 initramfs-tools kmod
-      nfs-ganesha nfs-ganesha-vfs rpcbind"
+      nfs-ganesha nfs-ganesha-vfs rpcbind dnsmasq-base"
 # `install-deps.sh test` adds what only the VM tests need: Debian's chromium for the
 # dashboard's browser test (large, so not part of `make image`) and tmux for the `drove top` test.
 if [ "${1:-}" = "test" ]; then

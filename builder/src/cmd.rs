@@ -153,6 +153,17 @@ impl Cmd {
         }
     }
 
+    /// Starts in the background with stdout and stderr passed through (a server drove runs
+    /// beside itself, such as dnsmasq); the caller stops it through the handle.
+    pub fn start(&self) -> Result<duct::Handle, Error> {
+        let line = self.line();
+        tracing::debug!(target: "drove::cmd", "$ {line} &");
+        self.expression()
+            .unchecked()
+            .start()
+            .map_err(|source| self.spawn_error(line.clone(), source))
+    }
+
     fn spawn_error(&self, line: String, source: std::io::Error) -> Error {
         if source.kind() == std::io::ErrorKind::NotFound {
             Error::NotFound {

@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod outputs;
 pub mod overlay;
 pub mod progress;
+pub mod proxy_dhcp;
 pub mod registry;
 pub mod serve;
 pub mod staged;

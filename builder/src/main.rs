@@ -60,6 +60,11 @@ enum Command {
         /// Serve files only: nodes do not register and keep MAC-derived numbers.
         #[arg(long, conflicts_with = "state")]
         no_registry: bool,
+        /// Also run dnsmasq as proxy-DHCP + TFTP on this interface (or the interface on this
+        /// network, A.B.C.D/LEN) for PCs that only do classic PXE; the LAN's own DHCP server
+        /// keeps giving the addresses. Needs root and Debian's dnsmasq-base.
+        #[arg(long, value_name = "IFACE|NET/LEN")]
+        proxy_dhcp: Option<String>,
     },
     /// List the nodes registered with the image server (number, MAC, hardware, boots).
     Nodes {
@@ -308,9 +313,14 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             state,
             no_registry,
+            proxy_dhcp,
         } => {
             let state = (!no_registry)
                 .then(|| state.unwrap_or_else(|| drove::registry::default_state(&dir)));
+            // Stopped (dropped) when the server returns.
+            let _dnsmasq = proxy_dhcp
+                .map(|spec| drove::proxy_dhcp::start(&spec, listen, &dir))
+                .transpose()?;
             drove::serve::serve(&dir, listen, state.as_deref())?
         }
         Command::Nodes {

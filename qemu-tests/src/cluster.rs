@@ -256,12 +256,33 @@ impl Cluster {
         image: &ClusterImage,
         memory_mib: u32,
     ) -> Result<Self, Error> {
+        Self::start_on_sized(prefix, n, image, VdeSwitch::start()?, memory_mib)
+    }
+
+    /// [`Cluster::start_named`] on a switch the caller started (and may have plugged a
+    /// [`crate::HostNetns`] into first, so a server there is up before the nodes boot).
+    pub fn start_on(
+        prefix: &str,
+        n: u32,
+        image: &ClusterImage,
+        switch: VdeSwitch,
+    ) -> Result<Self, Error> {
+        Self::start_on_sized(prefix, n, image, switch, NODE_MEMORY_MIB)
+    }
+
+    fn start_on_sized(
+        prefix: &str,
+        n: u32,
+        image: &ClusterImage,
+        switch: VdeSwitch,
+        memory_mib: u32,
+    ) -> Result<Self, Error> {
         let mut cluster = Cluster {
             nodes: Vec::new(),
             images: Vec::new(),
             boots: Vec::new(),
             mapped: n,
-            switch: VdeSwitch::start()?,
+            switch,
             prefix: prefix.to_owned(),
             memory_mib,
         };

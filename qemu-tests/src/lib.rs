@@ -22,6 +22,7 @@ pub mod bench;
 pub mod cluster;
 mod console;
 mod error;
+pub mod hostnet;
 mod net;
 mod process;
 pub mod standin;
@@ -32,6 +33,7 @@ pub use artifacts::{concat_files, drove_bin, out_dir, workspace_root, Artifacts,
 pub use cluster::{Cluster, ClusterImage};
 pub use console::LinePattern;
 pub use error::Error;
+pub use hostnet::HostNetns;
 pub use net::{Netdev, Nic, VdeSwitch};
 pub use process::run;
 pub use vm::{Drive, Firmware, Machine, Vm, VmBuilder, WorkDir};

@@ -117,8 +117,13 @@ fn shell_quote(s: &str) -> String {
 /// Runs a helper command to completion (e.g. `drove build`), capturing its output; a failure
 /// carries the command line, how it ended and its stderr.
 pub fn run(cmd: &mut Command) -> Result<Output, Error> {
+    eprintln!("$ {}", command_line(cmd));
+    run_quiet(cmd)
+}
+
+/// [`run`] without echoing the command (for polls).
+pub(crate) fn run_quiet(cmd: &mut Command) -> Result<Output, Error> {
     let line = command_line(cmd);
-    eprintln!("$ {line}");
     let out = cmd.output().map_err(|source| Error::Spawn {
         line: line.clone(),
         source,
