@@ -32,7 +32,7 @@ pub struct Opened {
 
 /// Is `path` one every node has as it is here?
 fn shared_path(path: &Path, area: Option<&Path>, own: &[PathBuf]) -> bool {
-    if area.is_some_and(|a| path.starts_with(a)) || own.iter().any(|o| path == o) {
+    if area.is_some_and(|a| path.starts_with(a)) || own.iter().any(|o| path.starts_with(o)) {
         return true;
     }
     if path.starts_with("/dev") {
@@ -50,7 +50,8 @@ fn as_path(target: &str) -> Option<&Path> {
 }
 
 /// The reason the job cannot move, or `None` when every file is shared. `area` is the mounted
-/// file area (None when there is none or it is not mounted), `own` the job's output files.
+/// file area (None when there is none or it is not mounted), `own` the files and directories the
+/// agent keeps for the job (they move with it or are the agent's own).
 pub fn judge(procs: &[Opened], area: Option<&Path>, own: &[PathBuf]) -> Option<String> {
     let outside = match area {
         Some(a) => format!("outside the cluster file area {}", a.display()),
@@ -152,7 +153,10 @@ pub fn gather(root: i32) -> Vec<Opened> {
 /// Why the job rooted at `root`, with its files in `job_dir`, cannot move now; `None` if it can.
 pub fn unmovable(root: i32, job_dir: &Path) -> Option<String> {
     let area = crate::cluster_fs::area().usable();
-    let own = [job_dir.join("stdout"), job_dir.join("stderr")];
+    // The whole job directory, not only stdout/stderr: while a checkpoint is dumped, CRIU's
+    // parasite holds CRIU's log there (checkpoint.log) inside the job, and the job is then
+    // `migrating` (busy), not unmovable.
+    let own = [job_dir.to_path_buf()];
     judge(&gather(root), area.as_deref(), &own)
 }
 
@@ -276,10 +280,7 @@ mod tests {
     }
 
     fn own() -> Vec<PathBuf> {
-        vec![
-            PathBuf::from("/run/drove/jobs/1.1/stdout"),
-            PathBuf::from("/run/drove/jobs/1.1/stderr"),
-        ]
+        vec![PathBuf::from("/run/drove/jobs/1.1")]
     }
 
     #[test]
@@ -289,6 +290,8 @@ mod tests {
                 "/dev/null",
                 "/run/drove/jobs/1.1/stdout",
                 "/run/drove/jobs/1.1/stderr",
+                // CRIU's log, held by its parasite during a checkpoint dump.
+                "/run/drove/jobs/1.1/checkpoint.log",
                 "/cluster/in.dat",
                 "/cluster/out/result.txt",
                 "pipe:[1234]",
