@@ -414,6 +414,7 @@ impl Engine {
             match table.ended_elsewhere(
                 &id,
                 header.job.node,
+                header.job.migrations,
                 header.job.exit_code,
                 header.job.signal.clone(),
             ) {

@@ -272,11 +272,14 @@ impl Table {
     /// nodes) with `code` or `signal`: this node's `moved` record (or `lost`, when the node
     /// only looked dead) becomes `exited` there, so the home answers for the job after that
     /// node is gone. A record of a job that runs here (it came back, or restarted from its
-    /// checkpoint) or already ended is left alone: the report is stale.
+    /// checkpoint) or already ended is left alone: the report is stale. `migrations` is the
+    /// reporter's count: moves made away from here (node 2 → node 3) are known only to the nodes
+    /// that made them.
     pub fn ended_elsewhere(
         &mut self,
         id: &str,
         node: u32,
+        migrations: u32,
         code: Option<i32>,
         signal: Option<String>,
     ) -> Result<Ended, Error> {
@@ -285,6 +288,7 @@ impl Table {
             State::Moved | State::Lost => {
                 job.state = State::Exited;
                 job.node = node;
+                job.migrations = job.migrations.max(migrations);
                 job.pid = None;
                 job.exit_code = code;
                 job.signal = signal;
@@ -548,7 +552,7 @@ mod tests {
             t.finish_migration(id, 2).unwrap();
         }
         assert_eq!(
-            t.ended_elsewhere("1.1", 3, Some(0), None),
+            t.ended_elsewhere("1.1", 3, 2, Some(0), None),
             Ok(Ended::Recorded)
         );
         let j = t.get("1.1").unwrap();
@@ -556,27 +560,35 @@ mod tests {
             (j.state, j.node, j.exit_code, j.pid),
             (State::Exited, 3, Some(0), None)
         );
+        // Moved 1 → 2 from here, 2 → 3 by node 2: the reporter's count wins.
+        assert_eq!(j.migrations, 2);
         // Node 2 (and 3) die later: the ended job stays ended; the one still away is lost.
         assert_eq!(t.node_lost(2, |_| "gone".into()), vec!["1.2".to_string()]);
         assert!(t.node_lost(3, |_| "gone".into()).is_empty());
         assert_eq!(t.get("1.1").unwrap().state, State::Exited);
         // A job declared lost whose node was only cut off: its end still counts.
         assert_eq!(
-            t.ended_elsewhere("1.2", 2, None, Some("SIGKILL".into())),
+            t.ended_elsewhere("1.2", 2, 2, None, Some("SIGKILL".into())),
             Ok(Ended::Recorded)
         );
         let j = t.get("1.2").unwrap();
         assert_eq!((j.state, j.reason.as_deref()), (State::Exited, None));
         // Runs here, or already ended: stale; mid-migration: ask again.
-        assert_eq!(t.ended_elsewhere("1.3", 2, Some(1), None), Ok(Ended::Stale));
-        assert_eq!(t.ended_elsewhere("1.1", 2, Some(9), None), Ok(Ended::Stale));
+        assert_eq!(
+            t.ended_elsewhere("1.3", 2, 2, Some(1), None),
+            Ok(Ended::Stale)
+        );
+        assert_eq!(
+            t.ended_elsewhere("1.1", 2, 2, Some(9), None),
+            Ok(Ended::Stale)
+        );
         assert_eq!(t.get("1.1").unwrap().exit_code, Some(0));
         t.begin_migration("1.3").unwrap();
         assert_eq!(
-            t.ended_elsewhere("1.3", 2, Some(1), None),
+            t.ended_elsewhere("1.3", 2, 2, Some(1), None),
             Ok(Ended::NotYet)
         );
-        assert!(t.ended_elsewhere("9.9", 2, None, None).is_err());
+        assert!(t.ended_elsewhere("9.9", 2, 2, None, None).is_err());
     }
 
     #[test]
