@@ -356,9 +356,7 @@ impl Engine {
             from: self.me,
             kind: Kind::Exited,
         };
-        ch.send(&Msg::Header(
-            serde_json::to_string(&header).map_err(|e| Error::Other(e.to_string()))?,
-        ))?;
+        send_header(&mut ch, &header)?;
         send_file(
             &mut ch,
             "out/stdout",
@@ -958,9 +956,7 @@ impl Engine {
                 from: self.me,
                 kind: Kind::Checkpoint,
             };
-            ch.send(&Msg::Header(
-                serde_json::to_string(&header).map_err(|e| Error::Other(e.to_string()))?,
-            ))?;
+            send_header(&mut ch, &header)?;
             let mut bytes = 0;
             for (name, path) in image_files(&images)? {
                 bytes += send_file(&mut ch, &name, &path, None)?;
@@ -1019,9 +1015,7 @@ impl Engine {
                         from: me,
                         kind: Kind::Drop,
                     };
-                    ch.send(&Msg::Header(
-                        serde_json::to_string(&header).map_err(|e| Error::Other(e.to_string()))?,
-                    ))?;
+                    send_header(&mut ch, &header)?;
                     expect_ok(ch.recv()?)
                 })();
                 match result {
@@ -1577,6 +1571,12 @@ fn image_files(images: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
 }
 
 /// The target's answer to a transfer: `Restored {"ok": true, ...}` or why not.
+/// Sends a transfer's [`Header`] (migration, checkpoint, exit report) as JSON.
+fn send_header(ch: &mut proto::Channel<BufStream>, header: &Header) -> Result<(), Error> {
+    let json = serde_json::to_string(header).map_err(|e| Error::Other(e.to_string()))?;
+    Ok(ch.send(&Msg::Header(json))?)
+}
+
 fn expect_ok(m: Msg) -> Result<(), Error> {
     match m {
         Msg::Restored(j) => {
