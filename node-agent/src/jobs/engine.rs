@@ -357,20 +357,7 @@ impl Engine {
             kind: Kind::Exited,
         };
         send_header(&mut ch, &header)?;
-        send_file(
-            &mut ch,
-            "out/stdout",
-            &dir.join("stdout"),
-            Some(offsets.stdout),
-        )?;
-        send_file(
-            &mut ch,
-            "out/stderr",
-            &dir.join("stderr"),
-            Some(offsets.stderr),
-        )?;
-        ch.send(&Msg::End)?;
-        ch.flush()?;
+        send_outputs_and_end(&mut ch, &dir, &offsets)?;
         match ch.recv()? {
             Msg::Restored(j) => {
                 let v: serde_json::Value = serde_json::from_str(&j).unwrap_or_default();
@@ -961,20 +948,7 @@ impl Engine {
             for (name, path) in image_files(&images)? {
                 bytes += send_file(&mut ch, &name, &path, None)?;
             }
-            bytes += send_file(
-                &mut ch,
-                "out/stdout",
-                &dir.join("stdout"),
-                Some(offsets.stdout),
-            )?;
-            bytes += send_file(
-                &mut ch,
-                "out/stderr",
-                &dir.join("stderr"),
-                Some(offsets.stderr),
-            )?;
-            ch.send(&Msg::End)?;
-            ch.flush()?;
+            bytes += send_outputs_and_end(&mut ch, &dir, &offsets)?;
             expect_ok(ch.recv()?)?;
             Ok(bytes)
         });
@@ -1571,6 +1545,20 @@ fn image_files(images: &Path) -> Result<Vec<(String, PathBuf)>, Error> {
 }
 
 /// The target's answer to a transfer: `Restored {"ok": true, ...}` or why not.
+/// Sends the job's stdout and stderr up to `offsets` (the lengths the header announced), then
+/// the end of the transfer; returns the bytes sent.
+fn send_outputs_and_end(
+    ch: &mut proto::Channel<BufStream>,
+    dir: &Path,
+    offsets: &super::table::Offsets,
+) -> Result<u64, Error> {
+    let mut bytes = send_file(ch, "out/stdout", &dir.join("stdout"), Some(offsets.stdout))?;
+    bytes += send_file(ch, "out/stderr", &dir.join("stderr"), Some(offsets.stderr))?;
+    ch.send(&Msg::End)?;
+    ch.flush()?;
+    Ok(bytes)
+}
+
 /// Sends a transfer's [`Header`] (migration, checkpoint, exit report) as JSON.
 fn send_header(ch: &mut proto::Channel<BufStream>, header: &Header) -> Result<(), Error> {
     let json = serde_json::to_string(header).map_err(|e| Error::Other(e.to_string()))?;
