@@ -46,9 +46,19 @@ fn main() {
     }
 }
 
+/// What one run measured.
+struct Run {
+    makespan: Duration,
+    /// Migrations that moved a job, summed over the jobs.
+    moves: usize,
+    /// The most migrations one job made.
+    max_moves: usize,
+    /// When no node held more than its share of the jobs for the first time.
+    spread_at: Option<Duration>,
+}
+
 /// One run: launches the jobs on node 1, waits until all exited with the right output.
-/// Returns (makespan, balance migrations that moved a job, max migrations of one job).
-fn one_run(node1: &Agent, pin: bool, expected: &str) -> Result<(Duration, usize, usize), String> {
+fn one_run(node1: &Agent, pin: bool, expected: &str) -> Result<Run, String> {
     let cmd: Vec<String> = vec!["/bin/busybox".into(), "awk".into(), PROGRAM.into()];
     let t0 = Instant::now();
     let mut ids = Vec::new();
@@ -64,6 +74,10 @@ fn one_run(node1: &Agent, pin: bool, expected: &str) -> Result<(Duration, usize,
         );
     }
     let mut done: BTreeMap<String, (Duration, u64)> = BTreeMap::new();
+    // Where each job was last seen, to print every move and when the jobs first ran spread out
+    // (no node with more than its share): the makespan's lag is that time plus the moves' freezes.
+    let mut placed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut spread_at: Option<Duration> = None;
     while done.len() < JOBS {
         if t0.elapsed() > DEADLINE {
             return Err(format!("jobs not done after {DEADLINE:?}: {done:?}"));
@@ -74,6 +88,17 @@ fn one_run(node1: &Agent, pin: bool, expected: &str) -> Result<(Duration, usize,
             }
             // Mid-migration a job may be briefly unreadable: next round.
             let Ok(job) = node1.job(id) else { continue };
+            if let Some(node) = job["node"].as_u64() {
+                if placed
+                    .insert(id.clone(), node)
+                    .is_some_and(|was| was != node)
+                {
+                    eprintln!(
+                        "  {:>6.1} s: job {id} now on node {node}",
+                        t0.elapsed().as_secs_f64()
+                    );
+                }
+            }
             if job["state"] == "exited" {
                 if job["exit_code"].as_i64() != Some(0) {
                     return Err(format!("job {id} ended badly: {job}"));
@@ -85,6 +110,20 @@ fn one_run(node1: &Agent, pin: bool, expected: &str) -> Result<(Duration, usize,
                     job["node"]
                 );
                 done.insert(id.clone(), (t0.elapsed(), moves));
+            }
+        }
+        if spread_at.is_none() && done.is_empty() && placed.len() == JOBS {
+            let mut per_node: BTreeMap<u64, usize> = BTreeMap::new();
+            for node in placed.values() {
+                *per_node.entry(*node).or_default() += 1;
+            }
+            let share = JOBS.div_ceil(NODES as usize);
+            if per_node.len() == NODES as usize && per_node.values().all(|&n| n <= share) {
+                spread_at = Some(t0.elapsed());
+                eprintln!(
+                    "  {:>6.1} s: spread, {share} jobs per node",
+                    t0.elapsed().as_secs_f64()
+                );
             }
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -103,11 +142,12 @@ fn one_run(node1: &Agent, pin: bool, expected: &str) -> Result<(Duration, usize,
         }
     }
     let moves: Vec<u64> = done.values().map(|d| d.1).collect();
-    Ok((
+    Ok(Run {
         makespan,
-        moves.iter().sum::<u64>() as usize,
-        moves.iter().copied().max().unwrap_or(0) as usize,
-    ))
+        moves: moves.iter().sum::<u64>() as usize,
+        max_moves: moves.iter().copied().max().unwrap_or(0) as usize,
+        spread_at,
+    })
 }
 
 fn run(dir: &std::path::Path) -> Result<String, String> {
@@ -151,17 +191,27 @@ fn run(dir: &std::path::Path) -> Result<String, String> {
     let host_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
 
     eprintln!("bench-balance: {JOBS} pinned jobs on node 1 (no balancing)");
-    let (pinned, _, _) = one_run(&node1, true, &expected)?;
+    let load_before = load_average();
+    let pinned = one_run(&node1, true, &expected)?.makespan;
     eprintln!(
         "bench-balance: pinned makespan {:.1} s",
         pinned.as_secs_f64()
     );
     eprintln!("bench-balance: {JOBS} free jobs on node 1 (balancing)");
-    let (balanced, moves, max_moves) = one_run(&node1, false, &expected)?;
+    let Run {
+        makespan: balanced,
+        moves,
+        max_moves,
+        spread_at,
+    } = one_run(&node1, false, &expected)?;
+    let load_after = load_average();
     eprintln!(
         "bench-balance: balanced makespan {:.1} s, {moves} migrations",
         balanced.as_secs_f64()
     );
+    let spread = spread_at.map_or("never".to_owned(), |t| {
+        format!("{:.1} s after the start", t.as_secs_f64())
+    });
     drop(cluster);
 
     let ideal = pinned.as_secs_f64() / cores as f64;
@@ -184,8 +234,10 @@ also the run without balancing. Ideal = single-node makespan ÷ {cores} usable c
 | ideal ({cores} usable cores) | {ideal:.1} s | 1.00 | |
 | ideal on this host ({hc} cores can run the {cores} VMs' vCPUs at once) | {host_ideal:.1} s | {hr:.2} | |
 
-Balanced run: {moves} migrations for {JOBS} jobs, at most {max_moves} for one job. Every job
-printed the expected sum and exited 0 in both runs. The balancer waits out its 10 s minimum
+Balanced run: {moves} migrations for {JOBS} jobs, at most {max_moves} for one job; the jobs first
+ran spread out (no node above its share) {spread}. Every job
+printed the expected sum and exited 0 in both runs. Host load average (1 min) before the runs
+{load_before}, after them {load_after}. The balancer waits out its 10 s minimum
 residency before the first move, and a move freezes the job for 1–3 s under TCG.
 ",
         accel = accel(),
@@ -196,6 +248,14 @@ residency before the first move, and a move freezes the job for 1–3 s under TC
         hr = host_ideal / ideal,
         hc = cores.min(host_cores as u64),
     ))
+}
+
+/// The host's 1-minute load average, as text ("?" when unreadable).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn date() -> String {
