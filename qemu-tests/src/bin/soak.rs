@@ -11,7 +11,10 @@
 //!
 //! Environment: `SOAK_MINUTES` (default 30) of arrivals, `SOAK_ARRIVAL_SECS` (default 6) between
 //! jobs, `SOAK_KILL_SECS` (default 180, at most a third of the run) between kills,
-//! `SOAK_DRAIN_MINUTES` (default 15) for the last jobs to end. `DROVE_BIN` as for the VM tests.
+//! `SOAK_DRAIN_MINUTES` (default 15) for the last jobs to end, `SOAK_CHECKPOINT_SECS` (default
+//! 20; 0: none): every third job is started with `--checkpoint-every` that many seconds, so a
+//! kill also exercises the restart from a checkpoint kept on another node. `DROVE_BIN` as for
+//! the VM tests.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -58,6 +61,8 @@ struct Sub {
     /// Why it could not be read the last time.
     last_error: Option<String>,
     nodes_seen: Vec<u64>,
+    /// Started with `--checkpoint-every`.
+    checkpointed: bool,
     /// Stdout read as soon as the job was seen `exited` (as `drove run` reads it, live): the
     /// node that ran it may die later and take the file with it.
     output: Option<Result<Vec<u8>, String>>,
@@ -94,6 +99,7 @@ fn run() -> Result<bool, Error> {
     let kill_every = Duration::from_secs(env_u64("SOAK_KILL_SECS", 180).min(minutes * 20).max(30));
     let drain = Duration::from_secs(env_u64("SOAK_DRAIN_MINUTES", 15) * 60);
     let run_for = Duration::from_secs(minutes * 60);
+    let checkpoint_every = env_u64("SOAK_CHECKPOINT_SECS", 20);
 
     let dir = workspace_root().join("target/soak");
     let image = ClusterImage::build(&drove_bin()?, &dir, &cluster_config(NODES, NODES))?;
@@ -127,7 +133,15 @@ fn run() -> Result<bool, Error> {
             let n = LOOPS[seq % LOOPS.len()];
             let prog = program(n, seq);
             let expected = expected(&prog).map_err(|what| Error::Cluster { what })?;
-            match submit.launch(&["/bin/busybox".into(), "awk".into(), prog]) {
+            let checkpointed = checkpoint_every > 0 && seq.is_multiple_of(3);
+            let cmd = ["/bin/busybox".into(), "awk".into(), prog];
+            match submit.launch_checkpointed(
+                &cmd,
+                false,
+                None,
+                &[],
+                checkpointed.then_some(checkpoint_every),
+            ) {
                 Ok(job) => {
                     let id = job["id"].as_str().unwrap_or_default().to_owned();
                     subs.insert(
@@ -138,6 +152,7 @@ fn run() -> Result<bool, Error> {
                             last: Some(job),
                             last_error: None,
                             nodes_seen: vec![1],
+                            checkpointed,
                             output: None,
                         },
                     );
@@ -242,6 +257,20 @@ fn run() -> Result<bool, Error> {
     );
     println!("| jobs that ran on more than one node | {moved_jobs} |");
     println!("| migrations (sum over jobs) | {migrations} |");
+    let checkpointed: Vec<&String> = subs
+        .iter()
+        .filter(|(_, s)| s.checkpointed)
+        .map(|(id, _)| id)
+        .collect();
+    println!(
+        "| checkpointed jobs (every {checkpoint_every}s): submitted / finished right / lost | {} / {} / {} |",
+        checkpointed.len(),
+        checkpointed.iter().filter(|id| tally.correct.contains(id)).count(),
+        checkpointed
+            .iter()
+            .filter(|id| tally.lost.iter().any(|(l, _)| l == **id))
+            .count()
+    );
     println!("| node kills | {} |", kills.len());
     println!(
         "| finished jobs the cluster later calls something else | {} |",
