@@ -290,6 +290,10 @@ impl Engine {
                 ended.push(id);
             }
         }
+        for id in table.release_held_exits() {
+            info!("jobs: job {id} ended while a migration of it was being tried");
+            ended.push(id);
+        }
         let jobs: Vec<Job> = ended
             .iter()
             .filter_map(|id| table.get(id).ok().cloned())
@@ -687,17 +691,29 @@ impl Engine {
             }
             Err(e) => {
                 let resumed = signal(pid, Signal::SIGCONT);
-                let _ = self.table().abort_migration(id);
-                rec.outcome = if resumed.is_ok() {
+                // One lock for both: the reaper settles a held exit only after the abort.
+                let ended = {
+                    let mut table = self.table();
+                    let _ = table.abort_migration(id);
+                    table.has_held_exit(pid)
+                };
+                rec.outcome = if resumed.is_ok() || ended {
                     Outcome::Resumed
                 } else {
                     Outcome::Lost
                 };
                 rec.error = Some(crate::console::chain(&e));
-                warn!(
-                    "jobs: migration of {id} to node {to} failed, job resumed here: {}",
-                    crate::console::chain(&e)
-                );
+                if ended {
+                    warn!(
+                        "jobs: migration of {id} to node {to} failed: the job ended while it was being dumped: {}",
+                        crate::console::chain(&e)
+                    );
+                } else {
+                    warn!(
+                        "jobs: migration of {id} to node {to} failed, job resumed here: {}",
+                        crate::console::chain(&e)
+                    );
+                }
             }
         }
         rec.freeze_ms = frozen_at.map_or(0, |t: Instant| t.elapsed().as_millis() as u64);

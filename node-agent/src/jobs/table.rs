@@ -131,6 +131,10 @@ pub struct Table {
     /// Checkpoints of jobs running on other nodes, by job id.
     pub checkpoints: BTreeMap<String, Held>,
     next: u32,
+    /// Exits reaped while their job was `migrating`: (pid, code, signal). Whether such an exit
+    /// is the job's own end or its stopped source copy's, killed after the commit, is known only
+    /// when the migration ends (see [`Table::release_held_exits`]).
+    held_exits: Vec<(i32, Option<i32>, Option<String>)>,
 }
 
 impl Table {
@@ -342,12 +346,40 @@ impl Table {
             .values_mut()
             .find(|j| j.pid == Some(pid) && !j.state.is_final())?;
         if job.state == State::Migrating {
+            self.held_exits.push((pid, code, signal));
             return None;
         }
         job.state = State::Exited;
         job.exit_code = code;
         job.signal = signal;
         Some(job.id.clone())
+    }
+
+    /// Whether an exit of `pid` is held back (see [`Table::release_held_exits`]).
+    pub fn has_held_exit(&self, pid: i32) -> bool {
+        self.held_exits.iter().any(|(p, _, _)| *p == pid)
+    }
+
+    /// Settles the exits held back while their jobs were migrating: a migration that failed
+    /// left the job `running` (or frozen) here, so the exit was the job's own end (it ended
+    /// while CRIU had it, e.g. `Unable to detach ... No such process`) and is recorded now;
+    /// a migration that committed left it `moved`, so the exit was its source copy's and is
+    /// dropped. Still `migrating`: held. Returns the ids of the jobs that ended.
+    pub fn release_held_exits(&mut self) -> Vec<String> {
+        let mut ended = Vec::new();
+        let held = std::mem::take(&mut self.held_exits);
+        for (pid, code, signal) in held {
+            let job = self
+                .jobs
+                .values()
+                .find(|j| j.pid == Some(pid) && !j.state.is_final());
+            match job.map(|j| j.state) {
+                Some(State::Migrating) => self.held_exits.push((pid, code, signal)),
+                Some(_) => ended.extend(self.exited(pid, code, signal)),
+                None => {}
+            }
+        }
+        ended
     }
 }
 
@@ -429,6 +461,39 @@ mod tests {
         let mut t = Table::default();
         assert_eq!(t.next_id(1, |_| false), "1.1");
         assert_eq!(t.next_id(1, |id| id == "1.2"), "1.3");
+    }
+
+    /// The soak found this: a job that ended while CRIU was dumping it (`Unable to detach from
+    /// 157: No such process`) stayed `running` for ever, its exit dropped as the source copy's.
+    #[test]
+    fn an_exit_during_a_failed_migration_is_the_jobs_end() {
+        let mut t = Table::default();
+        t.insert(job("1.1", 50)).unwrap();
+        t.begin_migration("1.1").unwrap();
+        assert_eq!(t.exited(50, Some(0), None), None);
+        assert!(t.has_held_exit(50));
+        // Still migrating: nothing is decided yet.
+        assert!(t.release_held_exits().is_empty());
+        assert_eq!(t.get("1.1").unwrap().state, State::Migrating);
+        t.abort_migration("1.1").unwrap();
+        assert_eq!(t.release_held_exits(), vec!["1.1".to_string()]);
+        let j = t.get("1.1").unwrap();
+        assert_eq!((j.state, j.exit_code), (State::Exited, Some(0)));
+        assert!(!t.has_held_exit(50));
+        assert!(t.release_held_exits().is_empty());
+    }
+
+    #[test]
+    fn the_source_copys_end_after_the_commit_is_not_the_jobs() {
+        let mut t = Table::default();
+        t.insert(job("1.1", 50)).unwrap();
+        t.begin_migration("1.1").unwrap();
+        assert_eq!(t.exited(50, None, Some("SIGKILL".into())), None);
+        t.finish_migration("1.1", 2).unwrap();
+        assert!(t.release_held_exits().is_empty());
+        let j = t.get("1.1").unwrap();
+        assert_eq!((j.state, j.node, j.signal.clone()), (State::Moved, 2, None));
+        assert!(!t.has_held_exit(50));
     }
 
     #[test]
