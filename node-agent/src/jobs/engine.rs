@@ -682,12 +682,14 @@ impl Engine {
             Ok(()) => {
                 let _ = self.table().finish_migration(id, to);
                 rec.outcome = Outcome::Moved;
+                self.drop_checkpoint(id);
             }
             Err(e) if killed => {
                 // The target restored it and our copy is gone: the job lives there.
                 let _ = self.table().finish_migration(id, to);
                 rec.outcome = Outcome::Moved;
                 rec.error = Some(format!("after the commit: {}", crate::console::chain(&e)));
+                self.drop_checkpoint(id);
             }
             Err(e) => {
                 let resumed = signal(pid, Signal::SIGCONT);
@@ -976,7 +978,10 @@ impl Engine {
         Ok(bytes)
     }
 
-    /// Tells the node holding job `id`'s checkpoint to delete it (the job ended here).
+    /// Tells the node holding job `id`'s checkpoint to delete it: the job ended here, or it
+    /// moved away. A checkpoint taken here guards this node only (its holder restarts the job
+    /// when this node dies), so after a move it would restart a second copy of a job that runs
+    /// on elsewhere; the new node checkpoints the job at once (see [`Engine::checkpoints_due`]).
     fn drop_checkpoint(&self, id: &str) {
         let Some((holder, addr, _)) = self.checkpointed().remove(id) else {
             return;
@@ -1109,8 +1114,18 @@ impl Engine {
         let id = header.job.id.clone();
         let base = self.checkpoint_root.join(&id);
         if header.kind == Kind::Drop {
-            self.table().checkpoints.remove(&id);
-            let _ = fs::remove_dir_all(&base);
+            // Only the sender's own checkpoint: after a move, the job's new node may already
+            // have sent a newer one here (the drop from its old node races with it).
+            let mut table = self.table();
+            let theirs = table
+                .checkpoints
+                .get(&id)
+                .is_some_and(|h| h.from == header.from);
+            if theirs {
+                table.checkpoints.remove(&id);
+                let _ = fs::remove_dir_all(&base);
+            }
+            drop(table);
             ch.send(&Msg::Restored(serde_json::json!({"ok": true}).to_string()))?;
             return ch.flush().map_err(Into::into);
         }
@@ -1792,6 +1807,46 @@ mod tests {
             }
         });
         (home, port)
+    }
+
+    /// A node drops only its own checkpoint on the holder: after a move the job's new node may
+    /// have sent a newer one there already, which must survive the old node's drop.
+    #[test]
+    fn a_drop_removes_only_the_senders_checkpoint() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (holder, port) = listening_home(d1.path(), false);
+        let held = |id: &str, from: u32| super::super::table::Held {
+            job: test_job(id, 0),
+            from,
+            at_ms: 0,
+            offsets: Offsets::default(),
+            bytes: 0,
+        };
+        holder
+            .table()
+            .checkpoints
+            .insert("3.1".into(), held("3.1", 2));
+        holder
+            .table()
+            .checkpoints
+            .insert("3.2".into(), held("3.2", 4));
+        let source = Engine::new(2, Some(vec![7; 32]), d2.path().into(), port);
+        for id in ["3.1", "3.2"] {
+            source.table().insert(test_job(id, 0)).unwrap();
+            source
+                .checkpointed()
+                .insert(id.into(), (1, Ipv4Addr::LOCALHOST, Instant::now()));
+            source.drop_checkpoint(id);
+        }
+        let t0 = Instant::now();
+        while holder.table().checkpoints.contains_key("3.1") {
+            assert!(t0.elapsed() < Duration::from_secs(10), "3.1 never dropped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The second drop went out after the first: give it the same time to do harm.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(holder.table().checkpoints.contains_key("3.2"));
+        assert!(source.checkpointed().is_empty());
     }
 
     /// Soak finding: a job moved away from home, ended there, and that node died later; the
