@@ -357,6 +357,18 @@ impl VmBuilder {
         }
         for (i, nic) in self.nics.iter().enumerate() {
             cmd.args(nic.args(i));
+            if let crate::Netdev::TapFd { fd } = nic.netdev {
+                // SAFETY: between fork and exec; fcntl is async-signal-safe. Only the child's
+                // copy of the descriptor loses close-on-exec, so QEMU inherits it.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
         }
         cmd.args(&self.extra);
         Ok(cmd)
