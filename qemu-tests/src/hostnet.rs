@@ -193,7 +193,8 @@ impl HostNetns {
         let fd = self
             .run(move || -> std::io::Result<OwnedFd> {
                 // SAFETY: open(2) of a constant path; the descriptor is owned at once.
-                let raw = unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+                let raw =
+                    unsafe { libc::open(c"/dev/net/tun".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
                 if raw < 0 {
                     return Err(std::io::Error::last_os_error());
                 }

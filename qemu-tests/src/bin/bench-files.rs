@@ -175,7 +175,9 @@ fn run(runs: usize) -> Result<(), Box<dyn std::error::Error>> {
     let mut nodes = Vec::new();
     for net in list("NETS", "vde,tap") {
         for cpus in list("CPUS", "1,2") {
-            let cpus: u32 = cpus.parse().map_err(|_| format!("CPUS: {cpus:?} is not a number"))?;
+            let cpus: u32 = cpus
+                .parse()
+                .map_err(|_| format!("CPUS: {cpus:?} is not a number"))?;
             nodes.push(node_run(runs, &net, cpus, &server, &image, &data)?);
         }
     }
@@ -222,7 +224,8 @@ fn node_run(
         cluster_nic,
         ..NodeOptions::default()
     };
-    let cluster = Cluster::start_with(&format!("bench-files-{net}-{cpus}"), 1, image, switch, opts)?;
+    let cluster =
+        Cluster::start_with(&format!("bench-files-{net}-{cpus}"), 1, image, switch, opts)?;
     let agent = Agent::new(&cluster.api(1)?.to_string(), Some(image.key_hex()?));
     let t0 = Instant::now();
     loop {
@@ -239,7 +242,8 @@ fn node_run(
     }
     job(&agent, "cp /cluster/in.dat /tmp/in.dat")?;
     // The NFS mount's backing device (major:minor), whose readahead the kernel sizes.
-    let bdi = "/sys/class/bdi/$(grep ' - nfs ' /proc/self/mountinfo | awk '{print $3}')/read_ahead_kb";
+    let bdi =
+        "/sys/class/bdi/$(grep ' - nfs ' /proc/self/mountinfo | awk '{print $3}')/read_ahead_kb";
     let default_ra = job(&agent, &format!("cat {bdi}"))?.trim().to_owned();
     let mount = job(
         &agent,
@@ -251,7 +255,10 @@ fn node_run(
     let mut rates = Vec::new();
     for i in 0..runs {
         let t = timed(&agent, "true", &format!("wget -q -O - {url}"))?;
-        eprintln!("bench-files: {net} {cpus} vCPU link run {}: {t:.2} s", i + 1);
+        eprintln!(
+            "bench-files: {net} {cpus} vCPU link run {}: {t:.2} s",
+            i + 1
+        );
         rates.push(INPUT_MB as f64 / t);
     }
     let link = median(rates);
