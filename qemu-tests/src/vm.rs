@@ -298,7 +298,8 @@ impl VmBuilder {
             Firmware::SeaBios => Machine::Pc,
         });
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-name", &self.name])
+        // debug-threads: vCPU threads are named `CPU n/TCG` (benchmarks read their CPU time).
+        cmd.args(["-name", &format!("{},debug-threads=on", self.name)])
             .args([
                 "-machine",
                 if machine == Machine::Q35 { "q35" } else { "pc" },

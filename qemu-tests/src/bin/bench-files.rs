@@ -114,6 +114,50 @@ fn list(var: &str, default: &str) -> Vec<String> {
         .collect()
 }
 
+/// The pid of the QEMU started with `-name NAME`.
+fn qemu_pid(name: &str) -> Option<u32> {
+    let want = format!("\0-name\0{name},debug-threads=on\0");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        (cmdline.starts_with("qemu-system") && cmdline.contains(&want)).then_some(pid)
+    })
+}
+
+/// Host CPU seconds used so far by QEMU `pid`'s vCPU threads (`CPU n/TCG`) and by its other
+/// threads (main loop: the NIC backend). Counts only time on a host core, so unlike wall time it
+/// does not grow when other work on the host takes the cores.
+fn qemu_cpu(pid: u32) -> (f64, f64) {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let (mut vcpu, mut other) = (0.0, 0.0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0.0, 0.0);
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        // After "(comm) ": state is field 0; utime and stime are fields 11 and 12.
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+            .sum();
+        if comm.starts_with("CPU ") {
+            vcpu += ticks / hz;
+        } else {
+            other += ticks / hz;
+        }
+    }
+    (vcpu, other)
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -128,6 +172,11 @@ struct Row {
     readahead: String,
     local: f64,
     nfs: f64,
+    /// Medians of the vCPU threads' host CPU seconds per run.
+    local_vcpu: f64,
+    nfs_vcpu: f64,
+    /// Median host CPU seconds of QEMU's other threads (NIC backend) per /cluster run.
+    nfs_io: f64,
     load: String,
 }
 
@@ -224,8 +273,9 @@ fn node_run(
         cluster_nic,
         ..NodeOptions::default()
     };
-    let cluster =
-        Cluster::start_with(&format!("bench-files-{net}-{cpus}"), 1, image, switch, opts)?;
+    let prefix = format!("bench-files-{net}-{cpus}");
+    let cluster = Cluster::start_with(&prefix, 1, image, switch, opts)?;
+    let pid = qemu_pid(&format!("{prefix}-node1")).ok_or("cannot find the node's QEMU in /proc")?;
     let agent = Agent::new(&cluster.api(1)?.to_string(), Some(image.key_hex()?));
     let t0 = Instant::now();
     loop {
@@ -273,17 +323,29 @@ fn node_run(
     for (name, cmd, ra) in jobs {
         job(&agent, &format!("echo {ra} > {bdi}"))?;
         let (mut local, mut nfs) = (Vec::new(), Vec::new());
+        let (mut local_vcpu, mut nfs_vcpu, mut nfs_io) = (Vec::new(), Vec::new(), Vec::new());
         let before = loadavg();
         for i in 0..runs {
+            // CPU time spans the whole job (agent start, drop_caches, the read): the same
+            // overhead on both sides.
+            let c0 = qemu_cpu(pid);
             let l = timed(&agent, drop, &format!("{cmd} /tmp/in.dat"))?;
+            let c1 = qemu_cpu(pid);
             let n = timed(&agent, drop, &format!("{cmd} /cluster/in.dat"))?;
+            let c2 = qemu_cpu(pid);
             eprintln!(
-                "bench-files: {net} {cpus} vCPU readahead {ra} KiB {cmd} run {}: local {l:.2} s, /cluster {n:.2} s (load {})",
+                "bench-files: {net} {cpus} vCPU readahead {ra} KiB {cmd} run {}: local {l:.2} s (vCPU {:.2} s), /cluster {n:.2} s (vCPU {:.2} s, io {:.2} s) (load {})",
                 i + 1,
+                c1.0 - c0.0,
+                c2.0 - c1.0,
+                c2.1 - c1.1,
                 loadavg()
             );
             local.push(INPUT_MB as f64 / l);
             nfs.push(INPUT_MB as f64 / n);
+            local_vcpu.push(c1.0 - c0.0);
+            nfs_vcpu.push(c2.0 - c1.0);
+            nfs_io.push(c2.1 - c1.1);
         }
         rows.push(Row {
             net: net.into(),
@@ -292,6 +354,9 @@ fn node_run(
             readahead: ra,
             local: median(local),
             nfs: median(nfs),
+            local_vcpu: median(local_vcpu),
+            nfs_vcpu: median(nfs_vcpu),
+            nfs_io: median(nfs_io),
             load: format!("{before} → {}", loadavg()),
         });
     }
@@ -346,6 +411,31 @@ fn print_section(runs: usize, nodes: &[NodeRun]) {
                 r.nfs,
                 r.nfs / r.local,
                 r.load
+            );
+        }
+    }
+    println!(
+        "\nHost CPU seconds per job (medians; the job's whole run, agent and drop_caches included) of\n\
+         the node's vCPU threads, local and /cluster, and of QEMU's other threads (the NIC backend)\n\
+         for /cluster. Unlike wall time these do not grow when other work takes the host's cores:\n\
+         `vCPU ratio` = local vCPU s / /cluster vCPU s is what the node itself pays for reading over\n\
+         the network (for 1 vCPU, the ratio the node would reach with the host to itself and a server\n\
+         that answers at once).\n"
+    );
+    println!("| network | vCPUs | job | readahead KiB | local vCPU s | /cluster vCPU s | /cluster QEMU I/O s | vCPU ratio |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for n in nodes {
+        for r in &n.rows {
+            println!(
+                "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                net_name(&r.net),
+                r.cpus,
+                r.job,
+                r.readahead,
+                r.local_vcpu,
+                r.nfs_vcpu,
+                r.nfs_io,
+                r.local_vcpu / r.nfs_vcpu
             );
         }
     }
