@@ -235,6 +235,31 @@ pub struct Cluster {
     prefix: String,
     /// RAM of each VM.
     memory_mib: u32,
+    /// vCPUs of each VM.
+    cpus: u32,
+    /// Node number → its cluster NIC, instead of a port on `switch`.
+    cluster_nic: Option<ClusterNic>,
+}
+
+/// Makes node `number`'s NIC on the cluster segment (its MAC is set by the cluster).
+pub type ClusterNic = Box<dyn Fn(u32) -> Result<Nic, Error> + Send + Sync>;
+
+/// How [`Cluster::start_with`] makes its VMs.
+pub struct NodeOptions {
+    pub memory_mib: u32,
+    pub cpus: u32,
+    /// `None`: a port on the cluster's vde switch.
+    pub cluster_nic: Option<ClusterNic>,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            memory_mib: NODE_MEMORY_MIB,
+            cpus: 1,
+            cluster_nic: None,
+        }
+    }
 }
 
 impl Cluster {
@@ -277,6 +302,21 @@ impl Cluster {
         switch: VdeSwitch,
         memory_mib: u32,
     ) -> Result<Self, Error> {
+        let opts = NodeOptions {
+            memory_mib,
+            ..NodeOptions::default()
+        };
+        Self::start_with(prefix, n, image, switch, opts)
+    }
+
+    /// [`Cluster::start_on`] with VMs made as `opts` says (vCPUs, RAM, the cluster NIC).
+    pub fn start_with(
+        prefix: &str,
+        n: u32,
+        image: &ClusterImage,
+        switch: VdeSwitch,
+        opts: NodeOptions,
+    ) -> Result<Self, Error> {
         let mut cluster = Cluster {
             nodes: Vec::new(),
             images: Vec::new(),
@@ -284,7 +324,9 @@ impl Cluster {
             mapped: n,
             switch,
             prefix: prefix.to_owned(),
-            memory_mib,
+            memory_mib: opts.memory_mib,
+            cpus: opts.cpus,
+            cluster_nic: opts.cluster_nic,
         };
         let image = Arc::new(image.clone());
         let mut spawned = Vec::new();
@@ -329,10 +371,15 @@ impl Cluster {
         };
         let port = free_port()?;
         let migrate_port = free_port()?;
+        let cluster_nic = match &self.cluster_nic {
+            Some(make) => make(number)?,
+            None => Nic::vde(&self.switch),
+        };
         let vm = VmBuilder::new(&name)?
             .memory_mib(self.memory_mib)
+            .cpus(self.cpus)
             .kernel(&image.kernel, Some(image.initrd.clone()), &image.cmdline)
-            .nic(Nic::vde(&self.switch).mac(cluster_mac(number)))
+            .nic(cluster_nic.mac(cluster_mac(number)))
             .nic(
                 Nic::user()
                     .mac(format!("52:54:00:00:01:{number:02x}"))

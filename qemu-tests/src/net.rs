@@ -19,6 +19,10 @@ pub enum Netdev {
     Vde { sock: PathBuf },
     /// `-netdev socket,<spec>`, e.g. `listen=127.0.0.1:10001` / `connect=127.0.0.1:10001`.
     Socket { spec: String },
+    /// `-netdev tap,fd=N`: a tap the caller opened (with `IFF_VNET_HDR`, so QEMU offers the guest
+    /// checksum and segmentation offloads), e.g. [`crate::HostNetns::vm_tap`]. The descriptor is
+    /// inherited by QEMU and must stay open until QEMU has started.
+    TapFd { fd: std::os::fd::RawFd },
 }
 
 /// One NIC: a backend plus the guest-visible device.
@@ -48,6 +52,15 @@ impl Nic {
             netdev: Netdev::Vde {
                 sock: switch.sock().to_owned(),
             },
+            model: "virtio-net-pci".into(),
+            mac: None,
+        }
+    }
+
+    /// A NIC on a tap descriptor the caller holds (see [`Netdev::TapFd`]).
+    pub fn tap_fd(fd: std::os::fd::RawFd) -> Self {
+        Nic {
+            netdev: Netdev::TapFd { fd },
             model: "virtio-net-pci".into(),
             mac: None,
         }
@@ -92,6 +105,7 @@ impl Nic {
             }
             Netdev::Vde { sock } => format!("vde,id={id},sock={}", sock.display()),
             Netdev::Socket { spec } => format!("socket,id={id},{spec}"),
+            Netdev::TapFd { fd } => format!("tap,id={id},fd={fd}"),
         };
         let mut device = format!("{},netdev={id}", self.model);
         if let Some(mac) = &self.mac {

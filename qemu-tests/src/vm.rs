@@ -298,7 +298,8 @@ impl VmBuilder {
             Firmware::SeaBios => Machine::Pc,
         });
         let mut cmd = Command::new("qemu-system-x86_64");
-        cmd.args(["-name", &self.name])
+        // debug-threads: vCPU threads are named `CPU n/TCG` (benchmarks read their CPU time).
+        cmd.args(["-name", &format!("{},debug-threads=on", self.name)])
             .args([
                 "-machine",
                 if machine == Machine::Q35 { "q35" } else { "pc" },
@@ -357,6 +358,18 @@ impl VmBuilder {
         }
         for (i, nic) in self.nics.iter().enumerate() {
             cmd.args(nic.args(i));
+            if let crate::Netdev::TapFd { fd } = nic.netdev {
+                // SAFETY: between fork and exec; fcntl is async-signal-safe. Only the child's
+                // copy of the descriptor loses close-on-exec, so QEMU inherits it.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
         }
         cmd.args(&self.extra);
         Ok(cmd)
