@@ -17,7 +17,10 @@
 //! (reference-CPU seconds) is Pareto-distributed (x_m = 10 s, α = 2: mean 20 s, heavy tail,
 //! capped at 300 s). At the start every user has a job part-way through (a uniform fraction
 //! of its work left) on its home node. A node shares its CPUs equally among its jobs. A
-//! migration freezes its job for 1 s; the balancer decides once a second per node. One node
+//! migration freezes its job for 1 s; the balancer decides once a second per node, confirming
+//! each move against the target's job count plus the moves announced to it
+//! (`balance::Reservations`, what the daemon reads from the target's `/api/jobs`) and announcing
+//! its own, as the daemon does. One node
 //! is killed during the run (its jobs are lost; their users submit again). Everything is
 //! drawn from one seeded generator: a run is reproducible.
 
