@@ -17,7 +17,10 @@
 //! (reference-CPU seconds) is Pareto-distributed (x_m = 10 s, α = 2: mean 20 s, heavy tail,
 //! capped at 300 s). At the start every user has a job part-way through (a uniform fraction
 //! of its work left) on its home node. A node shares its CPUs equally among its jobs. A
-//! migration freezes its job for 1 s; the balancer decides once a second per node. One node
+//! migration freezes its job for 1 s; the balancer decides once a second per node, confirming
+//! each move against the target's job count plus the moves announced to it
+//! (`balance::Reservations`, what the daemon reads from the target's `/api/jobs`) and announcing
+//! its own, as the daemon does. One node
 //! is killed during the run (its jobs are lost; their users submit again). Everything is
 //! drawn from one seeded generator: a run is reproducible.
 
@@ -158,6 +161,8 @@ struct Job {
     since: Ms,
     /// The user who submitted it (index into the users' home nodes).
     user: usize,
+    /// Migrations so far.
+    moves: u32,
 }
 
 struct Node {
@@ -168,6 +173,8 @@ struct Node {
     hot: bool,
     alive: bool,
     jobs: Vec<Job>,
+    /// Moves announced to this node (its `POST /api/jobs/:id/incoming`).
+    incoming: balance::Reservations,
     /// Balancer round phase within a second.
     phase: Ms,
     sent_this_s: u64,
@@ -241,6 +248,7 @@ pub fn run(setup: &Setup) -> Report {
                 hot: rng.below(10) == 0,
                 alive: true,
                 jobs: Vec::new(),
+                incoming: balance::Reservations::default(),
                 phase: rng.below(10) * STEP_MS,
                 sent_this_s: 0,
             }
@@ -326,6 +334,7 @@ pub fn run(setup: &Setup) -> Report {
                     work,
                     since: now,
                     user,
+                    moves: 0,
                 });
             }
         }
@@ -352,6 +361,7 @@ pub fn run(setup: &Setup) -> Report {
                     work: rng.work(),
                     since: now,
                     user,
+                    moves: 0,
                 });
             }
         }
@@ -388,6 +398,7 @@ pub fn run(setup: &Setup) -> Report {
             nodes[f.from].b.finished(now, &f.mv, ok);
             if ok {
                 report.migrations += 1;
+                f.job.moves += 1;
                 nodes[f.to].jobs.push(f.job);
             } else if nodes[f.from].alive {
                 nodes[f.from].jobs.push(f.job);
@@ -414,34 +425,51 @@ pub fn run(setup: &Setup) -> Report {
                     pinned: false,
                     share: 1.0,
                     resident_ms: now - j.since,
+                    fresh: j.moves == 0,
                 })
                 .collect();
-            let Some(mv) = node.b.decide(now, &me, &peers, &jobs) else {
+            // As the daemon: up to `TRIES` decisions, each confirmed against the target's job
+            // count plus the moves announced to it (its `/api/jobs`); a refused target is
+            // skipped by the next decision.
+            let mut chosen = None;
+            for _ in 0..balance::TRIES {
+                let Some(mv) = nodes[i].b.decide(now, &me, &peers, &jobs) else {
+                    break;
+                };
+                let to = mv.to as usize - 1;
+                let t = &mut nodes[to];
+                // A dead target does not answer: the gossiped figure stands.
+                let answers = t.alive;
+                let reported = {
+                    let on_table = &t.jobs;
+                    let count = t.jobs.len() as u32
+                        + t.incoming
+                            .count(now, |id| on_table.iter().any(|j| j.id == id));
+                    balance::Node {
+                        number: mv.to,
+                        load: balance::count_load(count, t.speed, t.cpus),
+                        speed: t.speed,
+                        cpus: t.cpus,
+                        mem_free: t.m.me().load.mem_free,
+                        state: State::Up,
+                        accepts_guests: true,
+                        cpu_ok: true,
+                    }
+                };
+                if answers && !nodes[i].b.confirm(now, &mv, &me, &reported) {
+                    continue;
+                }
+                if answers {
+                    nodes[to].incoming.reserve(now, &mv.job);
+                }
+                chosen = Some(mv);
+                break;
+            }
+            let Some(mv) = chosen else {
                 continue;
             };
             let to = mv.to as usize - 1;
-            // The target's load now, from its job table (the daemon counts the target's
-            // /api/jobs); jobs still on their way there are not in it yet.
-            let reported = {
-                let t = &nodes[to];
-                let l = &t.m.me().load;
-                balance::Node {
-                    number: mv.to,
-                    load: balance::count_load(t.jobs.len() as u32, t.speed, t.cpus),
-                    speed: t.speed,
-                    cpus: t.cpus,
-                    mem_free: l.mem_free,
-                    state: State::Up,
-                    accepts_guests: true,
-                    cpu_ok: true,
-                }
-            };
-            // A dead target does not answer: the gossiped figure stands.
-            let answers = nodes[to].alive;
             let node = &mut nodes[i];
-            if answers && !node.b.confirm(now, &mv, &me, &reported) {
-                continue;
-            }
             let Some(pos) = node.jobs.iter().position(|j| j.id == mv.job) else {
                 continue;
             };

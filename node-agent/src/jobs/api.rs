@@ -5,7 +5,8 @@
 //! | route | answer |
 //! |---|---|
 //! | `POST /api/jobs` `{"cmd": [...], "pin", "cwd", "env": {"K": "V"}}` | key; 201 and the job |
-//! | `GET /api/jobs` | `{"node", "jobs": [...], "migrations": [...]}` of this node |
+//! | `GET /api/jobs` | `{"node", "jobs": [...], "migrations": [...], "incoming": n}` of this node (`incoming`: moves announced here, not arrived) |
+//! | `POST /api/jobs/:id/incoming` | key; a balancer announces it is sending job `id` here (`balance::Reservations`) |
 //! | `GET /api/jobs/:id` | the job, from the node that runs it |
 //! | `GET /api/jobs/:id/output?stream=stdout&offset=N` | raw bytes of the output from byte N |
 //! | `POST /api/jobs/:id/migrate` `{"to": "2"\|"node2"\|"home"}` | key; the migration record |
@@ -48,6 +49,7 @@ pub fn router(ctx: Ctx) -> Router {
         .route("/api/jobs/:id", get(one))
         .route("/api/jobs/:id/output", get(output))
         .route("/api/jobs/:id/migrate", post(migrate))
+        .route("/api/jobs/:id/incoming", post(incoming))
         .route("/api/jobs/:id/kill", post(kill))
         .route("/api/jobs/:id/freeze", post(freeze))
         .route("/api/jobs/:id/continue", post(thaw))
@@ -274,8 +276,30 @@ async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> 
 }
 
 async fn list(Extract(ctx): Extract<Ctx>) -> Json<Value> {
+    let incoming = ctx.engine.incoming();
     let t = ctx.engine.table();
-    Json(json!({ "node": ctx.engine.me, "jobs": t.list(), "migrations": t.migrations }))
+    Json(
+        json!({ "node": ctx.engine.me, "jobs": t.list(), "migrations": t.migrations, "incoming": incoming }),
+    )
+}
+
+/// A source's balancer announces that job `id` is on its way here.
+async fn incoming(
+    Extract(ctx): Extract<Ctx>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !ctx.shared.authorized(&headers) {
+        return unauthorized();
+    }
+    if ctx.engine.announce_incoming(&id) {
+        Json(json!({ "incoming": ctx.engine.incoming() })).into_response()
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("too many moves announced to node {}", ctx.engine.me),
+        )
+    }
 }
 
 async fn cluster_jobs(Extract(ctx): Extract<Ctx>) -> Json<Value> {

@@ -51,6 +51,10 @@ pub type Ms = u64;
 pub struct Params {
     /// A job must have run this long on a node before it moves again.
     pub min_residency_ms: Ms,
+    /// A job that never moved may leave its home this soon after it started (one demand sample
+    /// later): new jobs arriving on a busy home are the main source of imbalance, and a job that
+    /// never moved cannot ping-pong.
+    pub fresh_residency_ms: Ms,
     /// Relative hysteresis: the target must stay below the source by this fraction of the job's
     /// load there, on top of its load.
     pub hysteresis: f64,
@@ -71,6 +75,7 @@ impl Default for Params {
     fn default() -> Self {
         Params {
             min_residency_ms: 10_000,
+            fresh_residency_ms: 2_000,
             hysteresis: 0.25,
             margin: 0.0,
             mem_low: 32 << 20,
@@ -106,6 +111,9 @@ pub struct LocalJob {
     pub share: f64,
     /// Milliseconds since it started or arrived here.
     pub resident_ms: Ms,
+    /// Never migrated yet (still on its home node since it started): such a job waits only
+    /// `fresh_residency_ms`, not `min_residency_ms`, before it may move.
+    pub fresh: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -234,7 +242,15 @@ impl Balancer {
         }
         let movable: Vec<&LocalJob> = jobs
             .iter()
-            .filter(|j| !j.pinned && j.resident_ms >= p.min_residency_ms)
+            .filter(|j| {
+                !j.pinned
+                    && j.resident_ms
+                        >= if j.fresh {
+                            p.fresh_residency_ms
+                        } else {
+                            p.min_residency_ms
+                        }
+            })
             .collect();
         if movable.is_empty() {
             return None;
@@ -367,6 +383,94 @@ impl Balancer {
             self.failed.insert(mv.to, now);
         }
     }
+}
+
+/// Decide/confirm attempts per round: a peer the confirmation refuses is skipped and another
+/// qualifying one drawn at once, instead of losing the whole second.
+pub const TRIES: usize = 3;
+
+/// How long a reservation for an announced incoming move stands when the job does not arrive.
+pub const RESERVE_MS: Ms = 15_000;
+
+/// Moves announced to this node (`POST /api/jobs/:id/incoming` before the source starts the
+/// migration): the confirmation of the next source counts them with the jobs here
+/// (`GET /api/jobs` answers `incoming`), so several sources confirming against the same idle
+/// node within the few seconds a migration takes do not all find it idle. A reservation ends
+/// when its job is in the job table here or after [`RESERVE_MS`].
+#[derive(Debug, Clone, Default)]
+pub struct Reservations {
+    /// job id → when announced.
+    by_job: BTreeMap<String, Ms>,
+}
+
+impl Reservations {
+    /// Bounds the table against a misbehaving peer (a real node announces one move at a time).
+    pub const MAX: usize = 256;
+
+    /// Records an announced move of `job` here; false when the table is full.
+    pub fn reserve(&mut self, now: Ms, job: &str) -> bool {
+        self.by_job
+            .retain(|_, at| now < at.saturating_add(RESERVE_MS));
+        if self.by_job.len() >= Self::MAX && !self.by_job.contains_key(job) {
+            return false;
+        }
+        self.by_job.insert(job.to_string(), now);
+        true
+    }
+
+    /// Announced moves still on their way: not expired and not yet in the job table
+    /// (`arrived(id)`).
+    pub fn count(&mut self, now: Ms, arrived: impl Fn(&str) -> bool) -> u32 {
+        self.by_job
+            .retain(|id, at| now < at.saturating_add(RESERVE_MS) && !arrived(id));
+        self.by_job.len() as u32
+    }
+}
+
+/// The target's current job count for [`Balancer::confirm`], from its `GET /api/jobs` at
+/// `api`: jobs not ended plus the announced moves still on their way (`incoming`, 0 from an
+/// agent that does not report it). `None`: no answer, or not a job list.
+pub fn target_jobs(api: std::net::SocketAddr) -> Option<u32> {
+    let (status, v) = super::engine::get_json(api, "/api/jobs")?;
+    if status != 200 {
+        return None;
+    }
+    let jobs = v.get("jobs")?.as_array()?;
+    let live = jobs
+        .iter()
+        .filter(|j| {
+            !matches!(
+                j.get("state").and_then(|s| s.as_str()),
+                Some("moved" | "exited" | "lost")
+            )
+        })
+        .count() as u32;
+    let incoming = v.get("incoming").and_then(|n| n.as_u64()).unwrap_or(0);
+    Some(live.saturating_add(u32::try_from(incoming).unwrap_or(u32::MAX)))
+}
+
+/// Announces the move of `job` to the target whose API is at `api` (`POST
+/// /api/jobs/:id/incoming`, cluster key as bearer token). True when the target recorded it;
+/// an older target (404) or no answer: false, and the move goes ahead anyway.
+pub fn announce(api: std::net::SocketAddr, key_hex: &str, job: &str) -> bool {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&api, Duration::from_secs(5)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+    let head = format!(
+        "POST /api/jobs/{job}/incoming HTTP/1.0\r\nHost: {api}\r\nAuthorization: Bearer {key_hex}\r\nContent-Length: 0\r\n\r\n"
+    );
+    if s.write_all(head.as_bytes()).is_err() {
+        return false;
+    }
+    let mut raw = Vec::new();
+    if s.take(1 << 16).read_to_end(&mut raw).is_err() {
+        return false;
+    }
+    super::api::parse_response(&raw).is_some_and(|(status, ..)| status == 200)
 }
 
 /// CPU demand of a job from `/proc`: time running plus time waiting in the run queue
@@ -584,19 +688,20 @@ pub fn run(
         }
         let (me, nodes) = view(&mut shared.membership(), cpus, &compat);
         let samples = demand::sample();
-        let running: Vec<(String, i32, bool)> = engine
+        let running: Vec<(String, i32, bool, bool)> = engine
             .table()
             .list()
             .into_iter()
             .filter(|j| j.state == JobState::Running)
             .filter_map(|j| {
                 let keep = j.pinned || super::files::is_unmovable(j.reason.as_deref());
-                Some((j.id, j.pid?, keep))
+                let fresh = j.migrations == 0 && j.home == engine.me;
+                Some((j.id, j.pid?, keep, fresh))
             })
             .collect();
-        seen.retain(|id, _| running.iter().any(|(r, _, _)| r == id));
+        seen.retain(|id, _| running.iter().any(|(r, ..)| r == id));
         let mut jobs = Vec::new();
-        for (id, pid, pinned) in running {
+        for (id, pid, pinned, fresh) in running {
             let ns = samples.get(&pid).copied();
             let e = seen.entry(id.clone()).or_insert((pid, now, None, 1.0));
             if e.0 != pid {
@@ -616,46 +721,50 @@ pub fn run(
                 pinned,
                 share: e.3,
                 resident_ms: now - e.1,
+                fresh,
             });
         }
-        let Some(mv) = balancer.decide(now, &me, &nodes, &jobs) else {
-            continue;
-        };
-        let Some((_, addr)) = super::api::resolve(&shared, &mv.to.to_string(), me.number) else {
-            continue;
-        };
-        // The target's load now, from its job table (gossip may be seconds behind);
-        // unanswered: the gossiped figure stands (the migration itself then finds out).
-        let api = std::net::SocketAddr::new(addr.into(), api_port);
-        let live_jobs = super::engine::get_json(api, "/api/jobs").and_then(|(status, v)| {
-            let jobs = v.get("jobs")?.as_array()?;
-            let live = jobs
-                .iter()
-                .filter(|j| {
-                    !matches!(
-                        j.get("state").and_then(|s| s.as_str()),
-                        Some("moved" | "exited" | "lost")
-                    )
-                })
-                .count();
-            (status == 200).then_some(live as u32)
-        });
-        if let (Some(n), Some(gossiped)) = (live_jobs, nodes.iter().find(|n| n.number == mv.to)) {
-            let load = count_load(n, gossiped.speed, gossiped.cpus);
-            let target = Node {
-                load,
-                ..gossiped.clone()
+        // A refused target is skipped from then on: draw another one, a few times.
+        let mut chosen = None;
+        for _ in 0..TRIES {
+            let Some(mv) = balancer.decide(now, &me, &nodes, &jobs) else {
+                break;
             };
-            if !balancer.confirm(now, &mv, &me, &target) {
-                crate::info!(
-                    "jobs: balance: node {} is busier now ({load:.2}) than gossip said ({:.2}); job {} stays",
-                    mv.to,
-                    gossiped.load,
-                    mv.job
-                );
-                continue;
+            let Some((_, addr)) = super::api::resolve(&shared, &mv.to.to_string(), me.number)
+            else {
+                break;
+            };
+            // The target's load now, from its job table and the moves announced to it (gossip
+            // may be seconds behind); unanswered: the gossiped figure stands (the migration
+            // itself then finds out).
+            let api = std::net::SocketAddr::new(addr.into(), api_port);
+            if let (Some(n), Some(gossiped)) =
+                (target_jobs(api), nodes.iter().find(|n| n.number == mv.to))
+            {
+                let load = count_load(n, gossiped.speed, gossiped.cpus);
+                let target = Node {
+                    load,
+                    ..gossiped.clone()
+                };
+                if !balancer.confirm(now, &mv, &me, &target) {
+                    crate::info!(
+                        "jobs: balance: node {} is busier now ({load:.2}) than gossip said ({:.2}); job {} stays",
+                        mv.to,
+                        gossiped.load,
+                        mv.job
+                    );
+                    continue;
+                }
             }
+            if let Some(key) = shared.key_hex.as_deref() {
+                announce(api, key, &mv.job);
+            }
+            chosen = Some((mv, addr));
+            break;
         }
+        let Some((mv, addr)) = chosen else {
+            continue;
+        };
         crate::info!(
             "jobs: balance: job {} to node {} ({}; job load here {:.2}, jobs {:?})",
             mv.job,
@@ -709,6 +818,8 @@ mod tests {
         /// In flight: (job, from, to, ends at)
         flying: Vec<(String, u32, u32, Ms)>,
         mig_ms: Ms,
+        /// Jobs that never moved count as fresh (`LocalJob::fresh`).
+        fresh: bool,
     }
 
     impl Sim {
@@ -728,6 +839,7 @@ mod tests {
                 now: 0,
                 moves: Vec::new(),
                 flying: Vec::new(),
+                fresh: false,
                 mig_ms: 2000,
             }
         }
@@ -807,6 +919,7 @@ mod tests {
                         pinned: j.1,
                         share: 1.0,
                         resident_ms: now - j.2,
+                        fresh: self.fresh && !self.moves.iter().any(|m| &m.0 == id),
                     })
                     .collect();
                 let b = self.balancers.get_mut(&me.number).unwrap();
@@ -984,6 +1097,7 @@ mod tests {
                 pinned: false,
                 share: 1.0,
                 resident_ms: 20_000,
+                fresh: false,
             })
             .collect();
         let mut b = Balancer::default();
@@ -1034,12 +1148,14 @@ mod tests {
             pinned: false,
             share: 1.0,
             resident_ms: 3_000,
+            fresh: false,
         };
         let idle = LocalJob {
             id: "1.2".into(),
             pinned: false,
             share: 0.01,
             resident_ms: 60_000,
+            fresh: false,
         };
         let mut b = Balancer::default();
         assert_eq!(
@@ -1209,6 +1325,7 @@ mod tests {
                     pinned,
                     share,
                     resident_ms: s * 1000,
+                    fresh: false,
                 })
                 .collect();
             let got = Balancer::default()
@@ -1277,6 +1394,7 @@ mod tests {
                 pinned: false,
                 share: 1.0,
                 resident_ms: 60_000,
+                fresh: false,
             })
             .collect();
         let mut targets = std::collections::BTreeSet::new();
@@ -1319,6 +1437,7 @@ mod tests {
                 pinned: false,
                 share: 1.0,
                 resident_ms: 60_000,
+                fresh: false,
             })
             .collect();
         let mut b = Balancer::seeded(Params::default(), 1);
@@ -1364,5 +1483,205 @@ mod tests {
         assert_eq!(demand::parse("garbage", "1 2 3"), None);
         assert_eq!(demand::share(Some(0), Some(1_000_000_000), 1000), Some(1.0));
         assert_eq!(demand::share(None, Some(1), 1000), None);
+    }
+
+    fn jobs_of(n: usize, resident_ms: Ms, fresh: bool) -> Vec<LocalJob> {
+        (0..n)
+            .map(|i| LocalJob {
+                id: format!("1.{i}"),
+                pinned: false,
+                share: 1.0,
+                resident_ms,
+                fresh,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_job_at_home_may_leave_after_one_demand_sample() {
+        let mut me = node(1, 100.0);
+        me.load = 3.0;
+        let peers = vec![node(2, 100.0)];
+        let p = Params::default();
+        let mut b = Balancer::seeded(p.clone(), 1);
+        // Never moved, here for longer than `fresh_residency_ms`: it goes.
+        let mv = b.decide(
+            p.fresh_residency_ms,
+            &me,
+            &peers,
+            &jobs_of(3, p.fresh_residency_ms, true),
+        );
+        assert_eq!(mv.map(|m| m.to), Some(2));
+        // Too young even for a fresh job (its demand is not measured yet).
+        let mut b = Balancer::seeded(p.clone(), 1);
+        assert_eq!(b.decide(1000, &me, &peers, &jobs_of(3, 1000, true)), None);
+        // A job that arrived by migration waits the full minimum residency (no ping-pong).
+        let mut b = Balancer::seeded(p.clone(), 1);
+        let young = p.min_residency_ms - 1;
+        assert_eq!(
+            b.decide(young, &me, &peers, &jobs_of(3, young, false)),
+            None
+        );
+        let mv = b.decide(
+            p.min_residency_ms,
+            &me,
+            &peers,
+            &jobs_of(3, p.min_residency_ms, false),
+        );
+        assert_eq!(mv.map(|m| m.to), Some(2));
+    }
+
+    #[test]
+    fn fresh_jobs_settle_without_ping_pong() {
+        // Jobs submitted on node 1 one after another, as users do: each may leave after
+        // `fresh_residency_ms`, and once moved waits `min_residency_ms`; after settling, nothing
+        // moves for 1000 rounds.
+        let mut sim = Sim::new(vec![node(1, 100.0), node(2, 100.0), node(3, 100.0)]);
+        sim.fresh = true;
+        for _ in 0..7 {
+            sim.add_jobs(1, 1, false);
+            sim.rounds(1);
+        }
+        sim.rounds(60);
+        let settled = sim.moves.len();
+        let counts = [sim.count(1), sim.count(2), sim.count(3)];
+        assert!(
+            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1,
+            "{counts:?} {:?}",
+            sim.moves
+        );
+        let first = sim.moves.first().map(|m| m.3).unwrap();
+        assert!(
+            first < 10_000,
+            "a fresh job left before the minimum residency: {:?}",
+            sim.moves
+        );
+        sim.rounds(1000);
+        assert_eq!(sim.moves.len(), settled, "{:?}", sim.moves);
+        let mut per_job: BTreeMap<&str, usize> = BTreeMap::new();
+        for m in &sim.moves {
+            *per_job.entry(&m.0).or_default() += 1;
+        }
+        assert!(per_job.values().all(|n| *n == 1), "{:?}", sim.moves);
+    }
+
+    #[test]
+    fn announced_moves_count_on_the_target_until_they_arrive_or_expire() {
+        let mut r = Reservations::default();
+        assert!(r.reserve(0, "1.1"));
+        assert!(r.reserve(100, "3.7"));
+        assert!(r.reserve(200, "3.7"), "announcing twice counts once");
+        assert_eq!(r.count(500, |_| false), 2);
+        assert_eq!(r.count(600, |id| id == "1.1"), 1, "1.1 arrived");
+        assert_eq!(r.count(200 + RESERVE_MS, |_| false), 0, "3.7 never came");
+        for i in 0..Reservations::MAX {
+            assert!(r.reserve(1000, &format!("9.{i}")));
+        }
+        assert!(!r.reserve(1000, "9.x"), "bounded");
+
+        // A source at 4 jobs on one core, an idle 1-core target: free until two moves are
+        // announced to it, refused with three (3 + 1.25 is not below 4).
+        let mut me = node(1, 100.0);
+        me.load = 4.0;
+        let target = node(2, 100.0);
+        let mut b = Balancer::seeded(Params::default(), 3);
+        let mv = b
+            .decide(
+                20_000,
+                &me,
+                std::slice::from_ref(&target),
+                &jobs_of(4, 20_000, false),
+            )
+            .unwrap();
+        let with = |n: u32| Node {
+            load: count_load(n, 100.0, 1),
+            ..target.clone()
+        };
+        assert!(b.confirm(20_000, &mv, &me, &with(2)));
+        assert!(!b.confirm(20_000, &mv, &me, &with(3)));
+        // Refused: the next decision draws another peer (none here).
+        assert_eq!(
+            b.decide(
+                20_000,
+                &me,
+                std::slice::from_ref(&target),
+                &jobs_of(4, 20_000, false)
+            ),
+            None
+        );
+    }
+
+    /// A loopback HTTP server answering each connection with the next canned answer; returns
+    /// its address and the requests it saw.
+    fn serve(
+        answers: Vec<&'static str>,
+    ) -> (std::net::SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let h = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for body in answers {
+                let (mut s, _) = l.accept().unwrap();
+                let mut req = Vec::new();
+                let mut b = [0u8; 1];
+                while !req.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap() == 1 {
+                    req.push(b[0]);
+                }
+                seen.push(String::from_utf8_lossy(&req).into_owned());
+                let (status, body) = body.split_once(' ').unwrap();
+                write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+            seen
+        });
+        (addr, h)
+    }
+
+    #[test]
+    fn the_target_count_is_read_from_its_job_list_over_http() {
+        let (addr, server) = serve(vec![
+            // A current agent: 2 live jobs, a moved and an exited one, 1 move announced.
+            r#"200 {"node":2,"jobs":[{"id":"2.1","state":"running"},{"id":"2.2","state":"moved"},{"id":"1.3","state":"arriving"},{"id":"2.4","state":"exited"}],"migrations":[],"incoming":1}"#,
+            // An older agent: no `incoming`.
+            r#"200 {"node":2,"jobs":[{"id":"2.1","state":"frozen"}],"migrations":[]}"#,
+            r#"500 {"error":"x"}"#,
+            r#"200 {"nothing":"here"}"#,
+            r#"200 {"incoming":1}"#,
+            r#"404 {"error":"no route"}"#,
+        ]);
+        assert_eq!(target_jobs(addr), Some(3));
+        assert_eq!(target_jobs(addr), Some(1));
+        assert_eq!(target_jobs(addr), None, "an error answer is no figure");
+        assert_eq!(target_jobs(addr), None, "not a job list");
+        assert!(announce(addr, "abcd", "1.7"));
+        assert!(
+            !announce(addr, "abcd", "1.8"),
+            "an older agent without the route"
+        );
+        let seen = server.join().unwrap();
+        assert!(
+            seen[0].starts_with("GET /api/jobs HTTP/1.0\r\n"),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[4].starts_with("POST /api/jobs/1.7/incoming HTTP/1.0\r\n"),
+            "{}",
+            seen[4]
+        );
+        assert!(
+            seen[4].contains("Authorization: Bearer abcd\r\n"),
+            "{}",
+            seen[4]
+        );
+        // Nobody listening: no figure, no announcement, no panic.
+        drop(std::net::TcpListener::bind(addr));
+        assert_eq!(target_jobs(addr), None);
+        assert!(!announce(addr, "abcd", "1.9"));
     }
 }

@@ -183,6 +183,10 @@ pub struct Engine {
     root: PathBuf,
     /// TCP port of the migration listener (the same on every node).
     pub port: u16,
+    /// Moves other nodes' balancers announced to this node (`balance::Reservations`), on a
+    /// clock counted from `created`.
+    incoming: Mutex<super::balance::Reservations>,
+    created: Instant,
 }
 
 impl Engine {
@@ -199,7 +203,29 @@ impl Engine {
             me,
             root,
             port,
+            incoming: Mutex::new(Default::default()),
+            created: Instant::now(),
         }
+    }
+
+    /// Records a move of `job` to this node that a source's balancer announced; false when
+    /// too many are announced already.
+    pub fn announce_incoming(&self, job: &str) -> bool {
+        let now = self.created.elapsed().as_millis() as u64;
+        self.incoming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reserve(now, job)
+    }
+
+    /// Announced moves not arrived yet (see [`super::balance::Reservations`]).
+    pub fn incoming(&self) -> u32 {
+        let now = self.created.elapsed().as_millis() as u64;
+        let t = self.table();
+        self.incoming
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .count(now, |id| t.get(id).is_ok_and(|j| j.node == self.me))
     }
 
     pub fn table(&self) -> MutexGuard<'_, Table> {
@@ -1745,6 +1771,19 @@ mod tests {
         assert_eq!(owner_verdict(None, 2), Verdict::Ask);
         assert_eq!(owner_verdict(Some((502, &json!({}))), 2), Verdict::Ask);
         assert_eq!(owner_verdict(Some((404, &json!({}))), 2), Verdict::Ask);
+    }
+
+    #[test]
+    fn announced_moves_count_until_the_job_is_here() {
+        let engine = Engine::new(1, None, std::env::temp_dir(), 0);
+        assert!(engine.announce_incoming("2.5"));
+        assert!(engine.announce_incoming("3.1"));
+        assert_eq!(engine.incoming(), 2);
+        // 2.5 arrived (a record of it running here).
+        let mut j = test_job("2.5", 77);
+        j.home = 2;
+        engine.table().insert(j).unwrap();
+        assert_eq!(engine.incoming(), 1);
     }
 
     fn test_job(id: &str, pid: i32) -> Job {
