@@ -66,7 +66,10 @@ impl Index {
         let mut blocks: Vec<Option<String>> = Vec::new();
         let mut current: Option<(String, Definition)> = None;
         let mut in_menu_header = false;
-        let mut in_help = false;
+        // Inside a help text: the indentation of its first line, once seen. Kconfig ends the text
+        // at the first non-blank line indented less than that, so an entry inside a `choice`
+        // (indented itself) that follows another entry's help is still seen.
+        let mut in_help: Option<Option<usize>> = None;
         let mut lines = text.lines().enumerate().peekable();
         while let Some((i, raw)) = lines.next() {
             // Kconfig continues lines with a trailing backslash.
@@ -79,12 +82,19 @@ impl Index {
                 }
             }
             let trimmed = line.trim();
-            if in_help {
-                // Help text runs until a line that is not indented deeper (or blank).
-                if trimmed.is_empty() || raw.starts_with(char::is_whitespace) {
+            if let Some(help_indent) = in_help {
+                if trimmed.is_empty() {
                     continue;
                 }
-                in_help = false;
+                let indent = indentation(raw);
+                match help_indent {
+                    None if indent > 0 => {
+                        in_help = Some(Some(indent));
+                        continue;
+                    }
+                    Some(first) if indent >= first => continue,
+                    _ => in_help = None,
+                }
             }
             let (word, rest) = trimmed
                 .split_once(char::is_whitespace)
@@ -124,7 +134,7 @@ impl Index {
                     blocks.pop();
                 }
                 "endchoice" => self.finish(current.take()),
-                "help" | "---help---" => in_help = true,
+                "help" | "---help---" => in_help = Some(None),
                 "depends" => {
                     let expr =
                         strip_comment(rest.strip_prefix("on").unwrap_or(rest).trim()).to_string();
@@ -234,6 +244,19 @@ impl Index {
     }
 }
 
+/// Width of a line's leading whitespace, a tab counting to the next multiple of 8 (as kconfig).
+fn indentation(line: &str) -> usize {
+    let mut width = 0;
+    for c in line.chars() {
+        match c {
+            ' ' => width += 1,
+            '\t' => width = (width / 8 + 1) * 8,
+            _ => break,
+        }
+    }
+    width
+}
+
 fn paren(expr: &str) -> String {
     if expr.contains("||") {
         format!("({expr})")
@@ -296,6 +319,23 @@ config SOCK_HELPER
         idx.add_file(Path::new("net/Kconfig"), NET_KCONFIG, &mut selects);
         idx.link_selects(selects);
         idx
+    }
+
+    /// security/Kconfig.hardening's shape: indented entries of a `choice`, each after the help
+    /// text of the one before (kconfig ends a help text at a line indented less than its first).
+    #[test]
+    fn indented_choice_entries_after_a_help_text_are_options() {
+        const HARDENING: &str = "choice\n\tprompt \"Initialize\"\n\tdefault INIT_STACK_ALL_ZERO\n\thelp\n\t  Text.\n\n\tconfig INIT_STACK_NONE\n\t\tbool \"none\"\n\t\thelp\n\t\t  Disable.\n\t\t  config NOT_AN_OPTION either\n\n\tconfig INIT_STACK_ALL_ZERO\n\t\tbool \"zero\"\n\t\thelp\n\t\t  Zero.\n\nendchoice\n";
+        let mut idx = Index::default();
+        let mut selects = Vec::new();
+        idx.add_file(
+            Path::new("security/Kconfig.hardening"),
+            HARDENING,
+            &mut selects,
+        );
+        assert_eq!(idx.defs["INIT_STACK_NONE"][0].line, 7);
+        assert_eq!(idx.defs["INIT_STACK_ALL_ZERO"][0].line, 13);
+        assert!(!idx.defs.contains_key("NOT_AN_OPTION"));
     }
 
     #[test]
