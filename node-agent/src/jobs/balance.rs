@@ -453,24 +453,9 @@ pub fn target_jobs(api: std::net::SocketAddr) -> Option<u32> {
 /// /api/jobs/:id/incoming`, cluster key as bearer token). True when the target recorded it;
 /// an older target (404) or no answer: false, and the move goes ahead anyway.
 pub fn announce(api: std::net::SocketAddr, key_hex: &str, job: &str) -> bool {
-    use std::io::{Read, Write};
-    use std::time::Duration;
-    let Ok(mut s) = std::net::TcpStream::connect_timeout(&api, Duration::from_secs(5)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
-    let head = format!(
-        "POST /api/jobs/{job}/incoming HTTP/1.0\r\nHost: {api}\r\nAuthorization: Bearer {key_hex}\r\nContent-Length: 0\r\n\r\n"
-    );
-    if s.write_all(head.as_bytes()).is_err() {
-        return false;
-    }
-    let mut raw = Vec::new();
-    if s.take(1 << 16).read_to_end(&mut raw).is_err() {
-        return false;
-    }
-    super::api::parse_response(&raw).is_some_and(|(status, ..)| status == 200)
+    let path = format!("/api/jobs/{job}/incoming");
+    super::engine::api_request(api, "POST", &path, Some(key_hex))
+        .is_some_and(|(status, _)| status == 200)
 }
 
 /// CPU demand of a job from `/proc`: time running plus time waiting in the run queue

@@ -1574,11 +1574,29 @@ fn remove_rounds(dir: &Path) {
 /// `GET path` on the agent API at `addr` (HTTP/1.0): status and JSON body, `None` when the
 /// agent does not answer.
 pub(crate) fn get_json(addr: SocketAddr, path: &str) -> Option<(u16, serde_json::Value)> {
+    api_request(addr, "GET", path, None)
+}
+
+/// `method path` without a body on the agent API at `addr` (HTTP/1.0), with the cluster key
+/// as bearer token when given: status and JSON body (null when not JSON), `None` when the
+/// agent does not answer.
+pub(crate) fn api_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+) -> Option<(u16, serde_json::Value)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    s.set_write_timeout(Some(Duration::from_secs(10))).ok()?;
+    let auth = bearer.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+    .ok()?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
+    s.take(1 << 24).read_to_end(&mut raw).ok()?;
     let (status, _, _, body) = super::api::parse_response(&raw)?;
     Some((status, serde_json::from_slice(&body).unwrap_or_default()))
 }
