@@ -1178,7 +1178,11 @@ mod tests {
         let mut t = 100;
         let mut wait = backoff;
         for _ in 0..8 {
-            assert_eq!(b.decide(t + wait - 1, &me, &nodes, &jobs), None, "at {wait}");
+            assert_eq!(
+                b.decide(t + wait - 1, &me, &nodes, &jobs),
+                None,
+                "at {wait}"
+            );
             t += wait;
             fail_at(&mut b, t);
             wait = (wait * 2).min(JOB_BACKOFF_MAX_MS);
@@ -1186,7 +1190,9 @@ mod tests {
         assert_eq!(wait, JOB_BACKOFF_MAX_MS);
         // A success forgets the failures.
         t += wait;
-        let mv = b.decide(t, &me, &nodes, &jobs).expect("a move after the cap");
+        let mv = b
+            .decide(t, &me, &nodes, &jobs)
+            .expect("a move after the cap");
         b.started(&mv);
         b.finished(t, &mv, true);
         assert!(b.job_failures.is_empty());
