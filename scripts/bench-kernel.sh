@@ -14,6 +14,7 @@
 # the boot comparison (3) with that kernel; the compile rows then say "not run".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/install-deps.sh bench >&2
 DROVE=${DROVE:-target/release/drove}
 SOURCE=${KERNEL_SOURCE:-/usr/src/linux-source-6.1.tar.xz}
 RUNS=${RUNS:-3}
