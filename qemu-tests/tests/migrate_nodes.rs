@@ -8,7 +8,9 @@
 //! 3. Node 2 dies (its VM killed) while running two jobs that came from node 1, both followed
 //!    by `drove run`: the plain one is reported lost (`drove run` exits 69 naming node 2); the
 //!    one started with `--checkpoint-every 3` restarts on node 1 from the checkpoint node 1
-//!    held and finishes with exactly the output of an undisturbed run. A third job moved to
+//!    held and finishes with exactly the output of an undisturbed run. So does one started
+//!    with `--checkpoint-every 600`, which node 2 never checkpointed: node 1 kept the images
+//!    of its move to node 2 as its checkpoint (the window after a move). A fourth job moved to
 //!    node 2 and ended there before the kill: node 2 told node 1, so it stays `exited` with its
 //!    whole output on node 1 after node 2 is gone (it used to turn `lost`, with no output).
 
@@ -292,6 +294,12 @@ fn freeze_interrupt_lost_and_checkpoint_restart() -> Result<(), Error> {
         &["--pin", "--checkpoint-every", "3"],
         &awk(COUNTER, go),
     );
+    let (window, window_id) = drove_run(
+        &api1,
+        &images.main.key_file,
+        &["--pin", "--checkpoint-every", "600"],
+        &awk(COUNTER, go),
+    );
     let done_id = node1
         .launch_pinned(&awk(COUNTER, "/run/go-done"), true)
         .unwrap()["id"]
@@ -331,17 +339,25 @@ fn freeze_interrupt_lost_and_checkpoint_restart() -> Result<(), Error> {
     wait_output(&cluster, &node1, &plain_id, "tick 1");
     migrate(&cluster, &node1, &plain_id, "2");
     migrate(&cluster, &node1, &ckpt_id, "2");
+    wait_output(&cluster, &node1, &window_id, "line 50");
+    migrate(&cluster, &node1, &window_id, "2");
     let vm1 = &cluster.node(1)?.vm;
+    vm1.wait_for_line(
+        format!("jobs: holding the images of job {window_id}'s move to node 2 as its checkpoint"),
+        Duration::from_secs(120),
+    )?;
     vm1.wait_for_line(
         format!("jobs: holding the checkpoint of job {ckpt_id} from node 2"),
         Duration::from_secs(120),
     )?;
     cluster.kill(2)?;
     let vm1 = &cluster.node(1)?.vm;
-    vm1.wait_for_line(
-        format!("jobs: job {ckpt_id} restarted here from its checkpoint"),
-        Duration::from_secs(120),
-    )?;
+    for id in [&ckpt_id, &window_id] {
+        vm1.wait_for_line(
+            format!("jobs: job {id} restarted here from its checkpoint"),
+            Duration::from_secs(120),
+        )?;
+    }
     let (code, _, err) = finish(plain, &plain_id, Duration::from_secs(120));
     eprintln!("drove run of the plain job: {code:?}: {err}");
     assert_eq!(code, Some(69), "{err}");
@@ -363,22 +379,24 @@ fn freeze_interrupt_lost_and_checkpoint_restart() -> Result<(), Error> {
     let out = node1.output(&done_id, "stdout", 0).unwrap();
     assert_eq!(String::from_utf8_lossy(&out), expected, "job {done_id}");
     run_job(&node1, &["/bin/busybox", "touch", go]);
-    let (code, out, err) = finish(ckpt, &ckpt_id, Duration::from_secs(300));
-    eprintln!("{}", ps_table(&node1.jobs().unwrap()));
-    eprintln!("{}", cluster.console_lines_with("jobs:"));
-    assert_eq!(code, Some(0), "{err}");
-    assert_eq!(
-        out, expected,
-        "output of the job restarted from its checkpoint"
-    );
-    let job = node1.job(&ckpt_id).unwrap();
-    assert_eq!(job["node"].as_u64(), Some(1), "{job}");
-    assert!(
-        job["reason"]
-            .as_str()
-            .unwrap_or("")
-            .contains("from its checkpoint"),
-        "{job}"
-    );
+    for (child, id) in [(ckpt, &ckpt_id), (window, &window_id)] {
+        let (code, out, err) = finish(child, id, Duration::from_secs(300));
+        eprintln!("{}", ps_table(&node1.jobs().unwrap()));
+        eprintln!("{}", cluster.console_lines_with("jobs:"));
+        assert_eq!(code, Some(0), "job {id}: {err}");
+        assert_eq!(
+            out, expected,
+            "output of job {id}, restarted from its checkpoint"
+        );
+        let job = node1.job(id).unwrap();
+        assert_eq!(job["node"].as_u64(), Some(1), "{job}");
+        assert!(
+            job["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("from its checkpoint"),
+            "{job}"
+        );
+    }
     Ok(())
 }

@@ -208,6 +208,13 @@ impl Engine {
         }
     }
 
+    /// Keeps held checkpoints under `dir` instead of [`CHECKPOINTS_DIR`] (unit tests).
+    #[cfg(test)]
+    fn with_checkpoint_root(mut self, dir: PathBuf) -> Self {
+        self.checkpoint_root = dir;
+        self
+    }
+
     /// Records a move of `job` to this node that a source's balancer announced; false when
     /// too many are announced already.
     pub fn announce_incoming(&self, job: &str) -> bool {
@@ -689,33 +696,22 @@ impl Engine {
         };
         let dir = self.job_dir(id);
         let images = dir.join("img-out");
-        let mut frozen_at = None;
-        let mut killed = false;
+        let mut sent = Sent::default();
         let precopy = wants_precopy(job_rss(pid), precopy);
-        let result = self.send_job(
-            id,
-            pid,
-            (to, addr),
-            &images,
-            precopy,
-            &mut rec,
-            &mut frozen_at,
-            &mut killed,
-        );
+        let result = self.send_job(id, pid, (to, addr), &images, precopy, &mut rec, &mut sent);
+        if result.is_ok() || sent.killed {
+            // The target restored it and our copy is gone: the job lives there.
+            let _ = self.table().finish_migration(id, to);
+            rec.outcome = Outcome::Moved;
+            self.drop_checkpoint(id);
+            self.hold_moved_images(id, to, &images, sent.offsets.as_ref());
+        }
         let _ = fs::remove_dir_all(&images);
         remove_rounds(&dir);
         match result {
-            Ok(()) => {
-                let _ = self.table().finish_migration(id, to);
-                rec.outcome = Outcome::Moved;
-                self.drop_checkpoint(id);
-            }
-            Err(e) if killed => {
-                // The target restored it and our copy is gone: the job lives there.
-                let _ = self.table().finish_migration(id, to);
-                rec.outcome = Outcome::Moved;
+            Ok(()) => {}
+            Err(e) if sent.killed => {
                 rec.error = Some(format!("after the commit: {}", crate::console::chain(&e)));
-                self.drop_checkpoint(id);
             }
             Err(e) => {
                 let resumed = signal(pid, Signal::SIGCONT);
@@ -744,7 +740,9 @@ impl Engine {
                 }
             }
         }
-        rec.freeze_ms = frozen_at.map_or(0, |t: Instant| t.elapsed().as_millis() as u64);
+        rec.freeze_ms = sent
+            .frozen_at
+            .map_or(0, |t: Instant| t.elapsed().as_millis() as u64);
         rec.total_ms = t0.elapsed().as_millis() as u64;
         info!(
             "jobs: migration job={id} from={} to={to} outcome={:?} freeze_ms={} bytes={} total_ms={} precopy_rounds={} precopy_bytes={}",
@@ -763,8 +761,7 @@ impl Engine {
         images: &Path,
         precopy: bool,
         rec: &mut Migration,
-        frozen_at: &mut Option<Instant>,
-        killed: &mut bool,
+        sent: &mut Sent,
     ) -> Result<(), Error> {
         let key = self
             .key
@@ -797,7 +794,7 @@ impl Engine {
         }
         let _ = fs::remove_dir_all(images);
         make_private_dir(images).map_err(file_err(images))?;
-        *frozen_at = Some(Instant::now());
+        sent.frozen_at = Some(Instant::now());
         let log = dir.join("dump.log");
         let args = match last_round {
             Some(n) => criu::final_dump_args(pid, images, &format!("../pre-{n}"), &log),
@@ -810,6 +807,7 @@ impl Engine {
             stdout: len("stdout"),
             stderr: len("stderr"),
         };
+        sent.offsets = Some(offsets.clone());
         ch.send(&header(offsets)?)?;
         let mut files = image_files(images)?;
         files.push(("out/stdout".into(), dir.join("stdout")));
@@ -830,7 +828,7 @@ impl Engine {
         ch.get_ref().0.set_read_timeout(Some(NET_TIMEOUT)).ok();
         // Point of no return: the target holds a restored, stopped copy.
         signal(pid, Signal::SIGKILL)?;
-        *killed = true;
+        sent.killed = true;
         ch.send(&Msg::Commit)?;
         ch.flush()?;
         match ch.recv()? {
@@ -998,8 +996,7 @@ impl Engine {
         });
         let _ = fs::remove_dir_all(&images);
         let bytes = sent?;
-        self.checkpointed()
-            .insert(id.to_owned(), (holder, addr, Instant::now()));
+        self.checkpoint_kept(id, holder, addr);
         info!("jobs: checkpoint of job {id} kept on node {holder}: {bytes} bytes, stopped {freeze_ms} ms");
         Ok(bytes)
     }
@@ -1007,11 +1004,28 @@ impl Engine {
     /// Tells the node holding job `id`'s checkpoint to delete it: the job ended here, or it
     /// moved away. A checkpoint taken here guards this node only (its holder restarts the job
     /// when this node dies), so after a move it would restart a second copy of a job that runs
-    /// on elsewhere; the new node checkpoints the job at once (see [`Engine::checkpoints_due`]).
+    /// on elsewhere; what guards the job after a move is [`Engine::hold_moved_images`].
     fn drop_checkpoint(&self, id: &str) {
-        let Some((holder, addr, _)) = self.checkpointed().remove(id) else {
-            return;
-        };
+        if let Some((holder, addr, _)) = self.checkpointed().remove(id) {
+            self.send_drop(id, holder, addr);
+        }
+    }
+
+    /// Records that node `holder` at `addr` now keeps job `id`'s checkpoint (a checkpoint of
+    /// it just reached it, or it arrived here from `holder`, which keeps its migration images).
+    /// A different node kept the one before, which now guards nothing: it is dropped there.
+    fn checkpoint_kept(&self, id: &str, holder: u32, addr: Ipv4Addr) {
+        let before = self
+            .checkpointed()
+            .insert(id.to_owned(), (holder, addr, Instant::now()));
+        if let Some((old, old_addr, _)) = before.filter(|b| b.0 != holder) {
+            self.send_drop(id, old, old_addr);
+        }
+    }
+
+    /// Asks node `holder` at `addr`, in the background, to delete the checkpoint of job `id`
+    /// that came from this node (`Kind::Drop`).
+    fn send_drop(&self, id: &str, holder: u32, addr: Ipv4Addr) {
         let Some(job) = self.table().get(id).ok().cloned() else {
             return;
         };
@@ -1047,6 +1061,76 @@ impl Engine {
                     ),
                 }
             });
+    }
+
+    /// Job `id`, which takes checkpoints, just moved from here to node `to`: the images of
+    /// the move (with its pre-copy rounds) and the output up to `offsets` become the
+    /// checkpoint held here for it, as if `to` had sent it. Until `to`'s own first checkpoint
+    /// reaches its holder (`checkpoint_every` after the arrival; `to` then drops this one),
+    /// nothing else could restart the job if `to` died: the checkpoint this node sent before
+    /// guarded this node only and is dropped on the move. Costs this node the images' memory
+    /// for that long. A failure is logged: the job then has no checkpoint until `to`'s first.
+    fn hold_moved_images(&self, id: &str, to: u32, images: &Path, offsets: Option<&Offsets>) {
+        let Ok(job) = self.table().get(id).cloned() else {
+            return;
+        };
+        let (true, Some(offsets)) = (job.checkpoint_every.is_some(), offsets) else {
+            return;
+        };
+        let base = self.checkpoint_root.join(id);
+        let current = base.join("current");
+        let kept = (|| {
+            make_private_dir(&self.checkpoint_root).map_err(file_err(&self.checkpoint_root))?;
+            make_private_dir(&base).map_err(file_err(&base))?;
+            let _ = fs::remove_dir_all(&current);
+            make_private_dir(&current).map_err(file_err(&current))?;
+            // Same file system (/run): renames, not copies. The final dump's `parent` link
+            // (`../pre-N`) finds the rounds beside it again.
+            let img = current.join("img");
+            fs::rename(images, &img).map_err(file_err(&img))?;
+            let dir = self.job_dir(id);
+            for n in 1..=PRECOPY_MAX_ROUNDS {
+                let round = dir.join(format!("pre-{n}"));
+                if round.is_dir() {
+                    let to = current.join(format!("pre-{n}"));
+                    fs::rename(&round, &to).map_err(file_err(&to))?;
+                }
+            }
+            for (name, len) in [("stdout", offsets.stdout), ("stderr", offsets.stderr)] {
+                let (from, to) = (dir.join(name), current.join(name));
+                let mut src = File::open(&from).map_err(file_err(&from))?;
+                let mut dst = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&to)
+                    .map_err(file_err(&to))?;
+                std::io::copy(&mut (&mut src).take(len), &mut dst).map_err(file_err(&to))?;
+            }
+            Ok::<_, Error>(dir_size(&current))
+        })();
+        match kept {
+            Ok(bytes) => {
+                self.table().checkpoints.insert(
+                    id.to_owned(),
+                    super::table::Held {
+                        job,
+                        from: to,
+                        at_ms: unix_ms(),
+                        offsets: offsets.clone(),
+                        bytes,
+                    },
+                );
+                info!("jobs: holding the images of job {id}'s move to node {to} as its checkpoint ({bytes} bytes)");
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&base);
+                warn!(
+                    "jobs: cannot keep the images of job {id}'s move to node {to} as its checkpoint: {}",
+                    crate::console::chain(&e)
+                );
+            }
+        }
     }
 
     /// Restarts from the checkpoints held here the jobs whose node, `node`, died. Returns the
@@ -1204,7 +1288,11 @@ impl Engine {
             }
         };
         let mut job_id = None;
-        let result = self.take_job(&mut ch, &mut job_id);
+        let source = match peer.parse::<SocketAddr>().map(|a| a.ip()) {
+            Ok(std::net::IpAddr::V4(ip)) => Some(ip),
+            _ => None,
+        };
+        let result = self.take_job(&mut ch, &mut job_id, source);
         if let Err(e) = result {
             let text = crate::console::chain(&e);
             warn!("jobs: incoming migration from {peer} failed: {text}");
@@ -1242,11 +1330,16 @@ impl Engine {
             match verdict {
                 Verdict::Resume => {
                     let resumed = signal(pid, Signal::SIGCONT).and_then(|()| {
-                        self.table().arrived(id)?;
-                        Ok(())
+                        let mut table = self.table();
+                        table.arrived(id)?;
+                        Ok(table.get(id)?.checkpoint_every)
                     });
+                    // As after a commit: the source holds the move's images as a checkpoint.
+                    if let (Ok(Some(_)), std::net::IpAddr::V4(addr)) = (&resumed, ip) {
+                        self.checkpoint_kept(id, from, addr);
+                    }
                     match resumed {
-                        Ok(()) => info!(
+                        Ok(_) => info!(
                             "jobs: job {id}: node {from} says it moved here; resumed (pid {pid})"
                         ),
                         Err(e) => warn!("jobs: job {id}: cannot resume the restored copy: {e}"),
@@ -1268,10 +1361,12 @@ impl Engine {
         self.table().forget(id);
     }
 
+    /// Target side of a transfer from the node at `source`.
     fn take_job(
         &self,
         ch: &mut proto::Channel<BufStream>,
         job_id: &mut Option<String>,
+        source: Option<Ipv4Addr>,
     ) -> Result<(), Error> {
         let mut header: Header = match ch.recv()? {
             Msg::Header(j) => {
@@ -1352,7 +1447,17 @@ impl Engine {
             }
         }
         signal(pid, Signal::SIGCONT)?;
-        self.table().arrived(&id)?;
+        let every = {
+            let mut table = self.table();
+            table.arrived(&id)?;
+            table.get(&id)?.checkpoint_every
+        };
+        // The source keeps the images of this move as the job's checkpoint
+        // ([`Engine::hold_moved_images`]) until our first one reaches its holder, which is due
+        // `checkpoint_every` from now.
+        if let (Some(_), Some(addr)) = (every, source) {
+            self.checkpoint_kept(&id, header.from, addr);
+        }
         ch.send(&Msg::Commit)?;
         ch.flush()?;
         info!(
@@ -1452,6 +1557,17 @@ impl Engine {
 /// Why a locked node takes no guest job (the same words wherever the refusal is made).
 pub fn guest_refusal(node: u32) -> String {
     format!("node {node} refuses guest jobs (locked with `drove lock`; `drove unlock {node}` to let them in)")
+}
+
+/// How far the source side of a migration got ([`Engine::send_job`]).
+#[derive(Default)]
+struct Sent {
+    /// When the final dump began (the job has been stopped since).
+    frozen_at: Option<Instant>,
+    /// The output lengths sent with the final dump.
+    offsets: Option<Offsets>,
+    /// The target restored the job and our stopped copy was killed: the job lives there.
+    killed: bool,
 }
 
 /// Guard of a registered transfer socket ([`Engine::watch_transfer`]).
@@ -1904,6 +2020,98 @@ mod tests {
         std::thread::sleep(Duration::from_millis(300));
         assert!(holder.table().checkpoints.contains_key("3.2"));
         assert!(source.checkpointed().is_empty());
+    }
+
+    /// The window after a move: the source keeps the move's images (pre-copy rounds
+    /// included) and the output up to the dump as the job's checkpoint guarding its new node,
+    /// so the job restarts here if that node dies before its own first checkpoint.
+    #[test]
+    fn the_images_of_a_move_guard_the_job_until_its_new_nodes_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Engine::new(1, None, dir.path().join("jobs"), 0)
+            .with_checkpoint_root(dir.path().join("checkpoints"));
+        for (id, every) in [("1.1", Some(600)), ("1.2", None)] {
+            let mut job = test_job(id, 40);
+            job.checkpoint_every = every;
+            let mut t = source.table();
+            t.insert(job).unwrap();
+            t.begin_migration(id).unwrap();
+            t.finish_migration(id, 2).unwrap();
+        }
+        let offsets = Offsets {
+            stdout: 7,
+            stderr: 0,
+        };
+        for id in ["1.1", "1.2"] {
+            let job_dir = source.job_dir(id);
+            for round in ["img-out", "pre-1", "pre-2"] {
+                fs::create_dir_all(job_dir.join(round)).unwrap();
+                fs::write(job_dir.join(round).join("pages-1.img"), round).unwrap();
+            }
+            std::os::unix::fs::symlink("../pre-2", job_dir.join("img-out/parent")).unwrap();
+            std::os::unix::fs::symlink("../pre-1", job_dir.join("pre-2/parent")).unwrap();
+            fs::write(job_dir.join("stdout"), "line 1\nline 2\n").unwrap();
+            fs::write(job_dir.join("stderr"), "").unwrap();
+            source.hold_moved_images(id, 2, &job_dir.join("img-out"), Some(&offsets));
+        }
+        let held = source.table().restartable(2);
+        assert_eq!(
+            held.iter().map(|h| h.job.id.as_str()).collect::<Vec<_>>(),
+            ["1.1"],
+            "only the job that takes checkpoints is guarded"
+        );
+        assert_eq!(held[0].offsets, offsets);
+        let current = dir.path().join("checkpoints/1.1/current");
+        // The final dump finds its pre-copy rounds through its `parent` links, as CRIU will.
+        assert_eq!(
+            fs::read_to_string(current.join("img/parent/parent/pages-1.img")).unwrap(),
+            "pre-1"
+        );
+        assert_eq!(
+            fs::read_to_string(current.join("stdout")).unwrap(),
+            "line 1\n"
+        );
+        let mode = fs::metadata(current.join("stdout"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!dir.path().join("checkpoints/1.2").exists());
+    }
+
+    /// The job's new node tells the node that kept the move's images to drop them once its
+    /// own first checkpoint reached a different holder; a checkpoint to the same holder
+    /// replaces them there, and nothing is dropped.
+    #[test]
+    fn a_checkpoint_kept_elsewhere_drops_the_one_kept_before() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (kept, port) = listening_home(d1.path(), false);
+        let node2 = Engine::new(2, Some(vec![7; 32]), d2.path().into(), port);
+        for id in ["1.1", "1.2"] {
+            kept.table().checkpoints.insert(
+                id.into(),
+                super::super::table::Held {
+                    job: test_job(id, 0),
+                    from: 2,
+                    at_ms: 0,
+                    offsets: Offsets::default(),
+                    bytes: 0,
+                },
+            );
+            node2.table().insert(test_job(id, 0)).unwrap();
+            // As on arrival from node 1.
+            node2.checkpoint_kept(id, 1, Ipv4Addr::LOCALHOST);
+        }
+        node2.checkpoint_kept("1.2", 1, Ipv4Addr::LOCALHOST);
+        node2.checkpoint_kept("1.1", 3, Ipv4Addr::LOCALHOST);
+        let t0 = Instant::now();
+        while kept.table().checkpoints.contains_key("1.1") {
+            assert!(t0.elapsed() < Duration::from_secs(10), "1.1 never dropped");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(kept.table().checkpoints.contains_key("1.2"));
+        assert_eq!(node2.checkpointed().get("1.1").map(|c| c.0), Some(3));
     }
 
     /// Soak finding: a job moved away from home, ended there, and that node died later; the
