@@ -306,6 +306,65 @@ impl Map {
     }
 }
 
+/// Live addresses per claimed number. Nearly every number has one claimant, and a table has
+/// a number per node of the cluster: the first claimant is kept inline (8 bytes a number;
+/// a `Vec` per number cost ~70 bytes a row, most of a 10,000-node table), the others (a
+/// conflict) beside it, in the order they came.
+#[derive(Debug, Default)]
+struct Claims {
+    first: HashMap<u32, Ipv4Addr>,
+    more: HashMap<u32, Vec<Ipv4Addr>>,
+}
+
+impl Claims {
+    fn add(&mut self, number: u32, addr: Ipv4Addr) {
+        match self.first.get(&number) {
+            None => {
+                self.first.insert(number, addr);
+            }
+            Some(a) if *a == addr => {}
+            Some(_) => {
+                let more = self.more.entry(number).or_default();
+                if !more.contains(&addr) {
+                    more.push(addr);
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, number: u32, addr: Ipv4Addr) {
+        if self.first.get(&number) == Some(&addr) {
+            // The next claimant, if any, becomes the first.
+            match self.more.get_mut(&number) {
+                Some(more) => {
+                    let next = more.remove(0);
+                    if more.is_empty() {
+                        self.more.remove(&number);
+                    }
+                    self.first.insert(number, next);
+                }
+                None => {
+                    self.first.remove(&number);
+                }
+            }
+        } else if let Some(more) = self.more.get_mut(&number) {
+            more.retain(|a| *a != addr);
+            if more.is_empty() {
+                self.more.remove(&number);
+            }
+        }
+    }
+
+    /// Every claimant of `number`, in the order they came.
+    fn get(&self, number: u32) -> Vec<Ipv4Addr> {
+        let mut all: Vec<Ipv4Addr> = self.first.get(&number).copied().into_iter().collect();
+        if let Some(more) = self.more.get(&number) {
+            all.extend_from_slice(more);
+        }
+        all
+    }
+}
+
 /// A row of the cluster table (the API's `nodes`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Row {
@@ -352,7 +411,7 @@ pub struct Membership {
     condemned: HashMap<Ipv4Addr, (u64, u64)>,
     /// Live addresses per claimed number (this node's included), kept as states change, and
     /// the numbers whose claimants changed since conflicts were last looked at.
-    claims: HashMap<u32, Vec<Ipv4Addr>>,
+    claims: Claims,
     changed_numbers: Vec<u32>,
     /// Conflict text of the members that share a number with another live node.
     conflicts: HashMap<Ipv4Addr, String>,
@@ -405,8 +464,8 @@ impl Membership {
     pub fn with_map(cfg: Config, key: &[u8], me: Entry, map: Arc<Map>, now: Ms) -> Self {
         let seed =
             me.incarnation ^ u64::from(u32::from(me.addr)).rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15;
-        let mut claims = HashMap::default();
-        claims.insert(me.number, vec![me.addr]);
+        let mut claims = Claims::default();
+        claims.add(me.number, me.addr);
         Membership {
             cfg,
             key: key.to_vec(),
@@ -968,21 +1027,13 @@ impl Membership {
 
     /// `addr` is live and claims `number`.
     fn claim(&mut self, number: u32, addr: Ipv4Addr) {
-        let c = self.claims.entry(number).or_default();
-        if !c.contains(&addr) {
-            c.push(addr);
-        }
+        self.claims.add(number, addr);
         self.changed_numbers.push(number);
     }
 
     /// `addr` no longer claims `number` (down, or another number now).
     fn unclaim(&mut self, number: u32, addr: Ipv4Addr) {
-        if let Some(c) = self.claims.get_mut(&number) {
-            c.retain(|a| *a != addr);
-            if c.is_empty() {
-                self.claims.remove(&number);
-            }
-        }
+        self.claims.remove(number, addr);
         self.conflicts.remove(&addr);
         self.changed_numbers.push(number);
     }
@@ -1117,7 +1168,7 @@ impl Membership {
         numbers.dedup();
         for number in numbers {
             // This node first, then the others by address.
-            let mut addrs = self.claims.get(&number).cloned().unwrap_or_default();
+            let mut addrs = self.claims.get(number);
             addrs.sort_by_key(|a| (*a != self.me.addr, *a));
             // A clash that ended or changed and comes back is told again.
             self.conflicts_told
@@ -1637,6 +1688,26 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn claims_keep_every_claimant_in_order() {
+        let mut c = Claims::default();
+        c.add(1, addr(1));
+        c.add(1, addr(2));
+        c.add(1, addr(2));
+        c.add(1, addr(3));
+        c.add(2, addr(4));
+        assert_eq!(c.get(1), vec![addr(1), addr(2), addr(3)]);
+        c.remove(1, addr(1));
+        assert_eq!(c.get(1), vec![addr(2), addr(3)]);
+        c.remove(1, addr(9));
+        c.remove(1, addr(3));
+        assert_eq!(c.get(1), vec![addr(2)]);
+        c.remove(1, addr(2));
+        assert!(c.get(1).is_empty());
+        assert!(c.more.is_empty() && !c.first.contains_key(&1));
+        assert_eq!(c.get(2), vec![addr(4)]);
     }
 
     #[test]

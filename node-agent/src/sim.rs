@@ -97,6 +97,11 @@ pub struct Report {
     pub migrations: u64,
     /// Wall-clock seconds the simulation took.
     pub wall_s: f64,
+    /// CPU seconds of this process during the run (0 if unknown).
+    pub cpu_s: f64,
+    /// Wall-clock seconds per part of the loop (delivery, gossip ticks, jobs, balancer,
+    /// measuring): where a big run spends its time.
+    pub profile: Vec<(&'static str, f64)>,
 }
 
 impl Report {
@@ -280,8 +285,11 @@ pub fn run(setup: &Setup) -> Report {
     let kill_at = workload_at + setup.kill_at_s * 1000;
     let end = workload_at + setup.run_s * 1000;
     let mut now: Ms = 0;
+    let cpu0 = cpu_seconds();
+    let mut prof = Profile::default();
     while now < end {
         now += STEP_MS;
+        prof.lap(Part::Other);
         // Deliver what was sent last step.
         for (to, from, msg) in std::mem::take(&mut inbox) {
             let node = &mut nodes[to];
@@ -289,6 +297,7 @@ pub fn run(setup: &Setup) -> Report {
                 let _ = node.m.receive_message(now, from, &msg);
             }
         }
+        prof.lap(Part::Deliver);
         // Gossip.
         for (i, node) in nodes.iter_mut().enumerate() {
             if !node.alive {
@@ -315,6 +324,7 @@ pub fn run(setup: &Setup) -> Report {
                 }
             }
         }
+        prof.lap(Part::Tick);
         if now % 1000 == 0 {
             for node in &mut nodes {
                 report.max_msgs_node_s = report.max_msgs_node_s.max(node.sent_this_s);
@@ -407,6 +417,7 @@ pub fn run(setup: &Setup) -> Report {
                 waiting.push(Reverse((at, f.job.user)));
             }
         }
+        prof.lap(Part::Jobs);
         // Balancer rounds, once a second per node, phases spread over the second.
         for i in 0..n {
             if !nodes[i].alive || now % 1000 != nodes[i].phase {
@@ -483,6 +494,7 @@ pub fn run(setup: &Setup) -> Report {
                 mv,
             });
         }
+        prof.lap(Part::Balance);
         // Measurements, once a second.
         if now % 1000 == 0 {
             let mut loads: Vec<f64> = nodes.iter().filter(|x| x.alive).map(load).collect();
@@ -535,9 +547,68 @@ pub fn run(setup: &Setup) -> Report {
     }
     report.jobs = job_seq;
     report.msgs_per_node_s = sent_total as f64 / n as f64 / (end as f64 / 1000.0);
+    prof.lap(Part::Other);
     report.wall_s = t0.elapsed().as_secs_f64();
+    report.cpu_s = (cpu_seconds() - cpu0).max(0.0);
     report.peak_rss_kb = peak_rss_kb();
+    report.profile = prof.parts();
     report
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Deliver,
+    Tick,
+    Jobs,
+    Balance,
+    Other,
+}
+
+/// Wall time per part of the simulation loop (a lap ends the part named).
+struct Profile {
+    last: std::time::Instant,
+    spent: [f64; 5],
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            last: std::time::Instant::now(),
+            spent: [0.0; 5],
+        }
+    }
+}
+
+impl Profile {
+    fn lap(&mut self, part: Part) {
+        let now = std::time::Instant::now();
+        self.spent[part as usize] += (now - self.last).as_secs_f64();
+        self.last = now;
+    }
+    fn parts(&self) -> Vec<(&'static str, f64)> {
+        ["deliver", "tick", "jobs", "balance", "measure+other"]
+            .into_iter()
+            .zip(self.spent)
+            .collect()
+    }
+}
+
+/// User plus system CPU time of this process so far (seconds), 0 when /proc does not say.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: f64 = f.get(11..13).map_or(0.0, |t| {
+        t.iter().filter_map(|x| x.parse::<f64>().ok()).sum()
+    });
+    // In clock ticks of USER_HZ, which Linux fixes at 100 for /proc.
+    ticks / 100.0
 }
 
 /// VmHWM of this process (kB), 0 when /proc does not say.
