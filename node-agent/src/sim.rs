@@ -56,6 +56,8 @@ pub struct Setup {
     pub run_s: u64,
     /// When (seconds into the workload) a node is killed.
     pub kill_at_s: u64,
+    /// Print a line on stderr every 10 simulated seconds (wall, CPU and memory so far).
+    pub progress: bool,
 }
 
 impl Setup {
@@ -66,6 +68,7 @@ impl Setup {
             warmup_s: 20,
             run_s: 60,
             kill_at_s: 20,
+            progress: false,
         }
     }
 }
@@ -90,7 +93,8 @@ pub struct Report {
     pub imbalance_p99: Vec<(u64, f64)>,
     /// Jobs per usable core over the cluster, (min, max) over the seconds after 30 s.
     pub jobs_per_core: (f64, f64),
-    /// Peak resident memory of the simulating process so far (kB, from /proc), 0 if unknown.
+    /// Peak resident memory of the simulating process during the run (kB, from /proc; the
+    /// peak is reset at the start of a run where Linux allows it), 0 if unknown.
     pub peak_rss_kb: u64,
     pub jobs: u64,
     pub finished: u64,
@@ -209,6 +213,8 @@ fn load(n: &Node) -> f64 {
 /// Runs one simulation.
 pub fn run(setup: &Setup) -> Report {
     let t0 = std::time::Instant::now();
+    // Peak memory per run, not per process (several sizes run in one): "5" resets VmHWM.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let mut rng = Rng(setup.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let n = setup.nodes as usize;
     // One map for every node (it is the same cluster file everywhere).
@@ -495,6 +501,16 @@ pub fn run(setup: &Setup) -> Report {
             });
         }
         prof.lap(Part::Balance);
+        if setup.progress && now % 10_000 == 0 {
+            eprintln!(
+                "drove-sim: {n} nodes: {} of {} simulated s, {:.0} s wall, {:.0} s CPU, {} MB now",
+                now / 1000,
+                end / 1000,
+                t0.elapsed().as_secs_f64(),
+                cpu_seconds() - cpu0,
+                rss_kb() / 1024
+            );
+        }
         // Measurements, once a second.
         if now % 1000 == 0 {
             let mut loads: Vec<f64> = nodes.iter().filter(|x| x.alive).map(load).collect();
@@ -613,11 +629,20 @@ fn cpu_seconds() -> f64 {
 
 /// VmHWM of this process (kB), 0 when /proc does not say.
 fn peak_rss_kb() -> u64 {
+    status_kb("VmHWM:")
+}
+
+/// VmRSS of this process (kB), 0 when /proc does not say.
+fn rss_kb() -> u64 {
+    status_kb("VmRSS:")
+}
+
+fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -636,7 +661,7 @@ pub fn markdown(reports: &[Report], setup: &Setup) -> String {
          imbalance (max/mean load per usable core) under 1.25 after 30 s, under 1.5 migrations per job.\n\n",
         setup.seed, setup.warmup_s, setup.run_s, setup.kill_at_s, USERS_PER_CORE, THINK_S
     ));
-    s.push_str("| nodes | msgs/node/s (max in 1 s) | dead node down: first / everywhere | false downs | imbalance max/mean at 0 / 10 / 30 s, worst after 30 s | p99/mean worst after 30 s | jobs per core after 30 s | jobs | migrations/job | wall time | peak memory |\n");
+    s.push_str("| nodes | msgs/node/s (max in 1 s) | dead node down: first / everywhere | false downs | imbalance max/mean at 0 / 10 / 30 s, worst after 30 s | p99/mean worst after 30 s | jobs per core after 30 s | jobs | migrations/job | wall / CPU time | peak memory |\n");
     s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in reports {
         let at = |t: u64| {
@@ -657,7 +682,7 @@ pub fn markdown(reports: &[Report], setup: &Setup) -> String {
             .map(|(_, v)| *v)
             .fold(0.0, f64::max);
         s.push_str(&format!(
-            "| {} | {:.2} ({}) | {} / {} | {} | {} / {} / {}, {:.2} | {:.2} | {:.1}–{:.1} | {} | {:.2} | {:.1} s | {:.0} MB |\n",
+            "| {} | {:.2} ({}) | {} / {} | {} | {} / {} / {}, {:.2} | {:.2} | {:.1}–{:.1} | {} | {:.2} | {:.1} s / {:.1} s | {:.0} MB |\n",
             r.nodes,
             r.msgs_per_node_s,
             r.max_msgs_node_s,
@@ -674,6 +699,7 @@ pub fn markdown(reports: &[Report], setup: &Setup) -> String {
             r.jobs,
             r.migrations_per_job(),
             r.wall_s,
+            r.cpu_s,
             r.peak_rss_kb as f64 / 1024.0
         ));
     }

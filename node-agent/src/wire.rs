@@ -89,6 +89,7 @@ mod tests {
             seq: 2,
             entries: vec![],
             rumors: vec![],
+            pings: vec![],
         }
     }
 
