@@ -135,6 +135,7 @@ fuzz_target!(|input: Input| {
                     seq,
                     entries: entries.into_iter().map(Into::into).collect(),
                     rumors: Vec::new(),
+                    pings: Vec::new(),
                 };
                 let _ = m.receive(now, src, &wire::seal(KEY, &msg));
             }

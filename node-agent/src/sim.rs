@@ -56,6 +56,8 @@ pub struct Setup {
     pub run_s: u64,
     /// When (seconds into the workload) a node is killed.
     pub kill_at_s: u64,
+    /// Print a line on stderr every 10 simulated seconds (wall, CPU and memory so far).
+    pub progress: bool,
 }
 
 impl Setup {
@@ -66,6 +68,7 @@ impl Setup {
             warmup_s: 20,
             run_s: 60,
             kill_at_s: 20,
+            progress: false,
         }
     }
 }
@@ -90,13 +93,19 @@ pub struct Report {
     pub imbalance_p99: Vec<(u64, f64)>,
     /// Jobs per usable core over the cluster, (min, max) over the seconds after 30 s.
     pub jobs_per_core: (f64, f64),
-    /// Peak resident memory of the simulating process so far (kB, from /proc), 0 if unknown.
+    /// Peak resident memory of the simulating process during the run (kB, from /proc; the
+    /// peak is reset at the start of a run where Linux allows it), 0 if unknown.
     pub peak_rss_kb: u64,
     pub jobs: u64,
     pub finished: u64,
     pub migrations: u64,
     /// Wall-clock seconds the simulation took.
     pub wall_s: f64,
+    /// CPU seconds of this process during the run (0 if unknown).
+    pub cpu_s: f64,
+    /// Wall-clock seconds per part of the loop (delivery, gossip ticks, jobs, balancer,
+    /// measuring): where a big run spends its time.
+    pub profile: Vec<(&'static str, f64)>,
 }
 
 impl Report {
@@ -204,6 +213,8 @@ fn load(n: &Node) -> f64 {
 /// Runs one simulation.
 pub fn run(setup: &Setup) -> Report {
     let t0 = std::time::Instant::now();
+    // Peak memory per run, not per process (several sizes run in one): "5" resets VmHWM.
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let mut rng = Rng(setup.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     let n = setup.nodes as usize;
     // One map for every node (it is the same cluster file everywhere).
@@ -280,8 +291,11 @@ pub fn run(setup: &Setup) -> Report {
     let kill_at = workload_at + setup.kill_at_s * 1000;
     let end = workload_at + setup.run_s * 1000;
     let mut now: Ms = 0;
+    let cpu0 = cpu_seconds();
+    let mut prof = Profile::default();
     while now < end {
         now += STEP_MS;
+        prof.lap(Part::Other);
         // Deliver what was sent last step.
         for (to, from, msg) in std::mem::take(&mut inbox) {
             let node = &mut nodes[to];
@@ -289,6 +303,7 @@ pub fn run(setup: &Setup) -> Report {
                 let _ = node.m.receive_message(now, from, &msg);
             }
         }
+        prof.lap(Part::Deliver);
         // Gossip.
         for (i, node) in nodes.iter_mut().enumerate() {
             if !node.alive {
@@ -315,6 +330,7 @@ pub fn run(setup: &Setup) -> Report {
                 }
             }
         }
+        prof.lap(Part::Tick);
         if now % 1000 == 0 {
             for node in &mut nodes {
                 report.max_msgs_node_s = report.max_msgs_node_s.max(node.sent_this_s);
@@ -407,6 +423,7 @@ pub fn run(setup: &Setup) -> Report {
                 waiting.push(Reverse((at, f.job.user)));
             }
         }
+        prof.lap(Part::Jobs);
         // Balancer rounds, once a second per node, phases spread over the second.
         for i in 0..n {
             if !nodes[i].alive || now % 1000 != nodes[i].phase {
@@ -483,6 +500,17 @@ pub fn run(setup: &Setup) -> Report {
                 mv,
             });
         }
+        prof.lap(Part::Balance);
+        if setup.progress && now % 10_000 == 0 {
+            eprintln!(
+                "drove-sim: {n} nodes: {} of {} simulated s, {:.0} s wall, {:.0} s CPU, {} MB now",
+                now / 1000,
+                end / 1000,
+                t0.elapsed().as_secs_f64(),
+                cpu_seconds() - cpu0,
+                rss_kb() / 1024
+            );
+        }
         // Measurements, once a second.
         if now % 1000 == 0 {
             let mut loads: Vec<f64> = nodes.iter().filter(|x| x.alive).map(load).collect();
@@ -535,18 +563,86 @@ pub fn run(setup: &Setup) -> Report {
     }
     report.jobs = job_seq;
     report.msgs_per_node_s = sent_total as f64 / n as f64 / (end as f64 / 1000.0);
+    prof.lap(Part::Other);
     report.wall_s = t0.elapsed().as_secs_f64();
+    report.cpu_s = (cpu_seconds() - cpu0).max(0.0);
     report.peak_rss_kb = peak_rss_kb();
+    report.profile = prof.parts();
     report
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Deliver,
+    Tick,
+    Jobs,
+    Balance,
+    Other,
+}
+
+/// Wall time per part of the simulation loop (a lap ends the part named).
+struct Profile {
+    last: std::time::Instant,
+    spent: [f64; 5],
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile {
+            last: std::time::Instant::now(),
+            spent: [0.0; 5],
+        }
+    }
+}
+
+impl Profile {
+    fn lap(&mut self, part: Part) {
+        let now = std::time::Instant::now();
+        self.spent[part as usize] += (now - self.last).as_secs_f64();
+        self.last = now;
+    }
+    fn parts(&self) -> Vec<(&'static str, f64)> {
+        ["deliver", "tick", "jobs", "balance", "measure+other"]
+            .into_iter()
+            .zip(self.spent)
+            .collect()
+    }
+}
+
+/// User plus system CPU time of this process so far (seconds), 0 when /proc does not say.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: f64 = f.get(11..13).map_or(0.0, |t| {
+        t.iter().filter_map(|x| x.parse::<f64>().ok()).sum()
+    });
+    // In clock ticks of USER_HZ, which Linux fixes at 100 for /proc.
+    ticks / 100.0
 }
 
 /// VmHWM of this process (kB), 0 when /proc does not say.
 fn peak_rss_kb() -> u64 {
+    status_kb("VmHWM:")
+}
+
+/// VmRSS of this process (kB), 0 when /proc does not say.
+fn rss_kb() -> u64 {
+    status_kb("VmRSS:")
+}
+
+fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
@@ -565,7 +661,7 @@ pub fn markdown(reports: &[Report], setup: &Setup) -> String {
          imbalance (max/mean load per usable core) under 1.25 after 30 s, under 1.5 migrations per job.\n\n",
         setup.seed, setup.warmup_s, setup.run_s, setup.kill_at_s, USERS_PER_CORE, THINK_S
     ));
-    s.push_str("| nodes | msgs/node/s (max in 1 s) | dead node down: first / everywhere | false downs | imbalance max/mean at 0 / 10 / 30 s, worst after 30 s | p99/mean worst after 30 s | jobs per core after 30 s | jobs | migrations/job | wall time | peak memory |\n");
+    s.push_str("| nodes | msgs/node/s (max in 1 s) | dead node down: first / everywhere | false downs | imbalance max/mean at 0 / 10 / 30 s, worst after 30 s | p99/mean worst after 30 s | jobs per core after 30 s | jobs | migrations/job | wall / CPU time | peak memory |\n");
     s.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in reports {
         let at = |t: u64| {
@@ -586,7 +682,7 @@ pub fn markdown(reports: &[Report], setup: &Setup) -> String {
             .map(|(_, v)| *v)
             .fold(0.0, f64::max);
         s.push_str(&format!(
-            "| {} | {:.2} ({}) | {} / {} | {} | {} / {} / {}, {:.2} | {:.2} | {:.1}–{:.1} | {} | {:.2} | {:.1} s | {:.0} MB |\n",
+            "| {} | {:.2} ({}) | {} / {} | {} | {} / {} / {}, {:.2} | {:.2} | {:.1}–{:.1} | {} | {:.2} | {:.1} s / {:.1} s | {:.0} MB |\n",
             r.nodes,
             r.msgs_per_node_s,
             r.max_msgs_node_s,
@@ -603,6 +699,7 @@ pub fn markdown(reports: &[Report], setup: &Setup) -> String {
             r.jobs,
             r.migrations_per_job(),
             r.wall_s,
+            r.cpu_s,
             r.peak_rss_kb as f64 / 1024.0
         ));
     }

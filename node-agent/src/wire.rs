@@ -89,6 +89,7 @@ mod tests {
             seq: 2,
             entries: vec![],
             rumors: vec![],
+            pings: vec![],
         }
     }
 
@@ -165,6 +166,54 @@ mod tests {
         d.extend_from_slice(&m.finalize().into_bytes());
         d.extend_from_slice(newer.as_bytes());
         assert_eq!(open(k, &d).unwrap(), msg);
+    }
+
+    #[test]
+    fn pings_are_compatible_both_ways() {
+        use crate::gossip::Rumor;
+        use std::net::Ipv4Addr;
+        let k = b"k1";
+        // An older agent's datagram, without `rumors` and `pings`: accepted, asking nobody.
+        let old = r#"{"cluster":"c","incarnation":1,"seq":2,"entries":[]}"#;
+        let mut m = mac(k);
+        m.update(MAGIC);
+        m.update(old.as_bytes());
+        let mut d = MAGIC.to_vec();
+        d.extend_from_slice(&m.finalize().into_bytes());
+        d.extend_from_slice(old.as_bytes());
+        assert_eq!(open(k, &d).unwrap(), msg());
+        // Asking nobody, a current agent sends what an older one sends.
+        assert_eq!(seal(k, &msg()), d);
+        // A datagram that asks reads, for an older agent (the message type before `pings`),
+        // as the same datagram without the field.
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Before {
+            cluster: String,
+            incarnation: u64,
+            seq: u64,
+            entries: Vec<serde_json::Value>,
+            #[serde(default)]
+            rumors: Vec<Rumor>,
+        }
+        let mut asking = msg();
+        asking.pings = vec![Ipv4Addr::new(10, 0, 0, 7)];
+        let sealed = seal(k, &asking);
+        assert_eq!(open(k, &sealed).unwrap(), asking);
+        let body = &sealed[4 + TAG..];
+        assert!(std::str::from_utf8(body)
+            .unwrap()
+            .contains(r#""pings":["10.0.0.7"]"#));
+        let before: Before = serde_json::from_slice(body).unwrap();
+        assert_eq!(
+            before,
+            Before {
+                cluster: "c".into(),
+                incarnation: 1,
+                seq: 2,
+                entries: vec![],
+                rumors: vec![],
+            }
+        );
     }
 
     #[test]

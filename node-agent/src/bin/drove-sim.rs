@@ -27,15 +27,25 @@ fn main() {
     for n in sizes {
         let r = drove_agent::sim::run(&drove_agent::sim::Setup {
             nodes: n,
+            progress: true,
             ..setup.clone()
         });
+        let profile: Vec<String> = r
+            .profile
+            .iter()
+            .map(|(part, s)| format!("{part} {s:.1}"))
+            .collect();
         eprintln!(
-            "drove-sim: {n} nodes: {:.2} msgs/node/s, down everywhere {:?} ms, worst imbalance after 30 s {:.2}, {:.2} migrations/job, {:.1} s",
+            "drove-sim: {n} nodes: {:.2} msgs/node/s, down everywhere {:?} ms, {} false downs, worst imbalance after 30 s {:.2}, {:.2} migrations/job, {:.1} s wall, {:.1} s CPU, peak RSS {} MB (seconds: {})",
             r.msgs_per_node_s,
             r.down_everywhere_ms,
+            r.false_downs,
             r.imbalance_after_30s(),
             r.migrations_per_job(),
-            r.wall_s
+            r.wall_s,
+            r.cpu_s,
+            r.peak_rss_kb / 1024,
+            profile.join(", ")
         );
         reports.push(r);
     }
