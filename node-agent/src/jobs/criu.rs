@@ -22,10 +22,24 @@ pub enum Error {
     },
 }
 
+/// How CRIU treats the job's own mount namespace (a slave copy of the node's mounts, made by
+/// `launch_with`), on dump, pre-dump and restore alike. Every mount in it is one every node has
+/// at the same path (the image's root, /proc, /sys, /dev, /run, /tmp, the cluster file area), so
+/// none is dumped: `mnt[]` makes each an external bind mount keyed by its path, which the
+/// restore binds from the target's own mount at that path; the masters/sharing switches let
+/// CRIU keep the slave link to the node's shared mounts (later mounts still reach the job).
+pub const MOUNT_NS_ARGS: [&str; 3] = ["--external", "mnt[]", "--enable-external-masters"];
+
+fn with_mount_ns(mut a: Vec<String>) -> Vec<String> {
+    let at = a.len() - 3;
+    a.splice(at..at, MOUNT_NS_ARGS.iter().map(|s| s.to_string()));
+    a
+}
+
 /// `criu dump` of the job whose root (the init of its PID namespace) is `pid`: the tasks are
 /// left stopped so the source can resume them if anything later fails.
 pub fn dump_args(pid: i32, images: &Path, log: &Path) -> Vec<String> {
-    vec![
+    with_mount_ns(vec![
         "dump".into(),
         "-t".into(),
         pid.to_string(),
@@ -35,7 +49,7 @@ pub fn dump_args(pid: i32, images: &Path, log: &Path) -> Vec<String> {
         "-v2".into(),
         "-o".into(),
         log.display().to_string(),
-    ]
+    ])
 }
 
 /// `criu pre-dump --track-mem` of the job rooted at `pid` into `images`: its memory is copied
@@ -55,7 +69,7 @@ pub fn pre_dump_args(pid: i32, images: &Path, prev: Option<&str>, log: &Path) ->
         a.extend(["--prev-images-dir".into(), prev.into()]);
     }
     a.extend(["-v2".into(), "-o".into(), log.display().to_string()]);
-    a
+    with_mount_ns(a)
 }
 
 /// The final dump after pre-dump rounds: like [`dump_args`], writing only the pages dirtied
@@ -77,7 +91,7 @@ pub fn final_dump_args(pid: i32, images: &Path, prev: &str, log: &Path) -> Vec<S
 /// `criu restore` detached, into a new PID namespace (CRIU recreates the one it dumped), left
 /// stopped until the source has killed its copy; `pidfile` gets the root's pid.
 pub fn restore_args(images: &Path, pidfile: &Path, log: &Path) -> Vec<String> {
-    vec![
+    with_mount_ns(vec![
         "restore".into(),
         "-D".into(),
         images.display().to_string(),
@@ -88,7 +102,7 @@ pub fn restore_args(images: &Path, pidfile: &Path, log: &Path) -> Vec<String> {
         "-v2".into(),
         "-o".into(),
         log.display().to_string(),
-    ]
+    ])
 }
 
 /// CRIU's own explanation from its log: the `Error` lines (last few), else the log's tail.
@@ -158,7 +172,7 @@ mod tests {
             Path::new("/run/drove/jobs/1.1/dump.log"),
         );
         let argv: Vec<&str> = d.iter().map(String::as_str).collect();
-        assert_eq!(shell_line(CRIU, &argv), "/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img --leave-stopped -v2 -o /run/drove/jobs/1.1/dump.log");
+        assert_eq!(shell_line(CRIU, &argv), "/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img --leave-stopped --external mnt[] --enable-external-masters -v2 -o /run/drove/jobs/1.1/dump.log");
         let r = restore_args(
             Path::new("/run/drove/jobs/1.1/img"),
             Path::new("/run/drove/jobs/1.1/pid"),
@@ -167,7 +181,7 @@ mod tests {
         let argv: Vec<&str> = r.iter().map(String::as_str).collect();
         assert_eq!(
             shell_line(CRIU, &argv),
-            "/usr/sbin/criu restore -D /run/drove/jobs/1.1/img -d --leave-stopped --pidfile /run/drove/jobs/1.1/pid -v2 -o /run/drove/jobs/1.1/restore.log"
+            "/usr/sbin/criu restore -D /run/drove/jobs/1.1/img -d --leave-stopped --pidfile /run/drove/jobs/1.1/pid --external mnt[] --enable-external-masters -v2 -o /run/drove/jobs/1.1/restore.log"
         );
     }
 
@@ -180,15 +194,15 @@ mod tests {
         let d = Path::new("/run/drove/jobs/1.1");
         assert_eq!(
             line(pre_dump_args(431, &d.join("pre-1"), None, &d.join("pre-1.log"))),
-            "/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-1 --track-mem -v2 -o /run/drove/jobs/1.1/pre-1.log"
+            "/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-1 --track-mem --external mnt[] --enable-external-masters -v2 -o /run/drove/jobs/1.1/pre-1.log"
         );
         assert_eq!(
             line(pre_dump_args(431, &d.join("pre-2"), Some("../pre-1"), &d.join("pre-2.log"))),
-            "/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-2 --track-mem --prev-images-dir ../pre-1 -v2 -o /run/drove/jobs/1.1/pre-2.log"
+            "/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-2 --track-mem --prev-images-dir ../pre-1 --external mnt[] --enable-external-masters -v2 -o /run/drove/jobs/1.1/pre-2.log"
         );
         assert_eq!(
             line(final_dump_args(431, &d.join("img-out"), "../pre-2", &d.join("dump.log"))),
-            "/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img-out --leave-stopped --track-mem --prev-images-dir ../pre-2 -v2 -o /run/drove/jobs/1.1/dump.log"
+            "/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img-out --leave-stopped --external mnt[] --enable-external-masters --track-mem --prev-images-dir ../pre-2 -v2 -o /run/drove/jobs/1.1/dump.log"
         );
     }
 

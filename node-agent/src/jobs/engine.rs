@@ -498,17 +498,52 @@ impl Engine {
         let (pid_r, pid_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::NoPid(e.into()))?;
         let w = pid_w.as_raw_fd();
+        // Paths to open again inside the job's mount namespace (built here: no allocation
+        // after the fork).
+        let reopen = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+                .map_err(|e| Error::Other(format!("{}: {e}", p.display())))
+        };
+        let stdout_c = reopen(&dir.join("stdout"))?;
+        let stderr_c = reopen(&dir.join("stderr"))?;
         let mut command = Command::new(program);
         command.args(args).stdout(out).stderr(err).current_dir(&cwd);
         command.envs(start.env(&id, &cwd));
         // SAFETY: runs in the forked child before exec and calls only async-signal-safe
-        // functions (unshare, fork, setsid, write, close, _exit) on plain integers and a
-        // stack buffer. The middle process exits at once; its child, pid 1 of the new PID
-        // namespace, goes on to exec the command (std reports an exec failure from there).
+        // functions (unshare, mount, open, dup2, fork, setsid, write, close, _exit) on plain
+        // integers, C strings made before the fork and a stack buffer. The middle process exits at once; its child, pid 1
+        // of the new PID namespace, goes on to exec the command (std reports an exec failure
+        // from there).
         unsafe {
             command.pre_exec(move || {
-                if libc::unshare(libc::CLONE_NEWPID) != 0 {
+                if libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // A slave of the node's (shared) mounts: what the agent mounts later, e.g. the
+                // cluster file area, reaches the job; nothing the job mounts leaks out.
+                let root = c"/";
+                if libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_SLAVE | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // stdin/stdout/stderr were opened on the node's mounts; CRIU can only dump
+                // descriptors whose mount is in the job's namespace, so open them again here.
+                for (path, fd, flags) in [
+                    (c"/dev/null".as_ptr(), 0, libc::O_RDONLY),
+                    (stdout_c.as_ptr(), 1, libc::O_WRONLY | libc::O_APPEND),
+                    (stderr_c.as_ptr(), 2, libc::O_WRONLY | libc::O_APPEND),
+                ] {
+                    let opened = libc::open(path, flags);
+                    if opened < 0 || libc::dup2(opened, fd) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(opened);
                 }
                 match libc::fork() {
                     -1 => Err(std::io::Error::last_os_error()),
