@@ -99,6 +99,11 @@ pub fn restore_args(images: &Path, pidfile: &Path, log: &Path) -> Vec<String> {
         "--leave-stopped".into(),
         "--pidfile".into(),
         pidfile.display().to_string(),
+        // The namespace's root is rebuilt as a bind of this node's root, and it is also the
+        // only mount that can give CRIU the node's peer group the root was a slave of
+        // (mount-v2: without it, "Sharing group (0, 1) has unreachable sharing").
+        "--root".into(),
+        "/".into(),
         "-v2".into(),
         "-o".into(),
         log.display().to_string(),
@@ -181,7 +186,7 @@ mod tests {
         let argv: Vec<&str> = r.iter().map(String::as_str).collect();
         assert_eq!(
             shell_line(CRIU, &argv),
-            "/usr/sbin/criu restore -D /run/drove/jobs/1.1/img -d --leave-stopped --pidfile /run/drove/jobs/1.1/pid --external mnt[] --enable-external-masters -v2 -o /run/drove/jobs/1.1/restore.log"
+            "/usr/sbin/criu restore -D /run/drove/jobs/1.1/img -d --leave-stopped --pidfile /run/drove/jobs/1.1/pid --root / --external mnt[] --enable-external-masters -v2 -o /run/drove/jobs/1.1/restore.log"
         );
     }
 
