@@ -30,7 +30,14 @@ pub enum Error {
 /// CRIU keep the slave link to the node's shared mounts (later mounts still reach the job).
 pub const MOUNT_NS_ARGS: [&str; 3] = ["--external", "mnt[]", "--enable-external-masters"];
 
+/// Whether jobs start in a mount namespace of their own (`launch_with`), and so whether CRIU
+/// is told how to dump and restore one.
+pub const OWN_MOUNT_NS: bool = true;
+
 fn with_mount_ns(mut a: Vec<String>) -> Vec<String> {
+    if !OWN_MOUNT_NS {
+        return a;
+    }
     let at = a.len() - 3;
     a.splice(at..at, MOUNT_NS_ARGS.iter().map(|s| s.to_string()));
     a
@@ -169,6 +176,15 @@ pub fn run(
 mod tests {
     use super::*;
 
+    /// The mount namespace arguments as they appear in a command line, with a leading space.
+    fn ns() -> String {
+        if OWN_MOUNT_NS {
+            format!(" {}", MOUNT_NS_ARGS.join(" "))
+        } else {
+            String::new()
+        }
+    }
+
     #[test]
     fn command_lines() {
         let d = dump_args(
@@ -177,7 +193,7 @@ mod tests {
             Path::new("/run/drove/jobs/1.1/dump.log"),
         );
         let argv: Vec<&str> = d.iter().map(String::as_str).collect();
-        assert_eq!(shell_line(CRIU, &argv), "/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img --leave-stopped --external mnt[] --enable-external-masters -v2 -o /run/drove/jobs/1.1/dump.log");
+        assert_eq!(shell_line(CRIU, &argv), format!("/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img --leave-stopped{} -v2 -o /run/drove/jobs/1.1/dump.log", ns()));
         let r = restore_args(
             Path::new("/run/drove/jobs/1.1/img"),
             Path::new("/run/drove/jobs/1.1/pid"),
@@ -186,7 +202,7 @@ mod tests {
         let argv: Vec<&str> = r.iter().map(String::as_str).collect();
         assert_eq!(
             shell_line(CRIU, &argv),
-            "/usr/sbin/criu restore -D /run/drove/jobs/1.1/img -d --leave-stopped --pidfile /run/drove/jobs/1.1/pid --root / --external mnt[] --enable-external-masters -v2 -o /run/drove/jobs/1.1/restore.log"
+            format!("/usr/sbin/criu restore -D /run/drove/jobs/1.1/img -d --leave-stopped --pidfile /run/drove/jobs/1.1/pid --root /{} -v2 -o /run/drove/jobs/1.1/restore.log", ns())
         );
     }
 
@@ -199,15 +215,15 @@ mod tests {
         let d = Path::new("/run/drove/jobs/1.1");
         assert_eq!(
             line(pre_dump_args(431, &d.join("pre-1"), None, &d.join("pre-1.log"))),
-            "/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-1 --track-mem --external mnt[] --enable-external-masters -v2 -o /run/drove/jobs/1.1/pre-1.log"
+            format!("/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-1 --track-mem{} -v2 -o /run/drove/jobs/1.1/pre-1.log", ns())
         );
         assert_eq!(
             line(pre_dump_args(431, &d.join("pre-2"), Some("../pre-1"), &d.join("pre-2.log"))),
-            "/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-2 --track-mem --prev-images-dir ../pre-1 --external mnt[] --enable-external-masters -v2 -o /run/drove/jobs/1.1/pre-2.log"
+            format!("/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-2 --track-mem --prev-images-dir ../pre-1{} -v2 -o /run/drove/jobs/1.1/pre-2.log", ns())
         );
         assert_eq!(
             line(final_dump_args(431, &d.join("img-out"), "../pre-2", &d.join("dump.log"))),
-            "/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img-out --leave-stopped --external mnt[] --enable-external-masters --track-mem --prev-images-dir ../pre-2 -v2 -o /run/drove/jobs/1.1/dump.log"
+            format!("/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img-out --leave-stopped{} --track-mem --prev-images-dir ../pre-2 -v2 -o /run/drove/jobs/1.1/dump.log", ns())
         );
     }
 

@@ -506,6 +506,7 @@ impl Engine {
         };
         let stdout_c = reopen(&dir.join("stdout"))?;
         let stderr_c = reopen(&dir.join("stderr"))?;
+        let own_mount_ns = super::criu::OWN_MOUNT_NS;
         let mut command = Command::new(program);
         command.args(args).stdout(out).stderr(err).current_dir(&cwd);
         command.envs(start.env(&id, &cwd));
@@ -516,19 +517,25 @@ impl Engine {
         // from there).
         unsafe {
             command.pre_exec(move || {
-                if libc::unshare(libc::CLONE_NEWPID | libc::CLONE_NEWNS) != 0 {
+                let ns = if own_mount_ns {
+                    libc::CLONE_NEWPID | libc::CLONE_NEWNS
+                } else {
+                    libc::CLONE_NEWPID
+                };
+                if libc::unshare(ns) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 // A slave of the node's (shared) mounts: what the agent mounts later, e.g. the
                 // cluster file area, reaches the job; nothing the job mounts leaks out.
                 let root = c"/";
-                if libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_SLAVE | libc::MS_REC,
-                    std::ptr::null(),
-                ) != 0
+                if own_mount_ns
+                    && libc::mount(
+                        std::ptr::null(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_SLAVE | libc::MS_REC,
+                        std::ptr::null(),
+                    ) != 0
                 {
                     return Err(std::io::Error::last_os_error());
                 }
