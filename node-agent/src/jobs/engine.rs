@@ -541,11 +541,13 @@ impl Engine {
                 }
                 // stdin/stdout/stderr were opened on the node's mounts; CRIU can only dump
                 // descriptors whose mount is in the job's namespace, so open them again here.
-                for (path, fd, flags) in [
+                let stdio = [
                     (c"/dev/null".as_ptr(), 0, libc::O_RDONLY),
                     (stdout_c.as_ptr(), 1, libc::O_WRONLY | libc::O_APPEND),
                     (stderr_c.as_ptr(), 2, libc::O_WRONLY | libc::O_APPEND),
-                ] {
+                ];
+                let reopened = if own_mount_ns { &stdio[..] } else { &[] };
+                for &(path, fd, flags) in reopened {
                     let opened = libc::open(path, flags);
                     if opened < 0 || libc::dup2(opened, fd) < 0 {
                         return Err(std::io::Error::last_os_error());
