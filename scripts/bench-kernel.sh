@@ -14,6 +14,7 @@
 # the boot comparison (3) with that kernel; the compile rows then say "not run".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/install-deps.sh bench >&2
 DROVE=${DROVE:-target/release/drove}
 SOURCE=${KERNEL_SOURCE:-/usr/src/linux-source-6.1.tar.xz}
 RUNS=${RUNS:-3}
@@ -28,6 +29,10 @@ json_field() { sed -n "s/^ *\"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}$/\1/p"
 # the seconds of one of drove's step lines: "drove: [ 12.34s] configure kernel (...)"
 step() { sed -n "s/^drove: \[ *\([0-9.]*\)s\] $2.*/\1/p" "$1" | head -1; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
+# cpu FILE: user+sys seconds of a command run under `/usr/bin/time -o FILE -f "%U %S"` (its
+# whole process tree): unlike wall time, it does not grow when other work shares the cores or
+# the run is paused (SIGSTOP) for another benchmark's quiet window.
+cpu() { tail -1 "$1" | awk '{printf "%.0f", $1 + $2}'; }
 
 load_before=$(load)
 if [ -n "${KERNEL_DIR:-}" ]; then
@@ -35,7 +40,7 @@ if [ -n "${KERNEL_DIR:-}" ]; then
     [ -f "$kernel_dir/kernel.json" ] || { echo "bench-kernel: $kernel_dir/kernel.json: not a drove kernel build output" >&2; exit 1; }
     def_configure="(not run)" def_compile_cell="(not run)" def_bytes="(not run)" def_options="-" def_modules="-"
     drove_unpack="(not run)" drove_configure="(not run)" drove_compile="(not run)" drove_total="(not run)"
-    drove_files="-" def_compile="-"
+    drove_files="-" def_compile="-" def_cpu="-" drove_cpu="(not run)"
 else
 echo "bench-kernel: unpack $SOURCE for the defconfig compile; load $(load)" >&2
 mkdir -p "$work/src"
@@ -53,17 +58,19 @@ t0=$(now)
 nice -n 10 make -s -C "$tree" O="$def" ARCH=x86_64 defconfig >"$def.log" 2>&1
 t1=$(now)
 def_status=0
-timeout "$DEFCONFIG_TIMEOUT" nice -n 10 make -C "$tree" O="$def" ARCH=x86_64 -j"$JOBS" bzImage \
+/usr/bin/time -o "$work/defconfig.cpu" -f "%U %S" \
+    timeout "$DEFCONFIG_TIMEOUT" nice -n 10 make -C "$tree" O="$def" ARCH=x86_64 -j"$JOBS" bzImage \
     >>"$def.log" 2>&1 || def_status=$?
 t2=$(now)
 def_configure=$(secs "$t0" "$t1")
 def_compile=$(secs "$t1" "$t2")
+def_cpu=$(cpu "$work/defconfig.cpu")
 def_files=$(grep -cE '^  (CC|AS) ' "$def.log" || true)
 def_options=$(grep -c '=y$' "$def/.config")
 def_modules=$(grep -c '=m$' "$def/.config" || true)
 if [ "$def_status" = 0 ]; then
     def_bytes=$(stat -c %s "$def/arch/x86/boot/bzImage")
-    def_compile_cell="${def_compile} s, ${def_files} files"
+    def_compile_cell="${def_compile} s wall, ${def_cpu} s CPU, ${def_files} files"
 elif [ "$def_status" = 124 ]; then
     def_bytes="(not finished)"
     def_compile_cell="did not finish within ${DEFCONFIG_TIMEOUT} s (${def_files} files compiled by then)"
@@ -77,10 +84,11 @@ rm -rf "$def" "$work/src"
 
 echo "bench-kernel: drove kernel build, cold (cache $work/cache); load $(load)" >&2
 t0=$(now)
-DROVE_KERNEL_CACHE="$work/cache" "$DROVE" kernel build --source "$SOURCE" --jobs "$JOBS" \
+DROVE_KERNEL_CACHE="$work/cache" /usr/bin/time -o "$work/drove.cpu" -f "%U %S" "$DROVE" kernel build --source "$SOURCE" --jobs "$JOBS" \
     --out "$work/kernel" 2> >(tee "$work/drove-kernel.log" >&2)
 t1=$(now)
 drove_total=$(secs "$t0" "$t1")
+drove_cpu=$(cpu "$work/drove.cpu")
 drove_unpack=$(printf '%.0f' "$(step "$work/drove-kernel.log" 'kernel source')")
 drove_configure=$(printf '%.0f' "$(step "$work/drove-kernel.log" 'configure kernel')")
 drove_compile=$(printf '%.0f' "$(step "$work/drove-kernel.log" 'compile bzImage')")
@@ -128,7 +136,8 @@ run \`-j$JOBS\` under \`nice -n 10\` from the same unpacked tree, each into an e
 |---|---|---|---|
 | unpack the source tarball | ${drove_unpack} s | (reuses drove's tree) | |
 | configure | ${drove_configure} s (\`make tinyconfig\`, merge, \`olddefconfig\`, option check) | ${def_configure} s | |
-| compile bzImage | ${drove_compile} s, ${drove_files} files | ${def_compile_cell} | $(ratio "$drove_compile" "$def_compile") |
+| compile bzImage | ${drove_compile} s wall, ${drove_files} files | ${def_compile_cell} | $(ratio "$drove_compile" "$def_compile") |
+| CPU seconds (user + sys) | ${drove_cpu} s (whole \`drove kernel build\`: unpack, configure, compile) | ${def_cpu} s (\`make bzImage\`) | $(ratio "$drove_cpu" "$def_cpu") |
 | options =y | ${drove_options} (no modules) | ${def_options} (+${def_modules} =m, not built) | |
 | bzImage bytes | ${drove_bytes} | ${def_bytes} | $(ratio "$drove_bytes" "$def_bytes") |
 | bzImage under 2 MB (2,000,000 B) | $(met "$drove_bytes < 2000000") | | |

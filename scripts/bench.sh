@@ -4,6 +4,7 @@
 # with the command that produced it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/install-deps.sh bench
 DROVE=${DROVE:-target/release/drove}
 RUNS=${RUNS:-3}
 KREL=${KREL:-$(ls /boot/vmlinuz-* | sed 's|/boot/vmlinuz-||' | sort -V | tail -1)}
@@ -98,7 +99,6 @@ SIZES="${SIZES:-10 100}" ./scripts/bench-sim.sh >> docs/benchmarks.md
 ./scripts/bench-kernel.sh >> docs/benchmarks.md
 # Plots beside the tables: drawn from the tables above and from target/bench/*.csv (curves other
 # benchmarks write, `series,x,y`); see bench-plot/src/main.rs. Keep this last, before the cat.
-./scripts/install-deps.sh bench
 cargo build --release --locked -p drove-bench-plot >&2
 pngs=$(target/release/bench-plot --markdown docs/benchmarks.md --series target/bench --out docs/img |
     sed -n 's/^bench-plot: //p')

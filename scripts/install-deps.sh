@@ -21,9 +21,10 @@ fi
 if [ "${1:-}" = "kernel" ]; then
     PKGS="$PKGS $(grep -v '^#' "$(dirname "$0")/../kernel/packages.txt")"
 fi
-# `install-deps.sh bench` adds what bench-plot's text needs (fontconfig headers, a sans font).
+# `install-deps.sh bench` adds what bench-plot's text needs (fontconfig headers, a sans font) and
+# what the bench scripts call: bc (ratios) and GNU time (CPU seconds of the kernel compiles).
 if [ "${1:-}" = "bench" ]; then
-    PKGS="$PKGS libfontconfig1-dev fonts-dejavu-core"
+    PKGS="$PKGS libfontconfig1-dev fonts-dejavu-core bc time"
 fi
 [ -n "${DROVE_EXTRA_PKGS:-}" ] && PKGS="$PKGS $DROVE_EXTRA_PKGS"
 

@@ -23,7 +23,9 @@
 //! - Never: pinned jobs, jobs here for less than `min_residency_ms`, jobs that want almost no
 //!   CPU, peers that are not up, refuse guests (`drove lock`), have no speed, are short of
 //!   memory, whose CPU cannot restore this node's images (`criu cpuinfo check`, see
-//!   `cpuinfo.rs`), or failed a migration from here recently.
+//!   `cpuinfo.rs`), or failed a migration from here recently; a job whose migrations failed
+//!   twice in a row waits `failed_backoff_ms`, doubling with each further failure up to
+//!   [`JOB_BACKOFF_MAX_MS`] (a job CRIU cannot dump is not retried every round for ever).
 //! - A node short of memory (`mem_free < mem_low`) sheds one movable job to the peer with the
 //!   most free memory, whatever the loads.
 //! - Before a move the target's current load is asked of the target itself ([`Balancer::confirm`];
@@ -143,12 +145,17 @@ pub struct Balancer {
     pub params: Params,
     pending: Vec<Pending>,
     failed: BTreeMap<u32, Ms>,
+    /// Jobs whose last migrations from here failed: (failures in a row, when the last ended).
+    job_failures: BTreeMap<String, (u32, Ms)>,
     /// Peers whose own current load refused a move (see [`Balancer::confirm`]), and when.
     refused: BTreeMap<u32, Ms>,
     /// xorshift state for the random pair of candidate targets (seeded: decisions are
     /// reproducible).
     rng: u64,
 }
+
+/// The longest a job whose migrations keep failing waits before the next try.
+pub const JOB_BACKOFF_MAX_MS: Ms = 600_000;
 
 /// The load one job of `share` adds to `node`.
 pub fn job_load(share: f64, node: &Node) -> f64 {
@@ -193,6 +200,22 @@ impl Balancer {
         self.failed.retain(|_, at| now < at.saturating_add(backoff));
         let settle = self.params.settle_ms;
         self.refused.retain(|_, at| now < at.saturating_add(settle));
+    }
+
+    /// Whether `job` waits out a back-off at `now`: after two failures in a row, the peer
+    /// back-off, doubled with each further failure (capped).
+    fn job_backing_off(&self, now: Ms, job: &str) -> bool {
+        match self.job_failures.get(job) {
+            Some(&(n, at)) if n >= 2 => {
+                let wait = self
+                    .params
+                    .failed_backoff_ms
+                    .saturating_mul(1 << (n - 2).min(16))
+                    .min(JOB_BACKOFF_MAX_MS);
+                now < at.saturating_add(wait)
+            }
+            _ => false,
+        }
     }
 
     /// Load of `n` with this node's in-flight and recent moves applied.
@@ -240,10 +263,15 @@ impl Balancer {
         if peers.is_empty() {
             return None;
         }
+        // Failures of jobs that are no longer here are forgotten.
+        self.job_failures
+            .retain(|id, _| jobs.iter().any(|j| &j.id == id));
+        let p = &self.params;
         let movable: Vec<&LocalJob> = jobs
             .iter()
             .filter(|j| {
                 !j.pinned
+                    && !self.job_backing_off(now, &j.id)
                     && j.resident_ms
                         >= if j.fresh {
                             p.fresh_residency_ms
@@ -379,8 +407,12 @@ impl Balancer {
                 self.pending.remove(i);
             }
         }
-        if !moved {
+        if moved {
+            self.job_failures.remove(&mv.job);
+        } else {
             self.failed.insert(mv.to, now);
+            let e = self.job_failures.entry(mv.job.clone()).or_insert((0, now));
+            *e = (e.0.saturating_add(1), now);
         }
     }
 }
@@ -1116,6 +1148,58 @@ mod tests {
         ];
         let mv = b.decide(31_000, &me, &nodes, &jobs).unwrap();
         assert_eq!(mv.to, 2);
+    }
+
+    #[test]
+    fn a_job_whose_migrations_keep_failing_backs_off_doubling() {
+        let me = Node {
+            load: 2.0,
+            ..node(1, 100.0)
+        };
+        let nodes: Vec<Node> = (2..=9).map(|n| node(n, 100.0)).collect();
+        let jobs = vec![LocalJob {
+            id: "1.1".into(),
+            pinned: false,
+            share: 1.0,
+            resident_ms: 20_000,
+            fresh: false,
+        }];
+        let mut b = Balancer::default();
+        let backoff = b.params.failed_backoff_ms;
+        let fail_at = |b: &mut Balancer, t: Ms| {
+            let mv = b.decide(t, &me, &nodes, &jobs).expect("a move");
+            b.started(&mv);
+            b.finished(t, &mv, false);
+        };
+        // One failure: the job may try another peer at once (the peer may have been at fault).
+        fail_at(&mut b, 0);
+        fail_at(&mut b, 100);
+        // Two in a row: it waits the back-off, then 2x, 4x, ... up to the cap.
+        let mut t = 100;
+        let mut wait = backoff;
+        for _ in 0..8 {
+            assert_eq!(
+                b.decide(t + wait - 1, &me, &nodes, &jobs),
+                None,
+                "at {wait}"
+            );
+            t += wait;
+            fail_at(&mut b, t);
+            wait = (wait * 2).min(JOB_BACKOFF_MAX_MS);
+        }
+        assert_eq!(wait, JOB_BACKOFF_MAX_MS);
+        // A success forgets the failures.
+        t += wait;
+        let mv = b
+            .decide(t, &me, &nodes, &jobs)
+            .expect("a move after the cap");
+        b.started(&mv);
+        b.finished(t, &mv, true);
+        assert!(b.job_failures.is_empty());
+        // Failures of a job that has gone are forgotten too.
+        b.job_failures.insert("1.9".into(), (5, t));
+        let _ = b.decide(t + 100_000, &me, &nodes, &jobs);
+        assert!(!b.job_failures.contains_key("1.9"));
     }
 
     #[test]

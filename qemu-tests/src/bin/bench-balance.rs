@@ -233,12 +233,15 @@ also the run without balancing. Ideal = single-node makespan ÷ {cores} usable c
 | balanced (jobs free to move) | {b:.1} s | {br:.2} | ≤ 1.25 |
 | ideal ({cores} usable cores) | {ideal:.1} s | 1.00 | |
 | ideal on this host ({hc} cores can run the {cores} VMs' vCPUs at once) | {host_ideal:.1} s | {hr:.2} | |
+| balanced ÷ ideal on this host | | {bh:.2} | ≤ 1.25 |
 
 Balanced run: {moves} migrations for {JOBS} jobs, at most {max_moves} for one job; the jobs first
 ran spread out (no node above its share) {spread}. Every job
 printed the expected sum and exited 0 in both runs. Host load average (1 min) before the runs
-{load_before}, after them {load_after}. The balancer waits out its 10 s minimum
-residency before the first move, and a move freezes the job for 1–3 s under TCG.
+{load_before}, after them {load_after}. A fresh job may leave its home node 2 s after it
+started (a moved job stays 10 s), and a move freezes the job for 1–3 s under TCG. With fewer
+host cores than vCPUs, the cluster can never run faster than the ideal on this host, so that
+is the ratio the goal can be checked against here; the ÷ ideal column is the issue's figure.
 ",
         accel = accel(),
         date = date(),
@@ -246,6 +249,7 @@ residency before the first move, and a move freezes the job for 1–3 s under TC
         pr = pinned.as_secs_f64() / ideal,
         br = b / ideal,
         hr = host_ideal / ideal,
+        bh = b / host_ideal,
         hc = cores.min(host_cores as u64),
     ))
 }

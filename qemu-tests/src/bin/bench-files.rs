@@ -315,6 +315,13 @@ fn node_run(
     let mut jobs: Vec<(String, String, String)> = vec![
         ("`cat FILE`".into(), "cat".into(), default_ra.clone()),
         ("`md5sum FILE`".into(), "md5sum".into(), default_ra.clone()),
+        // A compressor, the first of the real jobs: it does more work per byte, so
+        // the read can overlap with it, as it does with most jobs that are not a bare scan.
+        (
+            "`gzip -c FILE`".into(),
+            "gzip -c".into(),
+            default_ra.clone(),
+        ),
     ];
     for ra in list("READAHEAD_KB", "") {
         jobs.push(("`md5sum FILE`".into(), "md5sum".into(), ra));
