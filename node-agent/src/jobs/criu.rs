@@ -31,10 +31,10 @@ pub enum Error {
 pub const MOUNT_NS_ARGS: [&str; 3] = ["--external", "mnt[]", "--enable-external-masters"];
 
 /// Whether jobs start in a mount namespace of their own (`launch_with`, and PID 1 lifting and
-/// sharing the node's root at boot), and so whether CRIU is told how to dump and restore one.
-/// Off: `criu restore` of such a job is not known to work yet (docs/migration.md, *Own mount
-/// namespace: state of the work*).
-pub const OWN_MOUNT_NS: bool = false;
+/// sharing the node's root at boot), and so whether CRIU is told how to dump and restore one
+/// (docs/migration.md, *Own mount namespace*). Off: a PID namespace only, every CRIU command
+/// line as before the mount namespace existed.
+pub const OWN_MOUNT_NS: bool = true;
 
 fn with_mount_ns(mut a: Vec<String>) -> Vec<String> {
     if !OWN_MOUNT_NS {
