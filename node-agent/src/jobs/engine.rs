@@ -1515,25 +1515,28 @@ impl Drop for TransferGuard<'_> {
 /// (keepalive probes, whose failure `TCP_USER_TIMEOUT` also bounds). The read and write
 /// timeouts stay as the backstop for a live kernel under a hung agent.
 fn tune(stream: &TcpStream) {
-    use nix::sys::socket::{setsockopt, sockopt};
     stream.set_read_timeout(Some(NET_TIMEOUT)).ok();
     stream.set_write_timeout(Some(NET_TIMEOUT)).ok();
     let _ = stream.set_nodelay(true);
-    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-    let results = [
-        setsockopt(stream, sockopt::KeepAlive, &true),
-        setsockopt(stream, sockopt::TcpKeepIdle, &secs(KEEPALIVE_IDLE)),
-        setsockopt(stream, sockopt::TcpKeepInterval, &secs(KEEPALIVE_INTERVAL)),
-        setsockopt(stream, sockopt::TcpKeepCount, &4),
-        setsockopt(
-            stream,
-            sockopt::TcpUserTimeout,
-            &u32::try_from(PEER_DEAD.as_millis()).unwrap_or(u32::MAX),
-        ),
-    ];
-    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+    if let Err(e) = notice_dead_peer(stream) {
         warn!("jobs: cannot set keepalive on a migration connection ({e}): a dead peer is noticed after {} s only", NET_TIMEOUT.as_secs());
     }
+}
+
+/// Keepalive probes and `TCP_USER_TIMEOUT` on a connection to another node, so that a peer
+/// that dies while we wait for its answer fails the connection within [`PEER_DEAD`].
+pub(crate) fn notice_dead_peer(stream: &impl std::os::fd::AsFd) -> nix::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    setsockopt(stream, sockopt::KeepAlive, &true)?;
+    setsockopt(stream, sockopt::TcpKeepIdle, &secs(KEEPALIVE_IDLE))?;
+    setsockopt(stream, sockopt::TcpKeepInterval, &secs(KEEPALIVE_INTERVAL))?;
+    setsockopt(stream, sockopt::TcpKeepCount, &4)?;
+    setsockopt(
+        stream,
+        sockopt::TcpUserTimeout,
+        &u32::try_from(PEER_DEAD.as_millis()).unwrap_or(u32::MAX),
+    )
 }
 
 /// Whether to pre-copy a job using `rss` bytes: as asked, else when it is large.
@@ -1818,6 +1821,20 @@ fn open_output(path: &Path) -> Result<File, Error> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn connections_to_other_nodes_notice_a_dead_peer_in_seconds() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        notice_dead_peer(&s).unwrap();
+        assert!(getsockopt(&s, sockopt::KeepAlive).unwrap());
+        assert_eq!(getsockopt(&s, sockopt::TcpKeepIdle).unwrap(), 2);
+        assert_eq!(
+            getsockopt(&s, sockopt::TcpUserTimeout).unwrap(),
+            PEER_DEAD.as_millis() as u32
+        );
+    }
 
     #[test]
     fn an_uncommitted_copy_runs_only_when_the_source_gave_it_up() {
