@@ -181,10 +181,11 @@ pub fn run(
 mod tests {
     use super::*;
 
-    /// The mount namespace arguments as they appear in a command line, with a leading space.
+    /// The mount namespace arguments as they appear in a command line (shell-quoted, as the
+    /// agent logs it), with a leading space.
     fn ns() -> String {
         if OWN_MOUNT_NS {
-            format!(" {}", MOUNT_NS_ARGS.join(" "))
+            format!(" {}", shell_line(MOUNT_NS_ARGS[0], &MOUNT_NS_ARGS[1..]))
         } else {
             String::new()
         }
