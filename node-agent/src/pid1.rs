@@ -288,17 +288,34 @@ pub enum Error {
 
 fn boot(agent: &Arc<Agent>) -> Result<(), Error> {
     let sys = agent.sys.as_ref();
+    // Before anything is mounted: the mounts below then sit on the lifted root.
+    let own_ns = crate::jobs::criu::OWN_MOUNT_NS;
+    let lifted = if own_ns {
+        crate::mounts::lift_root()
+    } else {
+        Ok(false)
+    };
     for (target, result) in crate::mounts::mount_all(sys, &crate::mounts::plan()) {
         match result {
             Ok(outcome) => debug!("{target}: {outcome:?}"),
             Err(e) => error!("{}", console::chain(&e)),
         }
     }
+    let shared = if own_ns {
+        crate::mounts::share_root()
+    } else {
+        Ok(())
+    };
     ensure_stdio();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     console::set_debug(wants_debug(&cmdline));
     let consoles = open_consoles();
     info!("drove-agent {VERSION} starting as PID 1");
+    // Logged only now that the console is set up.
+    match (lifted, shared) {
+        (Ok(l), Ok(())) => debug!("root lifted off the initramfs: {l}; mounts shared: {own_ns}"),
+        (Err(e), _) | (_, Err(e)) => error!("{}", console::chain(&e)),
+    }
     if let Err(e) = sys.set_ctrl_alt_del(false) {
         warn!("cannot route Ctrl-Alt-Del to the agent: {e}");
     }

@@ -30,6 +30,59 @@ fn wait_output(agent: &Agent, id: &str, min_len: usize, timeout: Duration) -> us
     }
 }
 
+/// The mount namespaces of process `pid` and of PID 1 on the node behind `agent`, read by a
+/// short job there (`/proc` is the node's: the job only has its own PID namespace's pids as
+/// children, its /proc shows every pid of the node).
+fn mount_namespaces(agent: &Agent, pid: i64) -> (String, String) {
+    let job = agent
+        .launch(&[
+            "/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            format!("readlink /proc/{pid}/ns/mnt; readlink /proc/1/ns/mnt"),
+        ])
+        .unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let done = agent
+        .follow(&id, &mut out, &mut err, Duration::from_millis(200))
+        .unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        done["exit_code"].as_i64() == Some(0) && lines.len() == 2,
+        "readlink of pid {pid}'s mount namespace: {done}\n{text}{}",
+        String::from_utf8_lossy(&err)
+    );
+    (lines[0].to_owned(), lines[1].to_owned())
+}
+
+/// A job runs in a mount namespace of its own, not the node's (issue 4, item 1), when the
+/// agent is built with its own mount namespace on (`criu::OWN_MOUNT_NS`); in the node's one
+/// otherwise.
+fn assert_own_mount_namespace(agent: &Agent, id: &str) {
+    let job = agent.job(id).unwrap();
+    let pid = job["pid"].as_i64().unwrap();
+    let (job_ns, node_ns) = mount_namespaces(agent, pid);
+    assert!(
+        job_ns.starts_with("mnt:[") && node_ns.starts_with("mnt:["),
+        "{job_ns} {node_ns}"
+    );
+    if drove_agent::jobs::criu::OWN_MOUNT_NS {
+        assert_ne!(
+            job_ns, node_ns,
+            "job {id} (pid {pid} on node {}) shares the node's mount namespace",
+            job["node"]
+        );
+    } else {
+        assert_eq!(
+            job_ns, node_ns,
+            "job {id} (pid {pid} on node {}) has a mount namespace of its own, the agent's switch is off",
+            job["node"]
+        );
+    }
+}
+
 #[test]
 fn awk_job_moves_to_node2_and_home_with_all_its_output() -> Result<(), Error> {
     let expected = std::process::Command::new("/bin/busybox")
@@ -65,6 +118,8 @@ fn awk_job_moves_to_node2_and_home_with_all_its_output() -> Result<(), Error> {
         cluster.console_lines_with("jobs:")
     );
 
+    assert_own_mount_namespace(&node1, &id);
+
     let there = node1.migrate(&id, "2").unwrap();
     eprintln!("migration to node 2: {there}");
     assert_eq!(
@@ -79,6 +134,9 @@ fn awk_job_moves_to_node2_and_home_with_all_its_output() -> Result<(), Error> {
         (Some(2), Some("running")),
         "{on2}"
     );
+    // Restored on node 2 into a mount namespace of its own again.
+    let node2 = Agent::new(&cluster.api(2)?.to_string(), Some(key.clone()));
+    assert_own_mount_namespace(&node2, &id);
 
     // Let it write on node 2, then bring it home through node 1 (forwarded to node 2).
     let before = node1.output(&id, "stdout", 0).unwrap().len();

@@ -670,6 +670,11 @@ pub(crate) async fn forward_raw(
         )
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection in 5 s"))??;
+        // A node that dies while we wait for its answer (a `drove run` reading output through
+        // the home node when the job's node is killed): fail in seconds, not after 180 s.
+        if let Err(e) = super::engine::notice_dead_peer(&s) {
+            crate::warn!("jobs: cannot set keepalive on a forwarded request to {addr} ({e})");
+        }
         let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}:{port}\r\nContent-Length: {}\r\nContent-Type: application/json\r\n{FORWARDED}: 1\r\n", body.len());
         if let Some(a) = auth {
             req.push_str(&format!("Authorization: {a}\r\n"));

@@ -22,10 +22,33 @@ pub enum Error {
     },
 }
 
+/// How CRIU treats the job's own mount namespace (a slave copy of the node's mounts, made by
+/// `launch_with`), on dump, pre-dump and restore alike. Every mount in it is one every node has
+/// at the same path (the image's root, /proc, /sys, /dev, /run, /tmp, the cluster file area), so
+/// none is dumped: `mnt[]` makes each an external bind mount keyed by its path, which the
+/// restore binds from the target's own mount at that path; the masters/sharing switches let
+/// CRIU keep the slave link to the node's shared mounts (later mounts still reach the job).
+pub const MOUNT_NS_ARGS: [&str; 3] = ["--external", "mnt[]", "--enable-external-masters"];
+
+/// Whether jobs start in a mount namespace of their own (`launch_with`, and PID 1 lifting and
+/// sharing the node's root at boot), and so whether CRIU is told how to dump and restore one
+/// (docs/migration.md, *Own mount namespace*). Off: a PID namespace only, every CRIU command
+/// line as before the mount namespace existed.
+pub const OWN_MOUNT_NS: bool = true;
+
+fn with_mount_ns(mut a: Vec<String>) -> Vec<String> {
+    if !OWN_MOUNT_NS {
+        return a;
+    }
+    let at = a.len() - 3;
+    a.splice(at..at, MOUNT_NS_ARGS.iter().map(|s| s.to_string()));
+    a
+}
+
 /// `criu dump` of the job whose root (the init of its PID namespace) is `pid`: the tasks are
 /// left stopped so the source can resume them if anything later fails.
 pub fn dump_args(pid: i32, images: &Path, log: &Path) -> Vec<String> {
-    vec![
+    with_mount_ns(vec![
         "dump".into(),
         "-t".into(),
         pid.to_string(),
@@ -35,7 +58,7 @@ pub fn dump_args(pid: i32, images: &Path, log: &Path) -> Vec<String> {
         "-v2".into(),
         "-o".into(),
         log.display().to_string(),
-    ]
+    ])
 }
 
 /// `criu pre-dump --track-mem` of the job rooted at `pid` into `images`: its memory is copied
@@ -55,7 +78,7 @@ pub fn pre_dump_args(pid: i32, images: &Path, prev: Option<&str>, log: &Path) ->
         a.extend(["--prev-images-dir".into(), prev.into()]);
     }
     a.extend(["-v2".into(), "-o".into(), log.display().to_string()]);
-    a
+    with_mount_ns(a)
 }
 
 /// The final dump after pre-dump rounds: like [`dump_args`], writing only the pages dirtied
@@ -77,7 +100,7 @@ pub fn final_dump_args(pid: i32, images: &Path, prev: &str, log: &Path) -> Vec<S
 /// `criu restore` detached, into a new PID namespace (CRIU recreates the one it dumped), left
 /// stopped until the source has killed its copy; `pidfile` gets the root's pid.
 pub fn restore_args(images: &Path, pidfile: &Path, log: &Path) -> Vec<String> {
-    vec![
+    let mut a = with_mount_ns(vec![
         "restore".into(),
         "-D".into(),
         images.display().to_string(),
@@ -88,7 +111,15 @@ pub fn restore_args(images: &Path, pidfile: &Path, log: &Path) -> Vec<String> {
         "-v2".into(),
         "-o".into(),
         log.display().to_string(),
-    ]
+    ]);
+    if OWN_MOUNT_NS {
+        // The namespace's root is rebuilt as a bind of this node's root, which is also the only
+        // mount CRIU's mount-v2 can take the node's root peer group from, the group the job's
+        // root is a slave of (without it: "Sharing group (0, 1) has unreachable sharing").
+        let at = a.len() - 3;
+        a.splice(at..at, ["--root".to_string(), "/".into()]);
+    }
+    a
 }
 
 /// CRIU's own explanation from its log: the `Error` lines (last few), else the log's tail.
@@ -150,6 +181,25 @@ pub fn run(
 mod tests {
     use super::*;
 
+    /// The mount namespace arguments as they appear in a command line (shell-quoted, as the
+    /// agent logs it), with a leading space.
+    fn ns() -> String {
+        if OWN_MOUNT_NS {
+            format!(" {}", shell_line(MOUNT_NS_ARGS[0], &MOUNT_NS_ARGS[1..]))
+        } else {
+            String::new()
+        }
+    }
+
+    /// The same for `criu restore`, which also names the root to rebuild the namespace on.
+    fn restore_ns() -> String {
+        if OWN_MOUNT_NS {
+            format!("{} --root /", ns())
+        } else {
+            String::new()
+        }
+    }
+
     #[test]
     fn command_lines() {
         let d = dump_args(
@@ -158,7 +208,7 @@ mod tests {
             Path::new("/run/drove/jobs/1.1/dump.log"),
         );
         let argv: Vec<&str> = d.iter().map(String::as_str).collect();
-        assert_eq!(shell_line(CRIU, &argv), "/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img --leave-stopped -v2 -o /run/drove/jobs/1.1/dump.log");
+        assert_eq!(shell_line(CRIU, &argv), format!("/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img --leave-stopped{} -v2 -o /run/drove/jobs/1.1/dump.log", ns()));
         let r = restore_args(
             Path::new("/run/drove/jobs/1.1/img"),
             Path::new("/run/drove/jobs/1.1/pid"),
@@ -167,7 +217,7 @@ mod tests {
         let argv: Vec<&str> = r.iter().map(String::as_str).collect();
         assert_eq!(
             shell_line(CRIU, &argv),
-            "/usr/sbin/criu restore -D /run/drove/jobs/1.1/img -d --leave-stopped --pidfile /run/drove/jobs/1.1/pid -v2 -o /run/drove/jobs/1.1/restore.log"
+            format!("/usr/sbin/criu restore -D /run/drove/jobs/1.1/img -d --leave-stopped --pidfile /run/drove/jobs/1.1/pid{} -v2 -o /run/drove/jobs/1.1/restore.log", restore_ns())
         );
     }
 
@@ -180,15 +230,15 @@ mod tests {
         let d = Path::new("/run/drove/jobs/1.1");
         assert_eq!(
             line(pre_dump_args(431, &d.join("pre-1"), None, &d.join("pre-1.log"))),
-            "/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-1 --track-mem -v2 -o /run/drove/jobs/1.1/pre-1.log"
+            format!("/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-1 --track-mem{} -v2 -o /run/drove/jobs/1.1/pre-1.log", ns())
         );
         assert_eq!(
             line(pre_dump_args(431, &d.join("pre-2"), Some("../pre-1"), &d.join("pre-2.log"))),
-            "/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-2 --track-mem --prev-images-dir ../pre-1 -v2 -o /run/drove/jobs/1.1/pre-2.log"
+            format!("/usr/sbin/criu pre-dump -t 431 -D /run/drove/jobs/1.1/pre-2 --track-mem --prev-images-dir ../pre-1{} -v2 -o /run/drove/jobs/1.1/pre-2.log", ns())
         );
         assert_eq!(
             line(final_dump_args(431, &d.join("img-out"), "../pre-2", &d.join("dump.log"))),
-            "/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img-out --leave-stopped --track-mem --prev-images-dir ../pre-2 -v2 -o /run/drove/jobs/1.1/dump.log"
+            format!("/usr/sbin/criu dump -t 431 -D /run/drove/jobs/1.1/img-out --leave-stopped{} --track-mem --prev-images-dir ../pre-2 -v2 -o /run/drove/jobs/1.1/dump.log", ns())
         );
     }
 

@@ -505,17 +505,61 @@ impl Engine {
         let (pid_r, pid_w) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::NoPid(e.into()))?;
         let w = pid_w.as_raw_fd();
+        // Paths to open again inside the job's mount namespace (built here: no allocation
+        // after the fork).
+        let reopen = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+                .map_err(|e| Error::Other(format!("{}: {e}", p.display())))
+        };
+        let stdout_c = reopen(&dir.join("stdout"))?;
+        let stderr_c = reopen(&dir.join("stderr"))?;
+        let own_mount_ns = super::criu::OWN_MOUNT_NS;
         let mut command = Command::new(program);
         command.args(args).stdout(out).stderr(err).current_dir(&cwd);
         command.envs(start.env(&id, &cwd));
         // SAFETY: runs in the forked child before exec and calls only async-signal-safe
-        // functions (unshare, fork, setsid, write, close, _exit) on plain integers and a
-        // stack buffer. The middle process exits at once; its child, pid 1 of the new PID
-        // namespace, goes on to exec the command (std reports an exec failure from there).
+        // functions (unshare, mount, open, dup2, fork, setsid, write, close, _exit) on plain
+        // integers, C strings made before the fork and a stack buffer. The middle process exits at once; its child, pid 1
+        // of the new PID namespace, goes on to exec the command (std reports an exec failure
+        // from there).
         unsafe {
             command.pre_exec(move || {
-                if libc::unshare(libc::CLONE_NEWPID) != 0 {
+                let ns = if own_mount_ns {
+                    libc::CLONE_NEWPID | libc::CLONE_NEWNS
+                } else {
+                    libc::CLONE_NEWPID
+                };
+                if libc::unshare(ns) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // A slave of the node's (shared) mounts: what the agent mounts later, e.g. the
+                // cluster file area, reaches the job; nothing the job mounts leaks out.
+                let root = c"/";
+                if own_mount_ns
+                    && libc::mount(
+                        std::ptr::null(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_SLAVE | libc::MS_REC,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // stdin/stdout/stderr were opened on the node's mounts; CRIU can only dump
+                // descriptors whose mount is in the job's namespace, so open them again here.
+                let stdio = [
+                    (c"/dev/null".as_ptr(), 0, libc::O_RDONLY),
+                    (stdout_c.as_ptr(), 1, libc::O_WRONLY | libc::O_APPEND),
+                    (stderr_c.as_ptr(), 2, libc::O_WRONLY | libc::O_APPEND),
+                ];
+                let reopened = if own_mount_ns { &stdio[..] } else { &[] };
+                for &(path, fd, flags) in reopened {
+                    let opened = libc::open(path, flags);
+                    if opened < 0 || libc::dup2(opened, fd) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    libc::close(opened);
                 }
                 match libc::fork() {
                     -1 => Err(std::io::Error::last_os_error()),
@@ -1587,25 +1631,28 @@ impl Drop for TransferGuard<'_> {
 /// (keepalive probes, whose failure `TCP_USER_TIMEOUT` also bounds). The read and write
 /// timeouts stay as the backstop for a live kernel under a hung agent.
 fn tune(stream: &TcpStream) {
-    use nix::sys::socket::{setsockopt, sockopt};
     stream.set_read_timeout(Some(NET_TIMEOUT)).ok();
     stream.set_write_timeout(Some(NET_TIMEOUT)).ok();
     let _ = stream.set_nodelay(true);
-    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
-    let results = [
-        setsockopt(stream, sockopt::KeepAlive, &true),
-        setsockopt(stream, sockopt::TcpKeepIdle, &secs(KEEPALIVE_IDLE)),
-        setsockopt(stream, sockopt::TcpKeepInterval, &secs(KEEPALIVE_INTERVAL)),
-        setsockopt(stream, sockopt::TcpKeepCount, &4),
-        setsockopt(
-            stream,
-            sockopt::TcpUserTimeout,
-            &u32::try_from(PEER_DEAD.as_millis()).unwrap_or(u32::MAX),
-        ),
-    ];
-    if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
+    if let Err(e) = notice_dead_peer(stream) {
         warn!("jobs: cannot set keepalive on a migration connection ({e}): a dead peer is noticed after {} s only", NET_TIMEOUT.as_secs());
     }
+}
+
+/// Keepalive probes and `TCP_USER_TIMEOUT` on a connection to another node, so that a peer
+/// that dies while we wait for its answer fails the connection within [`PEER_DEAD`].
+pub(crate) fn notice_dead_peer(stream: &impl std::os::fd::AsFd) -> nix::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let secs = |d: Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+    setsockopt(stream, sockopt::KeepAlive, &true)?;
+    setsockopt(stream, sockopt::TcpKeepIdle, &secs(KEEPALIVE_IDLE))?;
+    setsockopt(stream, sockopt::TcpKeepInterval, &secs(KEEPALIVE_INTERVAL))?;
+    setsockopt(stream, sockopt::TcpKeepCount, &4)?;
+    setsockopt(
+        stream,
+        sockopt::TcpUserTimeout,
+        &u32::try_from(PEER_DEAD.as_millis()).unwrap_or(u32::MAX),
+    )
 }
 
 /// Whether to pre-copy a job using `rss` bytes: as asked, else when it is large.
@@ -1890,6 +1937,20 @@ fn open_output(path: &Path) -> Result<File, Error> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn connections_to_other_nodes_notice_a_dead_peer_in_seconds() {
+        use nix::sys::socket::{getsockopt, sockopt};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        notice_dead_peer(&s).unwrap();
+        assert!(getsockopt(&s, sockopt::KeepAlive).unwrap());
+        assert_eq!(getsockopt(&s, sockopt::TcpKeepIdle).unwrap(), 2);
+        assert_eq!(
+            getsockopt(&s, sockopt::TcpUserTimeout).unwrap(),
+            PEER_DEAD.as_millis() as u32
+        );
+    }
 
     #[test]
     fn an_uncommitted_copy_runs_only_when_the_source_gave_it_up() {
