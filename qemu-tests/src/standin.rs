@@ -75,9 +75,11 @@ pub fn cpio(dest: &Path, files: &[(&str, &[u8], u32)]) -> Result<(), Error> {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))
             .map_err(io("cannot chmod"))?;
     }
+    // zstd, not gzip: drove's compiled kernel decompresses only zstd and xz initramfs segments
+    // (docs/kernel.md), and the boot benchmark boots this baseline on it too.
     run(Command::new("sh")
         .arg("-c")
-        .arg(r#"cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | gzip -n > "$2""#)
+        .arg(r#"cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0 | zstd -q -c > "$2""#)
         .arg("sh")
         .arg(staging.path())
         .arg(dest))?;
