@@ -93,6 +93,17 @@ mod tests {
         }
     }
 
+    /// A datagram sealed around `json` exactly as given (another agent version's bytes).
+    fn sealed_raw(k: &[u8], json: &[u8]) -> Vec<u8> {
+        let mut m = mac(k);
+        m.update(MAGIC);
+        m.update(json);
+        let mut d = MAGIC.to_vec();
+        d.extend_from_slice(&m.finalize().into_bytes());
+        d.extend_from_slice(json);
+        d
+    }
+
     #[test]
     fn seal_open_round_trip_and_tamper() {
         let k = b"k1";
@@ -107,12 +118,7 @@ mod tests {
         assert_eq!(open(k, &[b'x'; 100]), Err(Reject::Magic));
         assert_eq!(open(k, b"DRV1"), Err(Reject::Tag));
         // Right key, but the body is not a message.
-        let mut m = mac(k);
-        m.update(MAGIC);
-        m.update(b"{}");
-        let mut g = MAGIC.to_vec();
-        g.extend_from_slice(&m.finalize().into_bytes());
-        g.extend_from_slice(b"{}");
+        let g = sealed_raw(k, b"{}");
         assert!(matches!(open(k, &g), Err(Reject::Malformed(_))));
     }
 
@@ -123,12 +129,7 @@ mod tests {
         // A datagram of an agent from before `cpus`, `refuses_guests` and `cpu`: accepted, the
         // new fields read as unknown/unlocked.
         let old = r#"{"cluster":"c","incarnation":1,"seq":2,"entries":[{"number":1,"name":"node1","addr":"10.0.0.1","incarnation":1,"heartbeat":3,"age_ms":0,"load":{"load":0.5,"speed":100.0,"mem_free":1,"mem_total":2,"jobs":1,"guest_jobs":0}}]}"#;
-        let mut m = mac(k);
-        m.update(MAGIC);
-        m.update(old.as_bytes());
-        let mut d = MAGIC.to_vec();
-        d.extend_from_slice(&m.finalize().into_bytes());
-        d.extend_from_slice(old.as_bytes());
+        let d = sealed_raw(k, old.as_bytes());
         let got = open(k, &d).unwrap();
         let l = &got.entries[0].load;
         assert_eq!(
@@ -159,12 +160,7 @@ mod tests {
         let newer = serde_json::to_string(&msg)
             .unwrap()
             .replace("\"cpus\":4", "\"cpus\":4,\"gpus\":1");
-        let mut m = mac(k);
-        m.update(MAGIC);
-        m.update(newer.as_bytes());
-        let mut d = MAGIC.to_vec();
-        d.extend_from_slice(&m.finalize().into_bytes());
-        d.extend_from_slice(newer.as_bytes());
+        let d = sealed_raw(k, newer.as_bytes());
         assert_eq!(open(k, &d).unwrap(), msg);
     }
 
@@ -175,12 +171,7 @@ mod tests {
         let k = b"k1";
         // An older agent's datagram, without `rumors` and `pings`: accepted, asking nobody.
         let old = r#"{"cluster":"c","incarnation":1,"seq":2,"entries":[]}"#;
-        let mut m = mac(k);
-        m.update(MAGIC);
-        m.update(old.as_bytes());
-        let mut d = MAGIC.to_vec();
-        d.extend_from_slice(&m.finalize().into_bytes());
-        d.extend_from_slice(old.as_bytes());
+        let d = sealed_raw(k, old.as_bytes());
         assert_eq!(open(k, &d).unwrap(), msg());
         // Asking nobody, a current agent sends what an older one sends.
         assert_eq!(seal(k, &msg()), d);
