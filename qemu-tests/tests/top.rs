@@ -5,6 +5,11 @@
 //! list, `GET /api/cluster/jobs`); `q` typed into the pane (tmux send-keys) ends it and the terminal is
 //! given back (the pane's program exits with status 0).
 //!
+//! The exit status is written by the pane's shell to a file (`; echo $? > FILE`) rather than read
+//! from tmux's `#{pane_dead_status}`: in one CI run tmux 3.3a marked the pane dead but never
+//! filled its status (a clean exit: the alternate screen had been left), so the test failed on
+//! tmux's bookkeeping, not on `drove top`.
+//!
 //! The tmux server runs on a socket of its own (`-L drove-top-<pid>`), so it neither sees nor
 //! touches anyone else's tmux.
 
@@ -74,10 +79,13 @@ fn top_in_tmux_shows_every_node_and_quits_on_q() -> Result<(), Error> {
         .unwrap_or_else(|e| panic!("launching a job on node 2: {e}"));
     let job_id = job["id"].as_str().unwrap().to_owned();
     let tmux = Tmux::new();
-    // remain-on-exit keeps the pane after `drove top` ends, so its exit status can be read.
+    let work = tempfile::tempdir().unwrap();
+    let status_file = work.path().join("exit-status");
+    // remain-on-exit keeps the pane (and its last screen) after `drove top` ends.
     let command = format!(
-        "{} top --node {api} --interval 0.5",
-        drove.to_str().unwrap()
+        "{} top --node {api} --interval 0.5; echo $? > {}",
+        drove.to_str().unwrap(),
+        status_file.display()
     );
     tmux.ok(&[
         "start-server",
@@ -136,24 +144,32 @@ fn top_in_tmux_shows_every_node_and_quits_on_q() -> Result<(), Error> {
 
     tmux.ok(&["send-keys", "-t", "top", "q"]);
     let started = Instant::now();
-    loop {
-        let dead = tmux.ok(&[
-            "display-message",
-            "-p",
-            "-t",
-            "top",
-            "#{pane_dead} #{pane_dead_status}",
-        ]);
-        if dead.trim() == "1 0" {
-            break;
+    let status = loop {
+        // The shell writes the file in one short write; a partial read is retried.
+        match std::fs::read_to_string(&status_file) {
+            Ok(s) if s.ends_with('\n') => break s.trim().to_owned(),
+            _ => {}
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "drove top did not end on q: pane {dead:?}; screen:\n{}",
+            "drove top did not end on q within 10 s (pane dead/status/signal: {:?}); screen:\n{}",
+            tmux.ok(&[
+                "display-message",
+                "-p",
+                "-t",
+                "top",
+                "#{pane_dead} #{pane_dead_status} #{pane_dead_signal}",
+            ]),
             tmux.screen()
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
+    assert_eq!(
+        status,
+        "0",
+        "drove top ended with status {status} on q; screen:\n{}",
+        tmux.screen()
+    );
     // Back from the alternate screen: the view is gone from the pane.
     let after = tmux.screen();
     assert!(!after.contains("q to quit"), "{after}");

@@ -542,6 +542,24 @@ pub mod demand {
         }
         Some(a.saturating_sub(b) as f64 / (dt_ms as f64 * 1e6))
     }
+
+    /// A job's demand after a new `sample` (CPUs, capped at `cpus`): the first measurement
+    /// replaces the "CPU-bound until measured" guess outright, later ones are averaged with the
+    /// last figure (smoothed like the load). Averaging the first one with the guess kept an idle
+    /// job (`sleep 600`) above `min_share` for its first seconds, long enough to be moved for load
+    /// it does not make.
+    pub fn smooth(measured: Option<f64>, sample: f64, cpus: u32) -> f64 {
+        let sample = sample.min(f64::from(cpus.max(1)));
+        match measured {
+            None => sample,
+            Some(last) => (last + sample) / 2.0,
+        }
+    }
+
+    /// What the balancer counts for a job: its smoothed demand, or 1 CPU until measured.
+    pub fn counted(measured: Option<f64>) -> f64 {
+        measured.unwrap_or(1.0)
+    }
 }
 
 /// The load `jobs` CPU-bound jobs make on a node: what the balancer compares. The measured
@@ -646,8 +664,9 @@ pub fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
     let mut balancer = Balancer::seeded(Params::default(), seed);
-    // Per job: where it is (pid), since when (local ms), last demand sample (ms, ns), share.
-    type Seen = (i32, Ms, Option<(Ms, u64)>, f64);
+    // Per job: where it is (pid), since when (local ms), last demand sample (ms, ns), measured
+    // share (none yet: counted as CPU-bound).
+    type Seen = (i32, Ms, Option<(Ms, u64)>, Option<f64>);
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     let t0 = Instant::now();
     crate::info!("jobs: balancer running (cpus {cpus}, rule in docs/migration.md)");
@@ -720,14 +739,13 @@ pub fn run(
         let mut jobs = Vec::new();
         for (id, pid, pinned, fresh) in running {
             let ns = samples.get(&pid).copied();
-            let e = seen.entry(id.clone()).or_insert((pid, now, None, 1.0));
+            let e = seen.entry(id.clone()).or_insert((pid, now, None, None));
             if e.0 != pid {
-                *e = (pid, now, None, 1.0);
+                *e = (pid, now, None, None);
             }
             if let (Some((t, before)), Some(after)) = (e.2, ns) {
                 if let Some(s) = demand::share(Some(before), Some(after), now - t) {
-                    // Smoothed like the load; a new job counts as CPU-bound until measured.
-                    e.3 = (e.3 + s.min(f64::from(cpus))) / 2.0;
+                    e.3 = Some(demand::smooth(e.3, s, cpus));
                 }
             }
             if let Some(after) = ns {
@@ -736,7 +754,7 @@ pub fn run(
             jobs.push(LocalJob {
                 id,
                 pinned,
-                share: e.3,
+                share: demand::counted(e.3),
                 resident_ms: now - e.1,
                 fresh,
             });
@@ -1552,6 +1570,20 @@ mod tests {
         assert_eq!(demand::parse("garbage", "1 2 3"), None);
         assert_eq!(demand::share(Some(0), Some(1_000_000_000), 1000), Some(1.0));
         assert_eq!(demand::share(None, Some(1), 1000), None);
+    }
+
+    #[test]
+    fn an_idle_job_is_not_worth_moving_once_measured() {
+        let p = Params::default();
+        // Unmeasured: counted as CPU-bound, so a new job on a busy home may leave at once.
+        assert_eq!(demand::counted(None), 1.0);
+        // An idle job's first measurement puts it under min_share straight away (averaging it
+        // with the guess gave 0.5, then 0.25: still movable for its first seconds).
+        let idle = demand::smooth(None, 0.0, 1);
+        assert!(demand::counted(Some(idle)) < p.min_share, "{idle}");
+        // A CPU-bound one stays CPU-bound, capped at the node's CPUs; later samples are averaged.
+        assert_eq!(demand::smooth(None, 1.7, 1), 1.0);
+        assert_eq!(demand::smooth(Some(1.0), 0.0, 2), 0.5);
     }
 
     fn jobs_of(n: usize, resident_ms: Ms, fresh: bool) -> Vec<LocalJob> {
