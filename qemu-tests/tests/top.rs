@@ -8,7 +8,8 @@
 //! The exit status is written by the pane's shell to a file (`; echo $? > FILE`) rather than read
 //! from tmux's `#{pane_dead_status}`: in one CI run tmux 3.3a marked the pane dead but never
 //! filled its status (a clean exit: the alternate screen had been left), so the test failed on
-//! tmux's bookkeeping, not on `drove top`.
+//! tmux's bookkeeping, not on `drove top`. tmux marks a pane dead when its pty closes and
+//! fills the status only when its SIGCHLD handler has reaped the child (tmux/tmux#4841).
 //!
 //! The tmux server runs on a socket of its own (`-L drove-top-<pid>`), so it neither sees nor
 //! touches anyone else's tmux.
