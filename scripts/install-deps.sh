@@ -21,10 +21,12 @@ fi
 if [ "${1:-}" = "kernel" ]; then
     PKGS="$PKGS $(grep -v '^#' "$(dirname "$0")/../kernel/packages.txt")"
 fi
-# `install-deps.sh bench` adds what bench-plot's text needs (fontconfig headers, a sans font) and
-# what the bench scripts call: bc (ratios) and GNU time (CPU seconds of the kernel compiles).
+# `install-deps.sh bench` adds what bench-plot's text needs (fontconfig headers, a sans font),
+# what the bench scripts call: bc (ratios) and GNU time (CPU seconds of the kernel compiles), and
+# what the kernel benchmark compiles with (the kernel packages, with the source tarball).
 if [ "${1:-}" = "bench" ]; then
-    PKGS="$PKGS libfontconfig1-dev fonts-dejavu-core bc time"
+    PKGS="$PKGS libfontconfig1-dev fonts-dejavu-core bc time
+          $(grep -v '^#' "$(dirname "$0")/../kernel/packages.txt")"
 fi
 [ -n "${DROVE_EXTRA_PKGS:-}" ] && PKGS="$PKGS $DROVE_EXTRA_PKGS"
 
