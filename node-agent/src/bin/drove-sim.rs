@@ -1,20 +1,40 @@
 //! `drove-sim [NODES...]`: the scale simulation (`drove_agent::sim`) for each cluster size
 //! (default 10 100 1000 10000); prints the markdown section for `docs/benchmarks.md` on stdout
-//! and one line per size on stderr as it goes. `--csv FILE` also writes imbalance over time.
+//! and one line per size on stderr as it goes. `--csv FILE` also writes imbalance over time;
+//! `--no-place` starts every job on its home (no placement at submission), for comparison;
+//! `--seed N` draws another cluster and workload (default 7).
 
 fn main() {
     let mut sizes = Vec::new();
     let mut csv = None;
+    let mut place = true;
+    let mut seed = drove_agent::sim::Setup::new(0).seed;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--csv" {
             csv = args.next();
             continue;
         }
+        if a == "--seed" {
+            match args.next().and_then(|v| v.parse().ok()) {
+                Some(v) => seed = v,
+                None => {
+                    eprintln!("drove-sim: --seed needs a number");
+                    std::process::exit(2);
+                }
+            }
+            continue;
+        }
+        if a == "--no-place" {
+            place = false;
+            continue;
+        }
         match a.parse::<u32>() {
             Ok(n) if (2..=100_000).contains(&n) => sizes.push(n),
             _ => {
-                eprintln!("usage: drove-sim [--csv FILE] [NODES (2-100000)...]");
+                eprintln!(
+                    "usage: drove-sim [--csv FILE] [--no-place] [--seed N] [NODES (2-100000)...]"
+                );
                 std::process::exit(2);
             }
         }
@@ -23,7 +43,11 @@ fn main() {
         sizes = vec![10, 100, 1000, 10_000];
     }
     let mut reports = Vec::new();
-    let setup = drove_agent::sim::Setup::new(0);
+    let setup = drove_agent::sim::Setup {
+        place,
+        seed,
+        ..drove_agent::sim::Setup::new(0)
+    };
     for n in sizes {
         let r = drove_agent::sim::run(&drove_agent::sim::Setup {
             nodes: n,
@@ -36,17 +60,25 @@ fn main() {
             .map(|(part, s)| format!("{part} {s:.1}"))
             .collect();
         eprintln!(
-            "drove-sim: {n} nodes: {:.2} msgs/node/s, down everywhere {:?} ms, {} false downs, worst imbalance after 30 s {:.2}, {:.2} migrations/job, {:.1} s wall, {:.1} s CPU, peak RSS {} MB (seconds: {})",
+            "drove-sim: {n} nodes: {:.2} msgs/node/s, down everywhere {:?} ms, {} false downs, worst imbalance after 30 s {:.2}, {:.2} migrations/job, {} of {} jobs placed away from home, {:.1} s wall, {:.1} s CPU, peak RSS {} MB (seconds: {})",
             r.msgs_per_node_s,
             r.down_everywhere_ms,
             r.false_downs,
             r.imbalance_after_30s(),
             r.migrations_per_job(),
+            r.placed,
+            r.jobs,
             r.wall_s,
             r.cpu_s,
             r.peak_rss_kb / 1024,
             profile.join(", ")
         );
+        if !r.worst_node.is_empty() {
+            eprintln!(
+                "drove-sim: {n} nodes: the most loaded nodes at the worst second: {}",
+                r.worst_node
+            );
+        }
         reports.push(r);
     }
     if let Some(path) = csv {
