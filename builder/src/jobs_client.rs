@@ -166,13 +166,31 @@ impl Agent {
         env: &[(String, String)],
         checkpoint_every: Option<u64>,
     ) -> Result<Value, Error> {
-        let env: serde_json::Map<String, Value> = env
+        self.launch_with(
+            cmd,
+            &Launch {
+                pin,
+                cwd,
+                env,
+                checkpoint_every,
+                place: false,
+            },
+        )
+    }
+
+    /// Starts `cmd` as `how` says (`POST /api/jobs`).
+    pub fn launch_with(&self, cmd: &[String], how: &Launch<'_>) -> Result<Value, Error> {
+        let env: serde_json::Map<String, Value> = how
+            .env
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
-        let mut body = json!({ "cmd": cmd, "pin": pin, "cwd": cwd, "env": env });
-        if let Some(every) = checkpoint_every {
+        let mut body = json!({ "cmd": cmd, "pin": how.pin, "cwd": how.cwd, "env": env });
+        if let Some(every) = how.checkpoint_every {
             body["checkpoint_every"] = json!(every);
+        }
+        if how.place {
+            body["place"] = json!(true);
         }
         self.ok("POST", "/api/jobs", Some(&body))
     }
@@ -505,6 +523,12 @@ pub enum JobCommand {
         /// Never move the job automatically (the balancer leaves it where it starts).
         #[arg(long)]
         pin: bool,
+        /// Start the job on the best node instead (MOSIX's `mosrun -b`): the node asked
+        /// compares itself with a few peers' current job counts and starts it on the one it
+        /// would move it to; that node is then the job's home. Saves the migration a busy
+        /// node's new job would otherwise need.
+        #[arg(long)]
+        best: bool,
         /// Working directory on the node; default: the cluster file area (/cluster) when the
         /// cluster has one, else /.
         #[arg(long, value_name = "DIR")]
@@ -567,12 +591,25 @@ pub enum JobCommand {
     },
 }
 
+/// How a job is started ([`Agent::launch_with`]).
+#[derive(Debug, Default)]
+pub struct Launch<'a> {
+    /// Never moved by the balancer.
+    pub pin: bool,
+    pub cwd: Option<&'a str>,
+    pub env: &'a [(String, String)],
+    pub checkpoint_every: Option<u64>,
+    /// Started on the node the asked node's balancer chooses (`drove run --best`).
+    pub place: bool,
+}
+
 /// Runs one job command; returns the process exit code.
 pub fn run_command(cmd: &JobCommand) -> anyhow::Result<i32> {
     match cmd {
         JobCommand::Run {
             agent,
             pin,
+            best,
             cwd,
             env,
             copy_env,
@@ -582,8 +619,16 @@ pub fn run_command(cmd: &JobCommand) -> anyhow::Result<i32> {
             let agent = agent.agent()?;
             let env = crate::files::job_env(env, *copy_env, std::env::vars())
                 .map_err(anyhow::Error::msg)?;
-            let job =
-                agent.launch_checkpointed(cmd, *pin, cwd.as_deref(), &env, *checkpoint_every)?;
+            let job = agent.launch_with(
+                cmd,
+                &Launch {
+                    pin: *pin,
+                    cwd: cwd.as_deref(),
+                    env: &env,
+                    checkpoint_every: *checkpoint_every,
+                    place: *best,
+                },
+            )?;
             let id = job["id"].as_str().unwrap_or_default().to_owned();
             eprintln!("drove: job {id} started on node {}", job["node"]);
             catch_sigint();

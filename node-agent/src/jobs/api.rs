@@ -4,7 +4,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /api/jobs` `{"cmd": [...], "pin", "cwd", "env": {"K": "V"}}` | key; 201 and the job |
+//! | `POST /api/jobs` `{"cmd": [...], "pin", "cwd", "env": {"K": "V"}, "place"}` | key; 201 and the job (`place`: started on the peer the balancer chooses, see [`super::balance::Placer`]) |
 //! | `GET /api/jobs` | `{"node", "jobs": [...], "migrations": [...], "incoming": n}` of this node (`incoming`: moves announced here, not arrived) |
 //! | `POST /api/jobs/:id/incoming` | key; a balancer announces it is sending job `id` here (`balance::Reservations`) |
 //! | `GET /api/jobs/:id` | the job, from the node that runs it |
@@ -41,6 +41,8 @@ pub struct Ctx {
     pub engine: Arc<Engine>,
     /// The API port, the same on every node (used to forward).
     pub api_port: u16,
+    /// Placement of new jobs that ask for it (`"place": true`).
+    pub placer: Arc<super::balance::Placer>,
 }
 
 pub fn router(ctx: Ctx) -> Router {
@@ -121,10 +123,15 @@ pub fn start(shared: Arc<Shared>, api_port: u16) -> Router {
             .name("checkpoint".into())
             .spawn(move || checkpoint_loop(&s, &e));
     }
+    let seed = u64::from(me).rotate_left(40)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
     router(Ctx {
         shared,
         engine,
         api_port,
+        placer: Arc::new(super::balance::Placer::new(seed)),
     })
 }
 
@@ -232,6 +239,9 @@ struct LaunchBody {
     /// Seconds between checkpoints kept on another node (none by default).
     #[serde(default)]
     checkpoint_every: Option<u64>,
+    /// Start it on the node the balancer chooses (MOSIX's `mosrun -b`); that node is its home.
+    #[serde(default)]
+    place: bool,
 }
 
 async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> Response {
@@ -257,6 +267,11 @@ async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> 
             "checkpoint_every must be at least 1 s",
         );
     }
+    if req.place && !headers.contains_key(FORWARDED) {
+        if let Some(resp) = place(&ctx, &headers, &body).await {
+            return resp;
+        }
+    }
     let engine = ctx.engine.clone();
     let every = req.checkpoint_every;
     let launched = move || {
@@ -272,6 +287,67 @@ async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> 
         Ok(Ok(job)) => (StatusCode::CREATED, Json(job)).into_response(),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, crate::console::chain(&e)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+/// A new job that asked to be placed: started on the peer the balancer chooses (the same
+/// request, forwarded there, without `place`), whose answer is returned. `None`: start it here
+/// (no peer is better, or the chosen one did not start it).
+async fn place(ctx: &Ctx, headers: &HeaderMap, body: &Bytes) -> Option<Response> {
+    let (shared, engine, placer, port) = (
+        ctx.shared.clone(),
+        ctx.engine.clone(),
+        ctx.placer.clone(),
+        ctx.api_port,
+    );
+    let choice = tokio::task::spawn_blocking(move || {
+        let here = engine
+            .table()
+            .list()
+            .iter()
+            .filter(|j| !j.state.is_final())
+            .count() as u32;
+        placer.choose(&shared, here.saturating_add(engine.incoming()), port)
+    })
+    .await
+    .ok()
+    .flatten()?;
+    let mut fwd: Value = serde_json::from_slice(body).ok()?;
+    fwd["place"] = json!(false);
+    let fwd = serde_json::to_vec(&fwd).ok()?;
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let answer = forward_raw(choice.addr, ctx.api_port, "POST", "/api/jobs", auth, &fwd).await;
+    match answer {
+        Ok((201, content_type, _, bytes)) => {
+            ctx.placer.record(&choice.mv, true);
+            crate::info!(
+                "jobs: new job placed on node {} (load there {:.2} with it, here it would be {:.2})",
+                choice.to,
+                choice.there,
+                choice.here
+            );
+            let mut resp = (StatusCode::CREATED, bytes).into_response();
+            if let Some(ct) = content_type.and_then(|c| c.parse().ok()) {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            Some(resp)
+        }
+        other => {
+            ctx.placer.record(&choice.mv, false);
+            let why = match other {
+                Ok((status, _, _, bytes)) => {
+                    format!("answered {status}: {}", String::from_utf8_lossy(&bytes))
+                }
+                Err(e) => e.to_string(),
+            };
+            crate::warn!(
+                "jobs: placing a new job on node {} failed ({why}); starting it here",
+                choice.to
+            );
+            None
+        }
     }
 }
 

@@ -683,6 +683,103 @@ pub fn view(
     (me, nodes)
 }
 
+/// Placement at submission in the daemon (`POST /api/jobs` with `"place": true`, `drove run
+/// --best`): the API's own [`Balancer`] (its placements count on their targets until gossip
+/// shows them), and its clock.
+pub struct Placer {
+    balancer: std::sync::Mutex<Balancer>,
+    t0: std::time::Instant,
+}
+
+/// Where [`Placer::choose`] would start a new job: node number, address, and the move to
+/// record once it has started there ([`Placer::record`]).
+pub struct Placement {
+    pub to: u32,
+    pub addr: std::net::Ipv4Addr,
+    pub mv: Move,
+    /// Loads after the job: there, and here had it stayed (for the log line).
+    pub there: f64,
+    pub here: f64,
+}
+
+impl Placer {
+    pub fn new(seed: u64) -> Self {
+        Placer {
+            balancer: std::sync::Mutex::new(Balancer::seeded(Params::default(), seed)),
+            t0: std::time::Instant::now(),
+        }
+    }
+
+    fn now(&self) -> Ms {
+        self.t0.elapsed().as_millis() as Ms
+    }
+
+    fn balancer(&self) -> std::sync::MutexGuard<'_, Balancer> {
+        self.balancer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Blocking (asks up to [`PROBES`] peers over HTTP, in parallel): the peer a new job of
+    /// this node should start on, or `None` to start it here. `jobs_here`: this node's jobs not
+    /// ended plus the moves announced to it. CPU compatibility does not matter: a job that
+    /// starts on a node is never restored there.
+    pub fn choose(
+        &self,
+        shared: &crate::api::Shared,
+        jobs_here: u32,
+        api_port: u16,
+    ) -> Option<Placement> {
+        let cpus = crate::load::usable_cpus_proc();
+        let (mut me, mut peers) = view(
+            &mut shared.membership(),
+            cpus,
+            &super::cpuinfo::Compat::new(String::new()),
+        );
+        me.load = count_load(jobs_here, me.speed, cpus);
+        for p in &mut peers {
+            p.cpu_ok = true;
+        }
+        let now = self.now();
+        let asked = self.balancer().place_probes(now, &me, &peers, PROBES);
+        let answers: Vec<(Node, std::net::Ipv4Addr)> = std::thread::scope(|s| {
+            let handles: Vec<_> = asked
+                .iter()
+                .filter_map(|n| {
+                    let (_, addr) = super::api::resolve(shared, &n.to_string(), me.number)?;
+                    let node = peers.iter().find(|p| p.number == *n)?.clone();
+                    Some(s.spawn(move || {
+                        let count = target_jobs(std::net::SocketAddr::from((addr, api_port)))?;
+                        let load = count_load(count, node.speed, node.cpus);
+                        Some((Node { load, ..node }, addr))
+                    }))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().ok().flatten())
+                .collect()
+        });
+        let nodes: Vec<Node> = answers.iter().map(|(n, _)| n.clone()).collect();
+        let mv = self.balancer().place(now, &me, &nodes, 1.0)?;
+        let (target, addr) = answers.into_iter().find(|(n, _)| n.number == mv.to)?;
+        Some(Placement {
+            to: mv.to,
+            addr,
+            there: target.load + mv.add_there,
+            here: me.load + mv.add_here,
+            mv,
+        })
+    }
+
+    /// The placed job started on its target (`true`), or the target refused or did not answer
+    /// (it is skipped for a while, like a failed migration's).
+    pub fn record(&self, mv: &Move, started: bool) {
+        let now = self.now();
+        let mut b = self.balancer();
+        b.started(mv);
+        b.finished(now, mv, started);
+    }
+}
+
 /// The balancer loop of the cluster daemon (runs on a thread of its own: migrations block).
 pub fn run(
     shared: std::sync::Arc<crate::api::Shared>,
@@ -734,6 +831,7 @@ pub fn run(
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     let t0 = Instant::now();
     crate::info!("jobs: balancer running (cpus {cpus}, rule in docs/migration.md)");
+    let mut me_jobs: u32;
     loop {
         std::thread::sleep(Duration::from_millis(1000));
         let now = t0.elapsed().as_millis() as Ms;
@@ -746,6 +844,7 @@ pub fn run(
                 .collect();
             let guests = live.iter().filter(|j| j.home != engine.me).count();
             drop(t);
+            me_jobs = live.len() as u32;
             let mut m = shared.membership();
             let mut load = m.me().load.clone();
             (load.jobs, load.guest_jobs) = (live.len() as u32, guests as u32);
@@ -786,7 +885,11 @@ pub fn run(
             };
             compat.record(now, &digest, answer);
         }
-        let (me, nodes) = view(&mut shared.membership(), cpus, &compat);
+        let (mut me, nodes) = view(&mut shared.membership(), cpus, &compat);
+        // Moves announced here count as this node's jobs already: a node about to receive
+        // jobs sheds its own sooner (in the simulation, placing new jobs without this left
+        // such nodes above everyone).
+        me.load = count_load(me_jobs.saturating_add(engine.incoming()), me.speed, cpus);
         let samples = demand::sample();
         let running: Vec<(String, i32, bool, bool)> = engine
             .table()
