@@ -94,6 +94,7 @@ fn world() -> &'static World {
             shared: shared.clone(),
             engine,
             api_port: 1,
+            placer: Arc::new(drove_agent::jobs::balance::Placer::new(1)),
         };
         let app = api::router(shared).merge(drove_agent::jobs::api::router(ctx));
         let rt = tokio::runtime::Builder::new_current_thread()
