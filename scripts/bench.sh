@@ -56,10 +56,11 @@ ratio() { printf '%.3f' "$(echo "$1 / $2" | bc -l)"; }
 cat > docs/benchmarks.md <<MD
 # Benchmarks
 
-Produced by \`make bench\` (\`scripts/bench.sh\`) on $(date -u +%Y-%m-%d), $(nproc) cores,
+Produced by \`make bench\` (\`scripts/bench.sh\`) on $(date -u +%Y-%m-%d) at commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(nproc) cores,
 kernel $KREL; medians of $RUNS runs (5 for rebuilds). The anchor is Debian's \`mkinitramfs\` for the
 same kernel, measured in the same run. \`drove\` is \`target/release/drove\`; the config is a cluster
 with the QEMU calibration overlay and one user overlay (\`site\`).
+Each run replaces this page; earlier runs and their notes are in [benchmark-history.md](benchmark-history.md).
 
 ## Build
 
