@@ -11,7 +11,9 @@
 //! [`USERS_PER_CORE`] per reference core on average and twice as many on the "hot" nodes
 //! (one in ten). A user keeps one job in the cluster at a time: when it finishes (wherever it
 //! ran), the user thinks for an exponential time (mean [`THINK_S`]) and submits the next one
-//! on its home node. With thousands of users the submissions are a Poisson process (Palm–
+//! to its home node, which places it as the daemon does for `drove run --best` (asks
+//! [`balance::PROBES`] random peers for their job counts, `Balancer::place`; [`Setup::place`]
+//! false: it starts on the home). With thousands of users the submissions are a Poisson process (Palm–
 //! Khintchine) whose rate follows the cluster's throughput, so the load neither drains nor
 //! grows: about 3 jobs per core, every core busy. Jobs are CPU-bound; their work
 //! (reference-CPU seconds) is Pareto-distributed (x_m = 10 s, α = 2: mean 20 s, heavy tail,
