@@ -198,6 +198,9 @@ struct Node {
     /// Balancer round phase within a second.
     phase: Ms,
     sent_this_s: u64,
+    /// Its jobs migrating away: still in its job table (as in the daemon's, until the target
+    /// has them), not running anywhere.
+    leaving: u32,
 }
 
 struct Flight {
@@ -221,6 +224,7 @@ fn index(a: Ipv4Addr) -> usize {
 fn reported(t: &mut Node, now: Ms, number: u32) -> balance::Node {
     let on_table = &t.jobs;
     let count = t.jobs.len() as u32
+        + t.leaving
         + t.incoming
             .count(now, |id| on_table.iter().any(|j| j.id == id));
     balance::Node {
@@ -292,6 +296,7 @@ pub fn run(setup: &Setup) -> Report {
                 incoming: balance::Reservations::default(),
                 phase: rng.below(10) * STEP_MS,
                 sent_this_s: 0,
+                leaving: 0,
             }
         })
         .collect();
@@ -449,6 +454,7 @@ pub fn run(setup: &Setup) -> Report {
             let ok = nodes[f.to].alive;
             f.job.since = now;
             nodes[f.from].b.finished(now, &f.mv, ok);
+            nodes[f.from].leaving -= 1;
             if ok {
                 report.migrations += 1;
                 f.job.moves += 1;
@@ -468,7 +474,7 @@ pub fn run(setup: &Setup) -> Report {
             }
             let node = &mut nodes[i];
             let mut l = node.m.me().load.clone();
-            l.jobs = node.jobs.len() as u32;
+            l.jobs = node.jobs.len() as u32 + node.leaving;
             node.m.set_load(l);
             let (mut me, peers) = balance::view(&mut node.m, node.cpus, &compat);
             // Its own count includes the moves announced to it, as the daemon's does: a node
@@ -516,6 +522,7 @@ pub fn run(setup: &Setup) -> Report {
                 continue;
             };
             node.b.started(&mv);
+            node.leaving += 1;
             let job = node.jobs.swap_remove(pos);
             flights.push(Flight {
                 job,
@@ -606,7 +613,7 @@ pub fn run(setup: &Setup) -> Report {
 fn place(nodes: &mut [Node], i: usize, now: Ms, job: &str, compat: &Compat) -> usize {
     let node = &mut nodes[i];
     let mut l = node.m.me().load.clone();
-    l.jobs = node.jobs.len() as u32;
+    l.jobs = node.jobs.len() as u32 + node.leaving;
     node.m.set_load(l);
     let (mut me, peers) = balance::view(&mut node.m, node.cpus, compat);
     // Moves announced to the home count as its jobs: without them a home about to receive
