@@ -73,8 +73,8 @@ Each run replaces this page; earlier runs and their notes are in [benchmark-hist
 | rebuild, PXE only | \`drove -q build ... --output pxe\` | ${pxe_only} s | |
 
 An overlay-only rebuild recompresses only that overlay's segment (the base is reused from
-`out/.cache`); the rest of its time is rewriting every medium (a 36 MiB disk image, FAT32's
-minimum) and hashing every artifact for `manifest.json`, which is why the PXE-only rebuild is faster.
+\`out/.cache\`); the rest of its time is rewriting every medium (a 36 MiB disk image, FAT32's
+minimum) and hashing every artifact for \`manifest.json\`, which is why the PXE-only rebuild is faster.
 
 ## Size
 
