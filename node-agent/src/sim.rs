@@ -756,7 +756,7 @@ pub fn markdown(reports: &[Report], setup: &Setup) -> String {
         "\n## Scale simulation\n\nThe agent's real membership, load exchange and balancer on a simulated clock and network \
          (`node-agent/src/sim.rs`; command: `make sim`, seed {}): {} s of membership warm-up, then {} s of jobs; one node \
          killed {} s into the jobs. Workload (docs/balancing.md): a closed population of users, {} per reference core \
-         (twice as many on one node in ten), each submitting its next job on its home node after an exponential think \
+         (twice as many on one node in ten), each submitting its next job to its home node, which places it (`drove run --best`), after an exponential think \
          time (mean {} s): Poisson submissions at the cluster's throughput, about 3 jobs per core, every core busy; \
          Pareto work (mean 20 s). Goals: O(1) messages per node per second, a dead node `down` everywhere within 5 s, \
          imbalance (max/mean load per usable core) under 1.25 after 30 s, under 1.5 migrations per job.\n\n",
