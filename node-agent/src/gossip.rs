@@ -520,6 +520,27 @@ impl Membership {
         &self.members
     }
 
+    /// The tables kept beside the member table, for the simulation's memory accounting
+    /// (`sim::Memory`): (name, entries, bytes allocated), the bytes from each table's capacity.
+    pub fn side_tables(&self) -> Vec<(&'static str, usize, usize)> {
+        use std::mem::size_of;
+        // hashbrown: buckets = capacity × 8/7, each the (key, value) pair and a control byte.
+        fn map<K, V, S>(m: &std::collections::HashMap<K, V, S>) -> usize {
+            m.capacity() * 8 / 7 * (size_of::<(K, V)>() + 1)
+        }
+        fn vec<T>(v: &Vec<T>) -> usize {
+            v.capacity() * size_of::<T>()
+        }
+        vec![
+            ("direct", self.direct.len(), map(&self.direct)),
+            ("seen", self.seen.len(), map(&self.seen)),
+            ("told", self.told.len(), map(&self.told)),
+            ("condemned", self.condemned.len(), map(&self.condemned)),
+            ("order", self.order.len(), vec(&self.order)),
+            ("scan_batch", self.scan_batch.len(), vec(&self.scan_batch)),
+        ]
+    }
+
     /// Sets the sampled part of this node's load vector. The lock flag and the CPU digest are
     /// not sampled: they are kept (see [`Membership::set_refuses_guests`], [`Membership::set_cpu`]).
     pub fn set_load(&mut self, load: Load) {

@@ -117,6 +117,36 @@ pub struct Report {
     /// Wall-clock seconds per part of the loop (delivery, gossip ticks, jobs, balancer,
     /// measuring): where a big run spends its time.
     pub profile: Vec<(&'static str, f64)>,
+    /// Where the memory went, measured at the end of the run (None without glibc's
+    /// `mallinfo2`).
+    pub memory: Option<Memory>,
+}
+
+/// The heap at the end of a run, split by measurement: what the member tables hold, and what a
+/// table alone would cost. Why: peak RSS per member row came out well above the row's size
+/// (docs/balancing.md, "Session 5"), and a figure per row says whether the table layout or
+/// something beside it is the cost.
+#[derive(Debug, Clone, Default)]
+pub struct Memory {
+    /// Member rows over every simulated node's table.
+    pub rows: u64,
+    /// Bytes allocated and in use (`mallinfo2`: `uordblks` + `hblkhd`) at the end.
+    pub heap: u64,
+    /// Of those, freed by dropping the simulated nodes (their membership tables with the side
+    /// maps, balancers and job lists; the shared entries they alone hold).
+    pub nodes: u64,
+    /// Distinct heartbeat entries the tables share (`Arc<Entry>`), and their bytes with
+    /// their strings.
+    pub entries: u64,
+    pub entry_bytes: u64,
+    /// Bytes a row of a table built from sorted rows (a compacted table), measured by
+    /// building a `BTreeMap` of the same key and row size with as many rows as one node's.
+    pub btree_per_row: f64,
+    /// Size of one row (`Member`) and its key.
+    pub row_size: usize,
+    /// The tables beside the member table, summed over the nodes: (name, entries, bytes
+    /// allocated by capacity; `Membership::side_tables`).
+    pub side: Vec<(&'static str, u64, u64)>,
 }
 
 impl Report {
@@ -603,7 +633,75 @@ pub fn run(setup: &Setup) -> Report {
     report.cpu_s = (cpu_seconds() - cpu0).max(0.0);
     report.peak_rss_kb = peak_rss_kb();
     report.profile = prof.parts();
+    report.memory = measure_memory(nodes);
     report
+}
+
+/// Bytes of heap in use (glibc's `mallinfo2`), or None elsewhere.
+fn heap_in_use() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's statistics.
+        let m = unsafe { libc::mallinfo2() };
+        Some((m.uordblks + m.hblkhd) as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
+}
+
+/// [`Memory`] for the nodes of a finished run (consumes them: dropping them is the measurement).
+fn measure_memory(nodes: Vec<Node>) -> Option<Memory> {
+    use std::collections::HashSet;
+    let heap = heap_in_use()?;
+    let mut seen = HashSet::new();
+    let (mut rows, mut entry_bytes) = (0u64, 0u64);
+    let mut side: Vec<(&'static str, u64, u64)> = Vec::new();
+    for node in &nodes {
+        for (k, (name, len, bytes)) in node.m.side_tables().into_iter().enumerate() {
+            if side.len() <= k {
+                side.push((name, 0, 0));
+            }
+            side[k].1 += len as u64;
+            side[k].2 += bytes as u64;
+        }
+        let members = node.m.members();
+        rows += members.len() as u64;
+        for m in members.values() {
+            if seen.insert(std::sync::Arc::as_ptr(&m.entry)) {
+                // The Arc's two counters, the entry, its strings.
+                entry_bytes += (16
+                    + std::mem::size_of::<Entry>()
+                    + m.entry.name.capacity()
+                    + m.entry.load.cpu.capacity()) as u64;
+            }
+        }
+    }
+    let entries = seen.len() as u64;
+    drop(seen);
+    let before = heap_in_use()?;
+    drop(nodes);
+    let freed = before.saturating_sub(heap_in_use()?);
+    // One table's layout alone: the same key and row size, built from sorted keys; 100,000
+    // rows whatever the cluster's size, so the allocator's per-thread caches (chunks freed
+    // and reused without the arena seeing it) are noise.
+    let row_size = std::mem::size_of::<crate::gossip::Member>();
+    let before = heap_in_use()?;
+    const WORDS: usize = std::mem::size_of::<crate::gossip::Member>() / 8;
+    let table: std::collections::BTreeMap<Ipv4Addr, [u64; WORDS]> =
+        (0..100_000).map(|i| (addr(i), [0; WORDS])).collect();
+    let btree = heap_in_use()?.saturating_sub(before);
+    let btree_per_row = btree as f64 / table.len() as f64;
+    drop(table);
+    Some(Memory {
+        rows,
+        heap,
+        nodes: freed,
+        entries,
+        entry_bytes,
+        btree_per_row,
+        row_size: row_size + std::mem::size_of::<Ipv4Addr>(),
+        side,
+    })
 }
 
 /// Where home `i`'s balancer starts a new job, as the daemon does: the peers
@@ -841,6 +939,20 @@ mod tests {
             // The balancing goals at these sizes (docs/balancing.md).
             assert!(r.migrations > 0, "n={n}: {r:?}");
             assert!(r.migrations_per_job() < 1.5, "n={n}: {r:?}");
+            // The memory accounting: every table holds every other node, and (at 100 nodes,
+            // where a megabyte is freed: the allocator's caches are noise) its parts are
+            // within what dropping the nodes freed.
+            if let Some(m) = &r.memory {
+                assert_eq!(m.rows, u64::from(n) * u64::from(n - 1), "n={n}: {m:?}");
+                assert!(m.entries > 0 && m.entries <= m.rows, "n={n}: {m:?}");
+                let side: u64 = m.side.iter().map(|(_, _, bytes)| bytes).sum();
+                assert!(n < 100 || side + m.entry_bytes <= m.nodes, "n={n}: {m:?}");
+                assert!(m.row_size <= 32, "n={n}: {m:?}");
+                assert!(
+                    (m.row_size as f64..2.0 * m.row_size as f64).contains(&m.btree_per_row),
+                    "n={n}: {m:?}"
+                );
+            }
             // Seeded: the same run twice gives the same figures.
             let again = run(&setup);
             assert_eq!(

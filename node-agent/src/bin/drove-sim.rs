@@ -73,6 +73,34 @@ fn main() {
             r.peak_rss_kb / 1024,
             profile.join(", ")
         );
+        if let Some(m) = &r.memory {
+            let per_row = |bytes: u64| bytes as f64 / m.rows.max(1) as f64;
+            eprintln!(
+                "drove-sim: {n} nodes: memory at the end: {} MB of heap in use for {} member rows ({:.0} B a row; peak RSS {:.0} B a row); dropping the nodes freed {} MB ({:.0} B a row); {} distinct shared entries, {} MB ({:.1} B a row); a compacted table alone: {:.1} B a row ({} B row and key)",
+                m.heap >> 20,
+                m.rows,
+                per_row(m.heap),
+                per_row(r.peak_rss_kb * 1024),
+                m.nodes >> 20,
+                per_row(m.nodes),
+                m.entries,
+                m.entry_bytes >> 20,
+                per_row(m.entry_bytes),
+                m.btree_per_row,
+                m.row_size
+            );
+            let side: Vec<String> = m
+                .side
+                .iter()
+                .map(|(name, len, bytes)| {
+                    format!("{name} {len} entries, {:.1} B a row", per_row(*bytes))
+                })
+                .collect();
+            eprintln!(
+                "drove-sim: {n} nodes: tables beside the member tables (by capacity): {}",
+                side.join("; ")
+            );
+        }
         if !r.worst_node.is_empty() {
             eprintln!(
                 "drove-sim: {n} nodes: the most loaded nodes at the worst second: {}",
