@@ -102,8 +102,9 @@ fn main() {
             );
         }
         if !r.worst_node.is_empty() {
+            let (even_then, even_worst) = r.even_after_30s();
             eprintln!(
-                "drove-sim: {n} nodes: the most loaded nodes at the worst second: {}",
+                "drove-sim: {n} nodes: the most loaded nodes at the worst second: {}; that second's jobs spread as evenly as whole jobs allow: {even_then:.2} (worst such second after 30 s: {even_worst:.2})",
                 r.worst_node
             );
         }
