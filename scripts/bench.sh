@@ -91,7 +91,7 @@ MD
 ./scripts/bench-balance.sh >> docs/benchmarks.md
 # Migration freeze/total time, 1/64/256 MiB, with and without pre-copy, against raw TCP (issue 4).
 ./scripts/bench-migrate.sh >> docs/benchmarks.md
-# All four sizes the issue names; 10,000 nodes alone take ~30-60 min of one core and ~6 GB
+# All four sizes the issue names; 10,000 nodes alone take ~20-40 min of one core and ~6 GB
 # (docs/balancing.md). SIZES="10 100 1000" leaves it out for a quicker run.
 SIZES="${SIZES:-10 100 1000 10000}" ./scripts/bench-sim.sh >> docs/benchmarks.md
 # A job reading its input from /cluster (NFS) against a local copy (issue 8's benchmark; root).
