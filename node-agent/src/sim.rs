@@ -178,7 +178,11 @@ impl Report {
                 .find(|(s, _)| *s == t)
                 .map_or(0.0, |(_, r)| *r)
         };
-        let max = self.imbalance_even.iter().map(|(_, r)| *r).fold(0.0, f64::max);
+        let max = self
+            .imbalance_even
+            .iter()
+            .map(|(_, r)| *r)
+            .fold(0.0, f64::max);
         (worst.map_or(0.0, at), max)
     }
 
@@ -994,7 +998,10 @@ mod tests {
         // 6 go 4 and 2 (3.33 and 2.5) or 3 and 3 (2.5 and 3.75): the first.
         assert!((even_spread(&[(120.0, 1), (80.0, 1)], 5) - 1.0).abs() < 1e-9);
         let r = even_spread(&[(120.0, 1), (80.0, 1)], 6);
-        assert!((r - (400.0 / 120.0) / ((400.0 / 120.0 + 2.5) / 2.0)).abs() < 1e-9, "{r}");
+        assert!(
+            (r - (400.0 / 120.0) / ((400.0 / 120.0 + 2.5) / 2.0)).abs() < 1e-9,
+            "{r}"
+        );
         assert_eq!(even_spread(&[], 3), 0.0);
     }
 
