@@ -535,7 +535,22 @@ impl Reservations {
 /// `api`: jobs not ended plus the announced moves still on their way (`incoming`, 0 from an
 /// agent that does not report it). `None`: no answer, or not a job list.
 pub fn target_jobs(api: std::net::SocketAddr) -> Option<u32> {
-    let (status, v) = super::engine::get_json(api, "/api/jobs")?;
+    count_answer(super::engine::get_json(api, "/api/jobs")?)
+}
+
+/// How long a placement waits for a peer's job count ([`target_jobs_within`]): a peer that
+/// does not answer within it is left out, so one hung peer among the [`PROBES`] does not hold
+/// a submission for the 15 s the default timeouts allow. Generous for an agent on a LAN (it
+/// answers in milliseconds) and for the QEMU tests under TCG.
+pub const PLACE_ASK_MS: u64 = 3_000;
+
+/// [`target_jobs`] within `limit` (to connect, and for each read).
+pub fn target_jobs_within(api: std::net::SocketAddr, limit: std::time::Duration) -> Option<u32> {
+    count_answer(super::engine::get_json_within(api, "/api/jobs", limit)?)
+}
+
+/// The job count in a `/api/jobs` answer: jobs not ended plus the moves announced.
+fn count_answer((status, v): (u16, serde_json::Value)) -> Option<u32> {
     if status != 200 {
         return None;
     }
@@ -755,7 +770,10 @@ impl Placer {
                     let (_, addr) = super::api::resolve(shared, &n.to_string(), me.number)?;
                     let node = peers.iter().find(|p| p.number == *n)?.clone();
                     Some(s.spawn(move || {
-                        let count = target_jobs(std::net::SocketAddr::from((addr, api_port)))?;
+                        let count = target_jobs_within(
+                            std::net::SocketAddr::from((addr, api_port)),
+                            std::time::Duration::from_millis(PLACE_ASK_MS),
+                        )?;
                         let load = count_load(count, node.speed, node.cpus);
                         Some((Node { load, ..node }, addr))
                     }))
@@ -1960,6 +1978,23 @@ mod tests {
         drop(std::net::TcpListener::bind(addr));
         assert_eq!(target_jobs(addr), None);
         assert!(!announce(addr, "abcd", "1.9"));
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_a_placement_ask_is_left_out_within_the_limit() {
+        // Accepts the connection (the kernel's backlog does) and never answers.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t0 = std::time::Instant::now();
+        let limit = std::time::Duration::from_millis(300);
+        assert_eq!(target_jobs_within(addr, limit), None);
+        // The bound, not a speed goal: far below the 10 s of the default read timeout.
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t0.elapsed()
+        );
+        drop(l);
     }
 
     fn loaded(number: u32, speed: f64, cpus: u32, jobs: u32) -> Node {

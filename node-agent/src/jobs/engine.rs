@@ -1749,9 +1749,35 @@ pub(crate) fn api_request(
     path: &str,
     bearer: Option<&str>,
 ) -> Option<(u16, serde_json::Value)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(10))).ok()?;
+    api_request_within(
+        addr,
+        method,
+        path,
+        bearer,
+        (Duration::from_secs(5), Duration::from_secs(10)),
+    )
+}
+
+/// [`get_json`] with a tighter bound: `limit` to connect and for each read or write.
+pub(crate) fn get_json_within(
+    addr: SocketAddr,
+    path: &str,
+    limit: Duration,
+) -> Option<(u16, serde_json::Value)> {
+    api_request_within(addr, "GET", path, None, (limit, limit))
+}
+
+/// [`api_request`] with (connect, read/write) timeouts.
+fn api_request_within(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    (connect, io): (Duration, Duration),
+) -> Option<(u16, serde_json::Value)> {
+    let mut s = TcpStream::connect_timeout(&addr, connect).ok()?;
+    s.set_read_timeout(Some(io)).ok()?;
+    s.set_write_timeout(Some(io)).ok()?;
     let auth = bearer.map_or(String::new(), |k| format!("Authorization: Bearer {k}\r\n"));
     write!(
         s,
