@@ -119,7 +119,13 @@ const ROUTES: &[&str] = &[
     "/api/jobs/",
     "/api/migrations",
 ];
-const METHODS: &[Method] = &[Method::GET, Method::POST, Method::HEAD, Method::PUT, Method::DELETE];
+const METHODS: &[Method] = &[
+    Method::GET,
+    Method::POST,
+    Method::HEAD,
+    Method::PUT,
+    Method::DELETE,
+];
 
 fuzz_target!(|input: Input| {
     let w = world();

@@ -87,7 +87,9 @@ fuzz_target!(|input: Input| {
         load: Load::default(),
         leaving: false,
     };
-    let map = (1..=3).map(|i| (i, Ipv4Addr::new(10, 10, 0, i as u8))).collect();
+    let map = (1..=3)
+        .map(|i| (i, Ipv4Addr::new(10, 10, 0, i as u8)))
+        .collect();
     let mut m = Membership::new(Config::new("drove", input.discovery), KEY, me, map, 0);
     let mut now: u64 = 0;
     for op in input.ops {

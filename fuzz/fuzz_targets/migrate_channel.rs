@@ -105,5 +105,9 @@ fuzz_target!(|ops: Vec<Op>| {
             Err(_) => break,
         }
     }
-    assert!(got >= expected.len(), "lost frames: got {got} of {}", expected.len());
+    assert!(
+        got >= expected.len(),
+        "lost frames: got {got} of {}",
+        expected.len()
+    );
 });

@@ -73,6 +73,9 @@ fuzz_target!(|data: &[u8]| {
         }
         let names = newc_names(&out);
         let wanted: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(names, wanted, "the archive does not hold what the overlay reader read");
+        assert_eq!(
+            names, wanted,
+            "the archive does not hold what the overlay reader read"
+        );
     }
 });
