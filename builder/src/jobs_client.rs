@@ -526,7 +526,9 @@ pub enum JobCommand {
         /// Start the job on the best node instead (MOSIX's `mosrun -b`): the node asked
         /// compares itself with a few peers' current job counts and starts it on the one it
         /// would move it to; that node is then the job's home. Saves the migration a busy
-        /// node's new job would otherwise need.
+        /// node's new job would otherwise need. Not with --checkpoint-every: such a job starts
+        /// on the node asked, whose record and guard must not share the fate of the node it
+        /// runs on, and the balancer moves it.
         #[arg(long)]
         best: bool,
         /// Working directory on the node; default: the cluster file area (/cluster) when the

@@ -254,6 +254,8 @@ async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> 
             "body must be {\"cmd\": [\"program\", \"arg\", ...]}",
         );
     };
+    let offer = placed_elsewhere(&req, headers.contains_key(FORWARDED));
+    let kept_home = req.place && req.checkpoint_every.is_some();
     let start = super::files::Start {
         cwd: req.cwd,
         env: req.env.into_iter().collect(),
@@ -267,10 +269,14 @@ async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> 
             "checkpoint_every must be at least 1 s",
         );
     }
-    if req.place && !headers.contains_key(FORWARDED) {
+    if offer {
         if let Some(resp) = place(&ctx, &headers, &body).await {
             return resp;
         }
+    } else if kept_home {
+        crate::info!(
+            "jobs: a new job with checkpoints starts here, not placed: this node, its home, keeps its record and restarts it if the node running it dies"
+        );
     }
     let engine = ctx.engine.clone();
     let every = req.checkpoint_every;
@@ -288,6 +294,15 @@ async fn launch(Extract(ctx): Extract<Ctx>, headers: HeaderMap, body: Bytes) -> 
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, crate::console::chain(&e)),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+/// Whether a new job is offered to [`place`]: it asked for it, the request was not itself
+/// forwarded by a placement, and it has no checkpoints. A placed job's home is the node it
+/// starts on, so its record and its guard would be on the node whose death they are meant to
+/// survive: a checkpointed job starts on the node asked (its home, which restarts it from a
+/// checkpoint if the node it runs on dies) and the balancer moves it when that pays.
+fn placed_elsewhere(req: &LaunchBody, forwarded: bool) -> bool {
+    req.place && !forwarded && req.checkpoint_every.is_none()
 }
 
 /// A new job that asked to be placed: started on the peer the balancer chooses (the same
@@ -810,6 +825,19 @@ mod tests {
         // Home down: nobody (the job's record lives there).
         assert_eq!(pick_holder(&up[1..], 2, 1), None);
         assert_eq!(pick_holder(&up[..1], 1, 1), None);
+    }
+
+    #[test]
+    fn only_unforwarded_jobs_without_checkpoints_are_placed() {
+        let body = |v: Value| serde_json::from_value::<LaunchBody>(v).unwrap();
+        let plain = body(json!({"cmd": ["x"], "place": true}));
+        assert!(placed_elsewhere(&plain, false));
+        // The placement's own forward starts the job where it arrives.
+        assert!(!placed_elsewhere(&plain, true));
+        // Checkpointed: its home must not be the node it runs on.
+        let guarded = body(json!({"cmd": ["x"], "place": true, "checkpoint_every": 60}));
+        assert!(!placed_elsewhere(&guarded, false));
+        assert!(!placed_elsewhere(&body(json!({"cmd": ["x"]})), false));
     }
 
     #[test]
