@@ -4,7 +4,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /api/jobs` `{"cmd": [...], "pin", "cwd", "env": {"K": "V"}, "place"}` | key; 201 and the job (`place`: started on the peer the balancer chooses, see [`super::balance::Placer`]) |
+//! | `POST /api/jobs` `{"cmd": [...], "pin", "cwd", "env": {"K": "V"}, "place"}` | key; 201 and the job (`place`: started on the peer the balancer chooses, see [`super::balance::Placer`]; not with `checkpoint_every`) |
 //! | `GET /api/jobs` | `{"node", "jobs": [...], "migrations": [...], "incoming": n}` of this node (`incoming`: moves announced here, not arrived) |
 //! | `POST /api/jobs/:id/incoming` | key; a balancer announces it is sending job `id` here (`balance::Reservations`) |
 //! | `GET /api/jobs/:id` | the job, from the node that runs it |
