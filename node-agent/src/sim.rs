@@ -144,7 +144,7 @@ pub struct Memory {
     pub entries: u64,
     pub entry_bytes: u64,
     /// Bytes a row of a table built from sorted rows (a compacted table), measured by
-    /// building a `BTreeMap` of the same key and row size with as many rows as one node's.
+    /// building a `BTreeMap` of the same key and row size with 100,000 rows.
     pub btree_per_row: f64,
     /// Size of one row (`Member`) and its key.
     pub row_size: usize,
@@ -746,9 +746,8 @@ fn measure_memory(nodes: Vec<Node>) -> Option<Memory> {
     // One table's layout alone: the same key and row size, built from sorted keys; 100,000
     // rows whatever the cluster's size, so the allocator's per-thread caches (chunks freed
     // and reused without the arena seeing it) are noise.
-    let row_size = std::mem::size_of::<crate::gossip::Member>();
-    let before = heap_in_use()?;
     const WORDS: usize = std::mem::size_of::<crate::gossip::Member>() / 8;
+    let before = heap_in_use()?;
     let table: std::collections::BTreeMap<Ipv4Addr, [u64; WORDS]> =
         (0..100_000).map(|i| (addr(i), [0; WORDS])).collect();
     let btree = heap_in_use()?.saturating_sub(before);
@@ -761,7 +760,7 @@ fn measure_memory(nodes: Vec<Node>) -> Option<Memory> {
         entries,
         entry_bytes,
         btree_per_row,
-        row_size: row_size + std::mem::size_of::<Ipv4Addr>(),
+        row_size: std::mem::size_of::<crate::gossip::Member>() + std::mem::size_of::<Ipv4Addr>(),
         side,
     })
 }
